@@ -1,0 +1,3 @@
+from omnitrigger.cli import main
+
+main()

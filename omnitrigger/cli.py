@@ -1,0 +1,94 @@
+"""The `omnitrigger` command: replay a recording, or run the bundled demo.
+
+Every user error (a wrong flag, a missing file, a state folder that does not
+fit) ends in one line on stderr and a non-zero exit, never a traceback:
+exit 2 for usage errors, 1 for the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from omnitrigger import __version__
+from omnitrigger.config import ConfigError, load_config
+from omnitrigger.recording import RecordingError
+from omnitrigger.replay import ReplayError, ReplayOptions, run_replay
+from omnitrigger.state import StateError
+from omnitrigger.stores import StoresError
+
+USER_ERRORS = (ConfigError, RecordingError, ReplayError, StateError, StoresError)
+
+_file = click.Path(dir_okay=False, path_type=Path)
+_dir = click.Path(file_okay=False, path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="omnitrigger")
+def cli() -> None:
+    """Real-time omnichannel triggers from clickstream, tills and store visits."""
+
+
+@cli.command()
+@click.argument("recording_dir", type=_dir)
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@click.option("--out", type=_file, required=True, help="Triggers, one JSON line each.")
+@click.option("--dead-letter", type=_file, help="Records that broke their contract, with reason and source offset.")
+@click.option("--visits", type=_file, help="Confirmed store visits.")
+@click.option("--suppressed", type=_file, help="Triggers held back by policy, with the reason.")
+@click.option("--identities", type=_file, help="At the end: each identifier with its customer id.")
+@click.option("--duplicates", type=_file, help="Redelivered records that were dropped.")
+@click.option("--events", type=_file, help="The cleaned, deduplicated events.")
+@click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
+@click.option("--state-dir", type=_dir, help="Keep state here, to resume an interrupted replay.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run as a local Bytewax cluster of this many processes.")
+@click.option("--stop-after", type=click.IntRange(min=0), help="Stop after this many records (resume later with --state-dir).")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
+           suppressed: Path | None, identities: Path | None, duplicates: Path | None, events: Path | None,
+           config_file: Path | None, state_dir: Path | None, processes: int, stop_after: int | None,
+           quiet: bool) -> None:
+    """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
+    summary = run_replay(ReplayOptions(
+        recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
+        suppressed=suppressed, identities=identities, duplicates=duplicates, events=events,
+        state_dir=state_dir, config=load_config(config_file), processes=processes, stop_after=stop_after,
+        progress=not quiet))
+    click.echo("\n".join(summary.lines()))
+
+
+@cli.command()
+@click.option("--keep", type=_dir, help="Write the sample recording and the outputs here instead of a temp folder.")
+def demo(keep: Path | None) -> None:
+    """Replay a bundled sample recording through the whole flow and show what it found."""
+    from omnitrigger.demo import run_demo
+
+    if keep is not None:
+        run_demo(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix="omnitrigger-demo-") as work:
+        run_demo(Path(work))
+
+
+def main() -> None:
+    command = " ".join(sys.argv[1:2])
+    try:
+        code = cli.main(standalone_mode=False, prog_name="omnitrigger")
+    except click.UsageError as error:
+        hint = f" (see: omnitrigger {command} --help)" if command and not command.startswith("-") else ""
+        click.echo(f"omnitrigger: error: {error.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as error:
+        click.echo(f"omnitrigger: error: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except USER_ERRORS as error:
+        click.echo(f"omnitrigger: error: {error}", err=True)
+        sys.exit(1)
+    except click.Abort:
+        click.echo("omnitrigger: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

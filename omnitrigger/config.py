@@ -1,0 +1,126 @@
+"""Configuration: defaults in code, overrides from a TOML file, one clear error for a bad value.
+
+A config file has one table per section below, for example:
+
+    [dedup]
+    retention = "7d"
+    [replay]
+    batch_size = 1000
+
+Durations are seconds or a string with a unit: "90s", "60m", "24h", "7d".
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from omnitrigger.schemas import INPUT_TOPICS
+
+
+class ConfigError(Exception):
+    """A config file or value is wrong; the message is one line for the user."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration_s(value: Any, name: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a duration such as 90, \"60m\" or \"7d\", got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(f"{name}: expected a duration such as 90, \"60m\" or \"7d\", got {value!r}")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"{name}: a duration cannot be negative")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Config:
+    # [contracts]
+    max_record_bytes: int = 262_144
+    max_future_s: float = 86_400.0
+    # [dedup]
+    dedup_retention_s: float = 7 * 86_400.0
+    dedup_topics: tuple[str, ...] = ("pos.receipts", "web.events")
+    # [replay]
+    batch_size: int = 1000
+    epoch_interval_s: float = 1.0
+    reference_time_ms: int | None = None  # "now" for the future-timestamp check of bare lines; None = wall clock
+    progress_interval_s: float = 2.0
+    # [state]
+    keep_generations: int = 64
+
+    def with_overrides(self, **overrides: Any) -> "Config":
+        return replace(self, **overrides)
+
+
+# (section, key) in the file -> (field name, converter)
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _topics(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(topic not in ("pos.receipts", "web.events") for topic in value):
+        raise ConfigError(f"{name}: expected a list drawn from [\"pos.receipts\", \"web.events\"], got {value!r}")
+    return tuple(value)
+
+
+def _timestamp_ms(value: Any, name: str) -> int:
+    from omnitrigger.schemas import ContractViolation, parse_event_time
+
+    try:
+        return parse_event_time(value)
+    except ContractViolation:
+        raise ConfigError(f"{name}: expected RFC 3339 with an offset or epoch milliseconds, got {value!r}") from None
+
+
+_KEYS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("contracts", "max_record_bytes"): ("max_record_bytes", _positive_int),
+    ("contracts", "max_future"): ("max_future_s", parse_duration_s),
+    ("dedup", "retention"): ("dedup_retention_s", parse_duration_s),
+    ("dedup", "topics"): ("dedup_topics", _topics),
+    ("replay", "batch_size"): ("batch_size", _positive_int),
+    ("replay", "epoch_interval"): ("epoch_interval_s", parse_duration_s),
+    ("replay", "reference_time"): ("reference_time_ms", _timestamp_ms),
+    ("replay", "progress_interval"): ("progress_interval_s", parse_duration_s),
+    ("state", "keep_generations"): ("keep_generations", _positive_int),
+}
+
+
+def load_config(path: Path | None) -> Config:
+    """Defaults, overridden by the TOML file at `path` if given."""
+    if path is None:
+        return Config()
+    try:
+        document = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    overrides: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file {path}: [{section}] must be a table")
+        for key, value in table.items():
+            if (section, key) not in _KEYS:
+                known = ", ".join(f"{s}.{k}" for s, k in _KEYS)
+                raise ConfigError(f"config file {path}: unknown setting {section}.{key} (known: {known})")
+            field_name, convert = _KEYS[(section, key)]
+            overrides[field_name] = convert(value, f"{section}.{key}")
+    return Config(**overrides)
+
+
+assert {name for name, _ in _KEYS.values()} == {f.name for f in fields(Config)}, "every setting has a file key"
+assert all(topic in INPUT_TOPICS for topic in Config.dedup_topics)

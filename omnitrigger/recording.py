@@ -1,0 +1,217 @@
+"""Recorded topics: read a recording folder as one event-time-ordered stream.
+
+A recording is a folder of `<topic>.jsonl` files. Each line is either the
+envelope `kcat -C -J` writes (`{"topic","partition","offset","tstype","ts",
+"key","payload"}`, payload a JSON string or object) or a bare event.
+
+`RecordingReader` merges the files by (event time, topic, partition, offset),
+like a consumer reading every partition at once, and decodes each line into
+an `Event` or a dead letter. Each file is merged as it is written (a k-way
+merge, not a sort): an event that is late within its file stays late, as it
+would be on Kafka. A line with no usable time keeps its place in its file.
+The reader's position (`position()`) is a few numbers per file, so a replay
+resumes where it stopped. Nothing here imports bytewax.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
+
+import orjson
+
+from omnitrigger.records import DEAD_LETTERS, Emitted, Event
+from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
+
+Position = dict[str, Any]
+
+
+class RecordingError(Exception):
+    """The recording folder itself is unusable (missing, empty, unreadable)."""
+
+
+class _Decoded(NamedTuple):
+    merge_ts: int
+    topic: str
+    partition: int
+    offset: int
+    item: Event | Emitted  # seq is filled in when the merge emits it
+
+
+def recording_files(recording_dir: Path) -> dict[str, Path]:
+    """The `<topic>.jsonl` files of a recording, by topic; a clear error if there are none."""
+    if not recording_dir.is_dir():
+        raise RecordingError(f"recording folder not found: {recording_dir}")
+    files = {path.name[: -len(".jsonl")]: path for path in sorted(recording_dir.glob("*.jsonl"))}
+    known = {topic: path for topic, path in files.items() if topic in INPUT_TOPICS}
+    if not known:
+        raise RecordingError(
+            f"no recorded topics in {recording_dir}: expected files named <topic>.jsonl for {', '.join(INPUT_TOPICS)}")
+    return known
+
+
+class LineDecoder:
+    """Turns one recorded line into an Event or a dead letter, never an exception."""
+
+    def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int) -> None:
+        self.contracts = contracts
+        self.max_record_bytes = max_record_bytes
+        self.reference_ms = reference_ms
+
+    def decode(self, line: bytes, file_topic: str, line_no: int, source_file: str | None, last_ts: int) -> _Decoded:
+        topic, partition, offset = file_topic, 0, line_no
+        raw: bytes | str = line
+        key = None
+        reference_ms = self.reference_ms
+        try:
+            if len(line) > self.max_record_bytes:
+                raise ContractViolation("record_too_large", f"{len(line)} bytes exceeds max_record_bytes {self.max_record_bytes}")
+            stripped = line.strip()
+            if not stripped:
+                raise ContractViolation("empty_line", "the line is empty")
+            value = _loads(stripped, "invalid_json")
+            if _is_envelope(value):
+                topic = str(value["topic"])
+                partition = _as_int(value.get("partition"), 0)
+                offset = _as_int(value.get("offset"), line_no)
+                key = value.get("key")
+                kafka_ts = value.get("ts")
+                if type(kafka_ts) is int and kafka_ts > 0:
+                    reference_ms = kafka_ts
+                payload = value["payload"]
+                raw = payload if isinstance(payload, str) else stripped
+                if payload is None:
+                    raise ContractViolation("empty_payload", "the envelope's payload is null")
+                value = _loads(payload.encode(), "invalid_payload_json") if isinstance(payload, str) else payload
+            ts_ms = self.contracts.check(file_topic, value, reference_ms)
+        except ContractViolation as violation:
+            record = _dead_letter(violation, raw, topic, partition, offset, source_file, key)
+            return _Decoded(last_ts, topic, partition, offset, Emitted(DEAD_LETTERS, (0, 0), record))
+        return _Decoded(ts_ms, topic, partition, offset, Event(0, file_topic, partition, offset, ts_ms, value))
+
+
+def _loads(data: bytes, reason: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            raise ContractViolation("invalid_utf8", f"byte {bad.start} is not valid UTF-8") from None
+        raise ContractViolation(reason, str(error)[:200]) from None
+
+
+def _is_envelope(value: Any) -> bool:
+    return type(value) is dict and "payload" in value and "topic" in value and "offset" in value
+
+
+def _as_int(value: Any, default: int) -> int:
+    return value if type(value) is int else default
+
+
+def _dead_letter(violation: ContractViolation, raw: bytes | str, topic: str, partition: int, offset: int,
+                 source_file: str | None, key: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "reason": violation.reason,
+        "detail": violation.detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "source_file": source_file,
+    }
+    if key is not None:
+        record["key"] = key
+    if isinstance(raw, str):
+        record["raw"] = raw
+    else:
+        try:
+            record["raw"] = raw.rstrip(b"\r\n").decode("utf-8")
+        except UnicodeDecodeError:
+            record["raw_base64"] = base64.b64encode(raw.rstrip(b"\r\n")).decode("ascii")
+    return record
+
+
+class _FileCursor:
+    """One recording file being read line by line, with its resumable position."""
+
+    def __init__(self, topic: str, path: Path, byte_pos: int, line_no: int, last_ts: int) -> None:
+        self.topic = topic
+        self.path = path
+        self.name = path.name
+        self.handle: BinaryIO = path.open("rb")
+        self.handle.seek(byte_pos)
+        self.byte_pos = byte_pos  # start of the next line not yet emitted
+        self.line_no = line_no
+        self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
+        self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
+        self.size = path.stat().st_size
+
+    def read_line(self) -> bytes | None:
+        line = self.handle.readline()
+        return line if line else None
+
+
+class RecordingReader:
+    """Reads a recording in merged event-time order, resumable from `position()`."""
+
+    def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
+                 reference_ms: int | None = None, position: Position | None = None) -> None:
+        files = recording_files(Path(recording_dir))
+        position = position or {"seq": 0, "files": {}}
+        self.decoder = LineDecoder(contracts, max_record_bytes,
+                                   reference_ms if reference_ms is not None else int(time.time() * 1000))
+        self.next_seq: int = position["seq"]
+        self.total_bytes = sum(path.stat().st_size for path in files.values())
+        self._cursors: list[_FileCursor] = []
+        self._heap: list[tuple[int, str, int, int, int, int, _Decoded]] = []
+        self.read_by_topic: dict[str, int] = {topic: 0 for topic in files}
+        for index, (topic, path) in enumerate(files.items()):
+            byte_pos, line_no, last_ts = position["files"].get(path.name, (0, 0, 0))
+            cursor = _FileCursor(topic, path, byte_pos, line_no, last_ts)
+            self._cursors.append(cursor)
+            self._advance(index)
+
+    def _advance(self, index: int) -> None:
+        """Decode the next line of file `index` and put it on the merge heap."""
+        cursor = self._cursors[index]
+        line = cursor.read_line()
+        if line is None:
+            return
+        decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
+        cursor.last_ts = decoded.merge_ts
+        heapq.heappush(self._heap, (decoded.merge_ts, decoded.topic, decoded.partition, decoded.offset,
+                                    index, len(line), decoded))
+
+    def read_batch(self, max_records: int) -> list[Event | Emitted]:
+        """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
+        batch: list[Event | Emitted] = []
+        heap = self._heap
+        while heap and len(batch) < max_records:
+            _, _, _, _, index, line_len, decoded = heapq.heappop(heap)
+            seq = self.next_seq
+            self.next_seq += 1
+            item = decoded.item
+            batch.append(item._replace(seq=seq) if type(item) is Event else item._replace(sort_key=(seq, 0)))
+            cursor = self._cursors[index]
+            cursor.emitted_ts = decoded.merge_ts
+            cursor.byte_pos += line_len
+            cursor.line_no += 1
+            self.read_by_topic[cursor.topic] += 1
+            self._advance(index)
+        return batch
+
+    def position(self) -> Position:
+        """Where to resume: per file the byte offset, line number and merge time of the next unread line."""
+        return {"seq": self.next_seq,
+                "files": {c.name: (c.byte_pos, c.line_no, c.emitted_ts) for c in self._cursors}}
+
+    def bytes_done(self) -> int:
+        return sum(cursor.byte_pos for cursor in self._cursors)
+
+    def close(self) -> None:
+        for cursor in self._cursors:
+            cursor.handle.close()
+

@@ -1,0 +1,48 @@
+"""The two things that flow between stages: events and emitted output records.
+
+Both are NamedTuples: cheap to build, to compare and to pickle between the
+processes of a Bytewax cluster.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class Event(NamedTuple):
+    """A record that passed its contract, with where it came from.
+
+    `seq` is the record's position in the merged input order; every output
+    record sorts by a key derived from it, which is what makes replay output
+    byte-identical whatever the batch size or worker count.
+    """
+
+    seq: int
+    topic: str
+    partition: int
+    offset: int
+    ts_ms: int
+    body: dict[str, Any]
+
+
+class Emitted(NamedTuple):
+    """One record for a named output stream (events, dead_letters, duplicates, ...).
+
+    `sort_key` orders the stream deterministically: `(seq, sub)` where `seq` is
+    the input record that caused it and `sub` numbers several outputs of one input.
+    """
+
+    stream: str
+    sort_key: tuple[int, int]
+    record: dict[str, Any]
+
+
+# Output stream names, shared by the flow, the sinks and the summary.
+EVENTS = "events"
+DEAD_LETTERS = "dead_letters"
+DUPLICATES = "duplicates"
+TRIGGERS = "triggers"
+VISITS = "visits"
+SUPPRESSED = "suppressed"
+IDENTITIES = "identities"
+STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES)

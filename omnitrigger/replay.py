@@ -1,0 +1,233 @@
+"""Run a replay: lay out the state folder, run the dataflow (one process or a local cluster), merge outputs.
+
+State folder layout (`--state-dir`, or a temporary folder):
+    layout.json          what this folder belongs to (recording, process count); checked on reuse
+    recovery/            Bytewax's recovery store (snapshots: source offsets, state generations)
+    rocksdb/process-N/   operator state of process N
+    parts/               per-worker output part files, merged into the output files at the end
+
+A replay that stops (`stop_after`, or a crash) resumes from the same state
+folder: Bytewax resumes the source from its committed offsets, RocksDB is
+rolled back to the matching generation, and re-emitted outputs are merged
+away by their sort keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from omnitrigger.config import Config
+from omnitrigger.outputs import count_by, read_stream, write_records
+from omnitrigger.recording import recording_files
+from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, SUPPRESSED, TRIGGERS, VISITS
+from omnitrigger.operators.stage_chain import STATS
+from omnitrigger.stores import load_stores
+
+LAYOUT_VERSION = 1
+
+
+class ReplayError(Exception):
+    """The replay cannot run as asked; the message is one line for the user."""
+
+
+@dataclass
+class ReplayOptions:
+    recording_dir: Path
+    stores: Path
+    out: Path
+    dead_letter: Path | None = None
+    visits: Path | None = None
+    suppressed: Path | None = None
+    identities: Path | None = None
+    duplicates: Path | None = None
+    events: Path | None = None
+    state_dir: Path | None = None
+    config: Config = field(default_factory=Config)
+    processes: int = 1
+    stop_after: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class ReplaySummary:
+    read_by_topic: dict[str, int]
+    dead_letters_by_reason: dict[str, int]
+    duplicates_by_topic: dict[str, int]
+    triggers_by_rule: dict[str, int]
+    suppressed_by_reason: dict[str, int]
+    records_this_run: int
+    seconds: float
+
+    @property
+    def records_read(self) -> int:
+        return sum(self.read_by_topic.values())
+
+    def lines(self) -> list[str]:
+        rate = self.records_this_run / self.seconds if self.seconds > 0 else 0.0
+        out = [f"records read: {self.records_read:,}"]
+        out += [f"  {topic}: {count:,}" for topic, count in self.read_by_topic.items()]
+        out.append(f"dead letters: {sum(self.dead_letters_by_reason.values()):,}")
+        out += [f"  {reason}: {count:,}" for reason, count in self.dead_letters_by_reason.items()]
+        out.append(f"duplicates dropped: {sum(self.duplicates_by_topic.values()):,}")
+        out += [f"  {topic}: {count:,}" for topic, count in self.duplicates_by_topic.items()]
+        out.append(f"triggers: {sum(self.triggers_by_rule.values()):,}")
+        out += [f"  {rule}: {count:,}" for rule, count in self.triggers_by_rule.items()]
+        out.append(f"suppressed: {sum(self.suppressed_by_reason.values()):,}")
+        out += [f"  {reason}: {count:,}" for reason, count in self.suppressed_by_reason.items()]
+        out.append(f"events/s: {rate:,.0f} ({self.records_this_run:,} records in {self.seconds:.2f} s this run)")
+        return out
+
+
+def run_replay(options: ReplayOptions) -> ReplaySummary:
+    recording_files(Path(options.recording_dir))  # fail early, with one line, on an empty or missing folder
+    load_stores(options.stores)
+    if options.processes < 1:
+        raise ReplayError(f"--processes must be at least 1, got {options.processes}")
+    temporary = options.state_dir is None
+    state_dir = Path(tempfile.mkdtemp(prefix="omnitrigger-")) if temporary else Path(options.state_dir)
+    try:
+        _prepare_state_dir(state_dir, options)
+        parts_dir = state_dir / "parts"
+        before = _stats(parts_dir)
+        started = time.monotonic()
+        if options.processes == 1:
+            run_worker(_worker_spec(options, state_dir), proc_id=0, addresses=None)
+        else:
+            _run_cluster(_worker_spec(options, state_dir), options.processes)
+        seconds = time.monotonic() - started
+        return _finish(options, parts_dir, before, seconds)
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _prepare_state_dir(state_dir: Path, options: ReplayOptions) -> None:
+    from bytewax.recovery import init_db_dir
+
+    layout = {"layout_version": LAYOUT_VERSION, "recording": str(Path(options.recording_dir).resolve()),
+              "processes": options.processes}
+    layout_file = state_dir / "layout.json"
+    if layout_file.exists():
+        try:
+            existing = orjson.loads(layout_file.read_bytes())
+        except orjson.JSONDecodeError:
+            raise ReplayError(f"state folder {state_dir} has a corrupt layout.json; use a fresh --state-dir") from None
+        for key, value in layout.items():
+            if existing.get(key) != value:
+                raise ReplayError(
+                    f"state folder {state_dir} was made with {key}={existing.get(key)!r}, not {value!r}; "
+                    "resume with the same settings or use a fresh --state-dir")
+        return
+    if state_dir.exists() and any(state_dir.iterdir()):
+        raise ReplayError(f"state folder {state_dir} is not empty and is not an omnitrigger state folder")
+    (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
+    (state_dir / "parts").mkdir(parents=True, exist_ok=True)
+    init_db_dir(state_dir / "recovery", options.processes)
+    layout_file.write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+
+
+def _worker_spec(options: ReplayOptions, state_dir: Path) -> dict[str, Any]:
+    return {
+        "recording_dir": str(Path(options.recording_dir).resolve()),
+        "state_dir": str(state_dir.resolve()),
+        "config": dataclasses.asdict(options.config),
+        "stop_after": options.stop_after,
+        "emit_events": options.events is not None,
+        "progress": options.progress,
+    }
+
+
+def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) -> None:
+    """Build and run the dataflow in this process (process `proc_id` of a cluster, or alone)."""
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.testing import cluster_main, run_main
+
+    from omnitrigger.flows.part_file_sink import PartFileSink
+    from omnitrigger.flows.recording_source import RecordingSource
+    from omnitrigger.flows.replay_flow import build_flow
+    from omnitrigger.state import close_all_stores
+
+    config = Config(**{key: tuple(value) if isinstance(value, list) else value
+                       for key, value in spec["config"].items()})
+    state_dir = Path(spec["state_dir"])
+    source = RecordingSource(Path(spec["recording_dir"]), config, stop_after=spec["stop_after"],
+                             progress=spec["progress"])
+    flow = build_flow(source, PartFileSink(state_dir / "parts"), config,
+                      state_dir / "rocksdb" / f"process-{proc_id}", emit_events=spec["emit_events"])
+    recovery = RecoveryConfig(state_dir / "recovery")
+    epoch = timedelta(seconds=config.epoch_interval_s)
+    try:
+        if addresses is None:
+            run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+        else:
+            cluster_main(flow, addresses, proc_id, epoch_interval=epoch, recovery_config=recovery)
+    finally:
+        close_all_stores()
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _run_cluster(spec: dict[str, Any], processes: int) -> None:
+    """A Bytewax cluster of `processes` local processes, one worker each, on 127.0.0.1."""
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
+    spec_file = Path(spec["state_dir"]) / "worker-spec.json"
+    spec_file.write_bytes(orjson.dumps(spec))
+    children = [
+        subprocess.Popen([sys.executable, "-m", "omnitrigger.flows.cluster_worker", str(spec_file), str(proc_id),
+                          ";".join(addresses)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for proc_id in range(processes)
+    ]
+    codes = [child.wait() for child in children]
+    if any(codes):
+        raise ReplayError(f"cluster process exit codes {codes}; see the log lines above")
+
+
+def _stats(parts_dir: Path) -> dict[str, Any]:
+    records = read_stream(parts_dir, STATS) if parts_dir.exists() else []
+    return records[-1] if records else {}
+
+
+def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], seconds: float) -> ReplaySummary:
+    stats = _stats(parts_dir)
+    outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
+               SUPPRESSED: options.suppressed, IDENTITIES: options.identities, DUPLICATES: options.duplicates,
+               EVENTS: options.events}
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for stream, path in outputs.items():
+        if path is not None or stream in (TRIGGERS, SUPPRESSED):
+            streams[stream] = read_stream(parts_dir, stream)
+        if path is not None:
+            write_records(Path(path), streams[stream])
+    read_now = sum(stats.get("read", {}).values())
+    read_before = sum(before.get("read", {}).values())
+    return ReplaySummary(
+        read_by_topic=dict(sorted(stats.get("read", {}).items())),
+        dead_letters_by_reason=dict(sorted(stats.get("dead_letters", {}).items())),
+        duplicates_by_topic=dict(sorted(stats.get("duplicates", {}).items())),
+        triggers_by_rule=count_by(streams[TRIGGERS], "rule"),
+        suppressed_by_reason=count_by(streams[SUPPRESSED], "reason"),
+        records_this_run=read_now - read_before,
+        seconds=seconds,
+    )

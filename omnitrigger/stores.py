@@ -1,0 +1,61 @@
+"""The stores file: `store_id,name,lat,lon[,radius_m]`, checked against schemas/stores.schema.json."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnitrigger.schemas import ContractViolation
+from omnitrigger.schemas.validator import SchemaCompiler
+
+DEFAULT_RADIUS_M = 500.0
+
+
+class StoresError(Exception):
+    """The stores file is missing or has a bad row; the message names it."""
+
+
+@dataclass(frozen=True)
+class Store:
+    store_id: str
+    name: str
+    lat: float
+    lon: float
+    radius_m: float
+
+
+def load_stores(path: Path) -> list[Store]:
+    path = Path(path)
+    if not path.is_file():
+        raise StoresError(f"stores file not found: {path}")
+    check = SchemaCompiler().compile_file("stores.schema.json")
+    stores: list[Store] = []
+    seen: set[str] = set()
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"store_id", "name", "lat", "lon"} - set(reader.fieldnames or [])
+        if missing:
+            raise StoresError(f"{path}: header must have store_id,name,lat,lon[,radius_m]; missing {', '.join(sorted(missing))}")
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                record = {"store_id": row["store_id"], "name": row["name"],
+                          "lat": _number(row["lat"], "lat"), "lon": _number(row["lon"], "lon")}
+                if row.get("radius_m"):
+                    record["radius_m"] = _number(row["radius_m"], "radius_m")
+                check(record, "")
+            except ContractViolation as violation:
+                raise StoresError(f"{path} line {line_no}: {violation.detail}") from None
+            if record["store_id"] in seen:
+                raise StoresError(f"{path} line {line_no}: store_id {record['store_id']!r} appears twice")
+            seen.add(record["store_id"])
+            stores.append(Store(record["store_id"], record["name"], record["lat"], record["lon"],
+                                record.get("radius_m", DEFAULT_RADIUS_M)))
+    return stores
+
+
+def _number(text: str | None, name: str) -> float | str | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return text  # the schema check reports it as a wrong type, with the field name

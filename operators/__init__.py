@@ -1,0 +1,13 @@
+"""Operator logic: plain classes with no bytewax import, one operator a file.
+
+Each operator is a `StageOperator` (see base.py): it takes events in the
+order the stage delivers them, keeps whatever it remembers in a `ShardState`,
+and returns the events that go on plus records for named output streams.
+flows/ wires operators into Bytewax; tests/test_conformance.py holds the
+suite every operator passes.
+"""
+
+from omnitrigger.operators.base import OperatorResult, StageOperator
+from omnitrigger.operators.dedup import Dedup
+
+__all__ = ["Dedup", "OperatorResult", "StageOperator"]

@@ -1,0 +1,35 @@
+"""The shape every operator has: events in, events and emitted records out, state in a ShardState."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, NamedTuple
+
+from omnitrigger.records import Emitted, Event
+from omnitrigger.state import ShardState
+
+
+class OperatorResult(NamedTuple):
+    events: list[Event]  # what continues to the next operator
+    emitted: list[Emitted]  # records for output streams (duplicates, visits, triggers, ...)
+
+
+class StageOperator(ABC):
+    """Per-shard logic of one operator.
+
+    The flow builds one instance per shard with that shard's `ShardState` and
+    calls `on_events` with events in input order. It must be a pure function
+    of (state, events): the conformance suite replays the same input through
+    different batch sizes, runs and worker counts and expects the same output.
+    """
+
+    #: Namespace of this operator's keys in the state store.
+    name: str = ""
+
+    def __init__(self, state: ShardState, config: Any) -> None:
+        self.state = state
+        self.config = config
+
+    @abstractmethod
+    def on_events(self, events: list[Event]) -> OperatorResult:
+        """Process events in order."""

@@ -1,0 +1,61 @@
+"""Apply the v1 topic contracts to decoded records and read their event time."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler
+
+INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes")
+
+DAY_MS = 86_400_000
+EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events
+LATEST_TS_MS = 32_503_680_000_000  # 3000-01-01: keeps datetime arithmetic in range
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ONE_MS = timedelta(milliseconds=1)
+
+
+def parse_event_time(value: Any) -> int:
+    """Event time as epoch milliseconds, from RFC 3339 with an offset or from epoch milliseconds."""
+    if type(value) is int or (type(value) is float and value.is_integer()):
+        ts_ms = int(value)
+    elif type(value) is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ContractViolation("invalid_timestamp", f"ts: {value[:64]!r} is not RFC 3339") from None
+        if parsed.tzinfo is None:
+            raise ContractViolation("invalid_timestamp", f"ts: {value[:64]!r} has no UTC offset")
+        ts_ms = (parsed - _EPOCH) // _ONE_MS
+    else:
+        raise ContractViolation("invalid_timestamp", f"ts: {value!r} is neither RFC 3339 nor epoch milliseconds")
+    if not EARLIEST_TS_MS <= ts_ms < LATEST_TS_MS:
+        raise ContractViolation("invalid_timestamp", f"ts: {value!r} is outside 2000..3000 (epoch seconds instead of milliseconds?)")
+    return ts_ms
+
+
+class Contracts:
+    """Compiled validators for the input topics, plus the event-time rules."""
+
+    def __init__(self, max_future_ms: int = DAY_MS) -> None:
+        compiler = SchemaCompiler()
+        self._checks = {topic: compiler.compile_file(f"{topic}.schema.json") for topic in INPUT_TOPICS}
+        self.max_future_ms = max_future_ms
+
+    def check(self, topic: str, body: Any, reference_ms: int) -> int:
+        """Validate `body` against `topic`'s contract and return its event time in ms.
+
+        `reference_ms` is "now" for the record: its Kafka timestamp, or the
+        replay's start. An event time further than `max_future_ms` past it is
+        a dead letter: a clock that far off would poison every window.
+        """
+        if type(body) is not dict:
+            raise ContractViolation("not_an_object", f"expected a JSON object, got {type(body).__name__}")
+        self._checks[topic](body, "")
+        ts_ms = parse_event_time(body["ts"])
+        if ts_ms > reference_ms + self.max_future_ms:
+            raise ContractViolation(
+                "timestamp_in_future",
+                f"ts: {body['ts']!r} is more than {self.max_future_ms // 1000} s after the record's reference time")
+        return ts_ms
