@@ -59,6 +59,7 @@ class ReplayOptions:
     processes: int = 1
     stop_after: int | None = None
     progress: bool = False
+    operators: tuple[str, ...] | None = None  # names from omnitrigger.operators.OPERATORS; None = the full flow
 
 
 @dataclass
@@ -147,6 +148,7 @@ def _worker_spec(options: ReplayOptions, state_dir: Path) -> dict[str, Any]:
         "stop_after": options.stop_after,
         "emit_events": options.events is not None,
         "progress": options.progress,
+        "operators": list(options.operators) if options.operators is not None else None,
     }
 
 
@@ -158,6 +160,7 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
     from omnitrigger.flows.part_file_sink import PartFileSink
     from omnitrigger.flows.recording_source import RecordingSource
     from omnitrigger.flows.replay_flow import build_flow
+    from omnitrigger.operators import OPERATORS
     from omnitrigger.state import close_all_stores
 
     config = Config(**{key: tuple(value) if isinstance(value, list) else value
@@ -165,8 +168,10 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
     state_dir = Path(spec["state_dir"])
     source = RecordingSource(Path(spec["recording_dir"]), config, stop_after=spec["stop_after"],
                              progress=spec["progress"])
+    operators = None if spec["operators"] is None else [OPERATORS[name] for name in spec["operators"]]
     flow = build_flow(source, PartFileSink(state_dir / "parts"), config,
-                      state_dir / "rocksdb" / f"process-{proc_id}", emit_events=spec["emit_events"])
+                      state_dir / "rocksdb" / f"process-{proc_id}", operators=operators,
+                      emit_events=spec["emit_events"])
     recovery = RecoveryConfig(state_dir / "recovery")
     epoch = timedelta(seconds=config.epoch_interval_s)
     try:

@@ -10,4 +10,7 @@ suite every operator passes.
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.dedup import Dedup
 
-__all__ = ["Dedup", "OperatorResult", "StageOperator"]
+#: Every operator by name. The conformance suite (tests/test_conformance.py) runs each one.
+OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup}
+
+__all__ = ["OPERATORS", "Dedup", "OperatorResult", "StageOperator"]
