@@ -43,7 +43,7 @@ def load_stores(path: Path) -> list[Store]:
                           "lat": _number(row["lat"], "lat"), "lon": _number(row["lon"], "lon")}
                 if row.get("radius_m"):
                     record["radius_m"] = _number(row["radius_m"], "radius_m")
-                check(record, "")
+                check(record)
             except ContractViolation as violation:
                 raise StoresError(f"{path} line {line_no}: {violation.detail}") from None
             if record["store_id"] in seen:

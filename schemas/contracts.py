@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -12,6 +13,8 @@ INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "co
 DAY_MS = 86_400_000
 EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events
 LATEST_TS_MS = 32_503_680_000_000  # 3000-01-01: keeps datetime arithmetic in range
+# RFC 3339 date-time; Python's fromisoformat alone also takes other ISO 8601 forms (week dates, basic format).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _ONE_MS = timedelta(milliseconds=1)
 
@@ -21,17 +24,19 @@ def parse_event_time(value: Any) -> int:
     if type(value) is int or (type(value) is float and value.is_integer()):
         ts_ms = int(value)
     elif type(value) is str:
+        if not _RFC3339.match(value):
+            raise ContractViolation("invalid_timestamp", f"{value[:64]!r} is not RFC 3339", ("ts",))
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
-            raise ContractViolation("invalid_timestamp", f"ts: {value[:64]!r} is not RFC 3339") from None
+            raise ContractViolation("invalid_timestamp", f"{value[:64]!r} is not RFC 3339", ("ts",)) from None
         if parsed.tzinfo is None:
-            raise ContractViolation("invalid_timestamp", f"ts: {value[:64]!r} has no UTC offset")
+            raise ContractViolation("invalid_timestamp", f"{value[:64]!r} has no UTC offset", ("ts",))
         ts_ms = (parsed - _EPOCH) // _ONE_MS
     else:
-        raise ContractViolation("invalid_timestamp", f"ts: {value!r} is neither RFC 3339 nor epoch milliseconds")
+        raise ContractViolation("invalid_timestamp", f"{value!r} is neither RFC 3339 nor epoch milliseconds", ("ts",))
     if not EARLIEST_TS_MS <= ts_ms < LATEST_TS_MS:
-        raise ContractViolation("invalid_timestamp", f"ts: {value!r} is outside 2000..3000 (epoch seconds instead of milliseconds?)")
+        raise ContractViolation("invalid_timestamp", f"{value!r} is outside 2000..3000 (epoch seconds instead of milliseconds?)", ("ts",))
     return ts_ms
 
 
@@ -52,10 +57,11 @@ class Contracts:
         """
         if type(body) is not dict:
             raise ContractViolation("not_an_object", f"expected a JSON object, got {type(body).__name__}")
-        self._checks[topic](body, "")
+        self._checks[topic](body)
         ts_ms = parse_event_time(body["ts"])
         if ts_ms > reference_ms + self.max_future_ms:
             raise ContractViolation(
                 "timestamp_in_future",
-                f"ts: {body['ts']!r} is more than {self.max_future_ms // 1000} s after the record's reference time")
+                f"{body['ts']!r} is more than {self.max_future_ms // 1000} s after the record's reference time",
+                ("ts",))
         return ts_ms

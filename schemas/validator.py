@@ -19,7 +19,7 @@ import orjson
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 
-Check = Callable[[Any, str], None]
+Check = Callable[[Any], None]
 
 # Keywords that only annotate: they never reject a value.
 _ANNOTATIONS = {
@@ -34,12 +34,31 @@ _SUPPORTED = _ANNOTATIONS | {
 
 
 class ContractViolation(Exception):
-    """A value broke its contract; `reason` is a stable code, `detail` names the field."""
+    """A value broke its contract; `reason` is a stable code, `detail` names the field and the fault.
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+    Checks raise it with the fault alone; each enclosing object or array adds
+    its segment of the path on the way out, so the happy path builds no strings.
+    """
+
+    def __init__(self, reason: str, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(reason, message)
         self.reason = reason
-        self.detail = detail
+        self.message = message
+        self.path = path
+
+    def within(self, segment: str) -> "ContractViolation":
+        self.path = (segment, *self.path)
+        return self
+
+    @property
+    def detail(self) -> str:
+        if not self.path:
+            return self.message
+        joined = "".join(part if part.startswith("[") else f".{part}" for part in self.path).lstrip(".")
+        return f"{joined}: {self.message}"
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 def _is_number(value: Any) -> bool:
@@ -59,10 +78,6 @@ _TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
     "object": lambda v: type(v) is dict,
     "array": lambda v: type(v) is list,
 }
-
-
-def _field(path: str) -> str:
-    return path or "(record)"
 
 
 class SchemaCompiler:
@@ -96,18 +111,13 @@ class SchemaCompiler:
         checks: list[Check] = []
         if "$ref" in schema:
             checks.append(self._compile_ref(schema["$ref"], base))
-        if "type" in schema:
-            checks.append(_type_check(schema["type"]))
-        if "enum" in schema or "const" in schema:
-            allowed = schema["enum"] if "enum" in schema else [schema["const"]]
-            checks.append(_enum_check(allowed))
-        checks.extend(_range_checks(schema))
-        checks.extend(_size_checks(schema))
-        if "required" in schema:
-            checks.append(_required_check(schema["required"]))
-        if "properties" in schema:
-            checks.append(_properties_check(
-                {key: self._compile(sub, base) for key, sub in schema["properties"].items()}))
+        leaf = _leaf_check(schema)
+        if leaf is not None:
+            checks.append(leaf)
+        if "required" in schema or "properties" in schema:
+            checks.append(_object_check(
+                schema.get("required", []),
+                {key: self._compile(sub, base) for key, sub in schema.get("properties", {}).items()}))
         if "items" in schema:
             checks.append(_items_check(self._compile(schema["items"], base)))
         for sub in schema.get("allOf", []):
@@ -115,7 +125,7 @@ class SchemaCompiler:
         if "if" in schema:
             condition = self._compile(schema["if"], base)
             consequence = self._compile(schema.get("then", {}), base)
-            checks.append(_if_then_check(condition, consequence))
+            checks.append(_if_then_check(condition, consequence, _fast_condition(schema["if"])))
         return _all_of(checks)
 
     def _compile_ref(self, ref: str, base: str) -> Check:
@@ -128,29 +138,75 @@ class SchemaCompiler:
 
 
 def _all_of(checks: list[Check]) -> Check:
+    if not checks:
+        return _accept
     if len(checks) == 1:
         return checks[0]
+    checks_tuple = tuple(checks)
 
-    def check(value: Any, path: str) -> None:
-        for one in checks:
-            one(value, path)
+    def check(value: Any) -> None:
+        for one in checks_tuple:
+            one(value)
+
+    return check
+
+
+def _accept(value: Any) -> None:
+    return None
+
+
+_LEAF_KEYWORDS = ("type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+                  "minLength", "maxLength", "minItems", "maxItems", "minProperties")
+
+
+def _leaf_check(schema: dict) -> Check | None:
+    """Type, enum, range and size keywords of one schema fused into a single call (the hot path)."""
+    if not any(key in schema for key in _LEAF_KEYWORDS):
+        return None
+    type_check = _type_check(schema["type"]) if "type" in schema else None
+    enum_check = None
+    if "enum" in schema or "const" in schema:
+        enum_check = _enum_check(schema["enum"] if "enum" in schema else [schema["const"]])
+    range_checks = _range_checks(schema)
+    range_check = range_checks[0] if range_checks else None
+    sizes = tuple(_size_checks(schema))
+    if enum_check is None and range_check is None and not sizes:
+        return type_check
+
+    def check(value: Any) -> None:
+        if type_check is not None:
+            type_check(value)
+        if enum_check is not None:
+            enum_check(value)
+        if range_check is not None:
+            range_check(value)
+        for size in sizes:
+            size(value)
 
     return check
 
 
 def _type_check(declared: str | list[str]) -> Check:
     names = [declared] if isinstance(declared, str) else list(declared)
-    tests = [_TYPE_TESTS[name] for name in names]
+    python_types = {str: "string", dict: "object", list: "array", bool: "boolean", type(None): "null"}
+    exact = frozenset(t for t, name in python_types.items() if name in names)
     numeric = "number" in names or "integer" in names
+    integer_only = "integer" in names and "number" not in names
     expected = " or ".join(names)
 
-    def check(value: Any, path: str) -> None:
-        if numeric and type(value) is float and not math.isfinite(value):
-            raise ContractViolation("non_finite_number", f"{_field(path)}: {value!r} is not a finite number")
-        for test in tests:
-            if test(value):
+    def check(value: Any) -> None:
+        kind = type(value)
+        if kind in exact:
+            return
+        if numeric:
+            if kind is int:
                 return
-        raise ContractViolation("wrong_type", f"{_field(path)}: expected {expected}, got {_json_type(value)}")
+            if kind is float:
+                if not math.isfinite(value):
+                    raise ContractViolation("non_finite_number", f"{value!r} is not a finite number")
+                if not integer_only or value.is_integer():
+                    return
+        raise ContractViolation("wrong_type", f"expected {expected}, got {_json_type(value)}")
 
     return check
 
@@ -164,36 +220,36 @@ def _json_type(value: Any) -> str:
 
 def _enum_check(allowed: list[Any]) -> Check:
     allowed_set = frozenset(allowed)
+    shown = sorted(map(str, allowed_set))
 
-    def check(value: Any, path: str) -> None:
+    def check(value: Any) -> None:
         try:
-            ok = value in allowed_set and type(value) is not bool
+            if value in allowed_set and type(value) is not bool:
+                return
         except TypeError:  # unhashable: a list or an object
-            ok = False
-        if not ok:
-            raise ContractViolation("invalid_value", f"{_field(path)}: {str(value)[:64]!r} is not one of {sorted(allowed_set)}")
+            pass
+        raise ContractViolation("invalid_value", f"{str(value)[:64]!r} is not one of {shown}")
 
     return check
 
 
 def _range_checks(schema: dict) -> list[Check]:
-    bounds = [(key, schema[key]) for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum") if key in schema]
-    if not bounds:
-        return []
     ops = {
         "minimum": lambda v, b: v >= b,
         "maximum": lambda v, b: v <= b,
         "exclusiveMinimum": lambda v, b: v > b,
         "exclusiveMaximum": lambda v, b: v < b,
     }
-    tests = [(key, bound, ops[key]) for key, bound in bounds]
+    tests = tuple((key, schema[key], ops[key]) for key in ops if key in schema)
+    if not tests:
+        return []
 
-    def check(value: Any, path: str) -> None:
-        if not _is_number(value):
+    def check(value: Any) -> None:
+        if type(value) is not int and type(value) is not float:
             return
         for key, bound, test in tests:
             if not test(value, bound):
-                raise ContractViolation("out_of_range", f"{_field(path)}: {value!r} breaks {key} {bound}")
+                raise ContractViolation("out_of_range", f"{value!r} breaks {key} {bound}")
 
     return [check]
 
@@ -213,56 +269,85 @@ def _size_checks(schema: dict) -> list[Check]:
 
 
 def _size_check(key: str, kind: type, bound: int, test: Callable[[int, int], bool]) -> Check:
-    def check(value: Any, path: str) -> None:
+    def check(value: Any) -> None:
         if type(value) is kind and not test(len(value), bound):
-            raise ContractViolation("invalid_value", f"{_field(path)}: size {len(value)} breaks {key} {bound}")
+            raise ContractViolation("invalid_value", f"size {len(value)} breaks {key} {bound}")
 
     return check
 
 
-def _required_check(required: list[str]) -> Check:
+def _object_check(required: list[str], properties: dict[str, Check]) -> Check:
+    """required + properties in one pass; path segments are added only when a check fails."""
     names = tuple(required)
+    items = tuple(properties.items())
 
-    def check(value: Any, path: str) -> None:
+    def check(value: Any) -> None:
         if type(value) is not dict:
             return
         for name in names:
             if name not in value:
-                raise ContractViolation("missing_field", f"{path + '.' if path else ''}{name} is required")
-
-    return check
-
-
-def _properties_check(properties: dict[str, Check]) -> Check:
-    items = tuple(properties.items())
-
-    def check(value: Any, path: str) -> None:
-        if type(value) is not dict:
-            return
-        prefix = path + "." if path else ""
+                raise ContractViolation("missing_field", "is required", (name,))
         for name, sub in items:
             if name in value:
-                sub(value[name], prefix + name)
+                try:
+                    sub(value[name])
+                except ContractViolation as violation:
+                    raise violation.within(name) from None
 
     return check
 
 
 def _items_check(item_check: Check) -> Check:
-    def check(value: Any, path: str) -> None:
+    def check(value: Any) -> None:
         if type(value) is not list:
             return
         for index, item in enumerate(value):
-            item_check(item, f"{path}[{index}]")
+            try:
+                item_check(item)
+            except ContractViolation as violation:
+                raise violation.within(f"[{index}]") from None
 
     return check
 
 
-def _if_then_check(condition: Check, consequence: Check) -> Check:
-    def check(value: Any, path: str) -> None:
+def _if_then_check(condition: Check, consequence: Check, fast_condition: Callable[[Any], bool] | None) -> Check:
+    if fast_condition is not None:
+        def check(value: Any) -> None:
+            if fast_condition(value):
+                consequence(value)
+
+        return check
+
+    def check_generic(value: Any) -> None:
         try:
-            condition(value, path)
+            condition(value)
         except ContractViolation:
             return
-        consequence(value, path)
+        consequence(value)
 
-    return check
+    return check_generic
+
+
+def _fast_condition(schema: dict) -> Callable[[Any], bool] | None:
+    """`{"properties": {F: {"enum"|"const": ...}}, "required": [F]}` as a plain membership test."""
+    properties = schema.get("properties", {})
+    if set(schema) != {"properties", "required"} or len(properties) != 1 or schema["required"] != list(properties):
+        return None
+    (name, sub), = properties.items()
+    if set(sub) == {"enum"}:
+        allowed = frozenset(sub["enum"])
+    elif set(sub) == {"const"}:
+        allowed = frozenset([sub["const"]])
+    else:
+        return None
+
+    def test(value: Any) -> bool:
+        if type(value) is not dict:
+            return False
+        field = value.get(name)
+        try:
+            return field in allowed and type(field) is not bool
+        except TypeError:
+            return False
+
+    return test

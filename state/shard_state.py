@@ -142,7 +142,11 @@ class ShardState:
         """
         self._pending.clear()
         current = self.generation
-        if current <= generation:
+        if current < generation:
+            raise StateError(
+                f"state for {self.namespace} shard {self.shard} is at generation {current} but the recovery "
+                f"store expects {generation}: the state folder lost data (deleted or replaced RocksDB files?)")
+        if current == generation:
             return 0
         floor = self._read_meta(_UNDO_FLOOR)
         if generation < floor:
@@ -153,10 +157,16 @@ class ShardState:
         start = self._undo + _U64.pack(generation + 1)
         end = self._undo + _U64.pack(current + 1)
         restore: dict[bytes, bytes | None] = {}
-        for _, record in self.store.scan(start, end, reverse=True):
+        undone: list[bytes] = []
+        for undo_key, record in self.store.scan(start, end, reverse=True):
             key_length, has_old = _UNDO_HEADER.unpack_from(record)
             full_key = record[5:5 + key_length]
             restore[full_key] = record[5 + key_length:] if has_old else None
+            undone.append(undo_key)
+        # The undo records go in the same atomic batch as the values they restore: if they
+        # outlived it (a crash before the delete_range below), a later rollback would
+        # replay them on top of the new timeline's generations of the same numbers.
+        restore.update(dict.fromkeys(undone))
         restore[self._meta + _GEN] = _U64.pack(generation)
         self.store.write(restore)
         self.store.delete_range(start, end)

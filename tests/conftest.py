@@ -21,6 +21,8 @@ STREAM_FLAGS = ("dead_letter", "visits", "suppressed", "identities", "duplicates
 @pytest.fixture
 def real_data() -> Path:
     if not REAL_DATA.is_dir():
+        if os.environ.get("OMNITRIGGER_REQUIRE_REAL_DATA"):
+            pytest.fail(f"real data not found at {REAL_DATA}, and OMNITRIGGER_REQUIRE_REAL_DATA is set")
         pytest.skip(f"real data not found at {REAL_DATA} (set OMNITRIGGER_SHARED to the shared/ folder)")
     return REAL_DATA
 
