@@ -139,7 +139,6 @@ class _FileCursor:
 
     def __init__(self, topic: str, path: Path, byte_pos: int, line_no: int, last_ts: int) -> None:
         self.topic = topic
-        self.path = path
         self.name = path.name
         self.handle: BinaryIO = path.open("rb")
         self.handle.seek(byte_pos)
@@ -147,7 +146,6 @@ class _FileCursor:
         self.line_no = line_no
         self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
         self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
-        self.size = path.stat().st_size
 
     def read_line(self) -> bytes | None:
         line = self.handle.readline()
@@ -167,7 +165,6 @@ class RecordingReader:
         self.total_bytes = sum(path.stat().st_size for path in files.values())
         self._cursors: list[_FileCursor] = []
         self._heap: list[tuple[int, str, int, int, int, int, _Decoded]] = []
-        self.read_by_topic: dict[str, int] = {topic: 0 for topic in files}
         for index, (topic, path) in enumerate(files.items()):
             byte_pos, line_no, last_ts = position["files"].get(path.name, (0, 0, 0))
             cursor = _FileCursor(topic, path, byte_pos, line_no, last_ts)
@@ -199,7 +196,6 @@ class RecordingReader:
             cursor.emitted_ts = decoded.merge_ts
             cursor.byte_pos += line_len
             cursor.line_no += 1
-            self.read_by_topic[cursor.topic] += 1
             self._advance(index)
         return batch
 

@@ -90,9 +90,9 @@ class ShardState:
     def sweep(self, now_ms: int, limit: int = 10_000) -> int:
         """Delete up to `limit` values whose expiry is at or before `now_ms`; returns how many."""
         end = self._index + _U64.pack(now_ms + 1)
-        index_keys = [key for key, _ in _take(self.store.scan(self._index, end), limit)]
-        index_keys += [key for key, value in self._pending.items()
-                       if value is not None and self._index <= key < end and key not in index_keys]
+        index_keys = dict.fromkeys(key for key, _ in _take(self.store.scan(self._index, end), limit))
+        index_keys.update(dict.fromkeys(key for key, value in self._pending.items()
+                                        if value is not None and self._index <= key < end))
         deleted = 0
         for index_key in index_keys:
             if self._pending.get(index_key, _EMPTY) is None:
