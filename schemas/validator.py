@@ -61,25 +61,6 @@ class ContractViolation(Exception):
         return f"{self.reason}: {self.detail}"
 
 
-def _is_number(value: Any) -> bool:
-    return (type(value) is int or type(value) is float)
-
-
-def _is_integer(value: Any) -> bool:
-    return type(value) is int or (type(value) is float and value.is_integer())
-
-
-_TYPE_TESTS: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: type(v) is str,
-    "integer": _is_integer,
-    "number": _is_number,
-    "boolean": lambda v: type(v) is bool,
-    "null": lambda v: v is None,
-    "object": lambda v: type(v) is dict,
-    "array": lambda v: type(v) is list,
-}
-
-
 class SchemaCompiler:
     """Loads schema files from a folder and compiles them, resolving `$ref`s between files."""
 
@@ -111,9 +92,12 @@ class SchemaCompiler:
         checks: list[Check] = []
         if "$ref" in schema:
             checks.append(self._compile_ref(schema["$ref"], base))
-        leaf = _leaf_check(schema)
-        if leaf is not None:
-            checks.append(leaf)
+        if "type" in schema:
+            checks.append(_type_check(schema["type"]))
+        if "enum" in schema or "const" in schema:
+            checks.append(_enum_check(schema["enum"] if "enum" in schema else [schema["const"]]))
+        checks.extend(_range_checks(schema))
+        checks.extend(_size_checks(schema))
         if "required" in schema or "properties" in schema:
             checks.append(_object_check(
                 schema.get("required", []),
@@ -153,37 +137,6 @@ def _all_of(checks: list[Check]) -> Check:
 
 def _accept(value: Any) -> None:
     return None
-
-
-_LEAF_KEYWORDS = ("type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                  "minLength", "maxLength", "minItems", "maxItems", "minProperties")
-
-
-def _leaf_check(schema: dict) -> Check | None:
-    """Type, enum, range and size keywords of one schema fused into a single call (the hot path)."""
-    if not any(key in schema for key in _LEAF_KEYWORDS):
-        return None
-    type_check = _type_check(schema["type"]) if "type" in schema else None
-    enum_check = None
-    if "enum" in schema or "const" in schema:
-        enum_check = _enum_check(schema["enum"] if "enum" in schema else [schema["const"]])
-    range_checks = _range_checks(schema)
-    range_check = range_checks[0] if range_checks else None
-    sizes = tuple(_size_checks(schema))
-    if enum_check is None and range_check is None and not sizes:
-        return type_check
-
-    def check(value: Any) -> None:
-        if type_check is not None:
-            type_check(value)
-        if enum_check is not None:
-            enum_check(value)
-        if range_check is not None:
-            range_check(value)
-        for size in sizes:
-            size(value)
-
-    return check
 
 
 def _type_check(declared: str | list[str]) -> Check:

@@ -37,10 +37,13 @@ def write_lines(path: Path, records: Iterable[Any]) -> Path:
 
 
 def kcat_envelope(topic: str, partition: int, offset: int, payload: Any, ts_ms: int | None = None) -> dict[str, Any]:
-    """The JSON envelope `kcat -C -J` writes for one record."""
+    """The JSON envelope `kcat -C -J` writes for one record: an object payload as a JSON string, like kcat.
+
+    A string or None payload is kept as it is (to write a broken or a null payload).
+    """
     return {"topic": topic, "partition": partition, "offset": offset, "tstype": "create",
             "ts": ts_ms if ts_ms is not None else -1, "broker": 0, "key": None,
-            "payload": payload if isinstance(payload, str) else orjson.dumps(payload).decode()}
+            "payload": orjson.dumps(payload).decode() if isinstance(payload, (dict, list)) else payload}
 
 
 def write_stores(path: Path) -> Path:

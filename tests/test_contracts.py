@@ -29,6 +29,8 @@ from omnitrigger.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import SCHEMA_DIR, Contracts, ContractViolation
 from omnitrigger.schemas.validator import SchemaCompiler
 
+from conftest import kcat_envelope, write_stores
+
 REFERENCE_MS = 1_795_622_400_123  # 2026-11-25T16:00:00.123Z: "now" for bare lines
 REFERENCE_RFC3339 = "2026-11-25T16:00:00.123Z"
 DAY_MS = 86_400_000
@@ -66,11 +68,8 @@ def with_literal(body: dict[str, Any], name: str, literal: bytes) -> bytes:
 
 
 def envelope(topic: str, partition: int, offset: int, payload: Any, kafka_ts: int = REFERENCE_MS) -> bytes:
-    """A `kcat -C -J` line; a dict payload is written as a JSON string, like kcat does."""
-    if isinstance(payload, dict):
-        payload = orjson.dumps(payload).decode()
-    return orjson.dumps({"topic": topic, "partition": partition, "offset": offset, "tstype": "create",
-                         "ts": kafka_ts, "broker": 0, "key": None, "payload": payload})
+    """A `kcat -C -J` line."""
+    return orjson.dumps(kcat_envelope(topic, partition, offset, payload, kafka_ts))
 
 
 # -- the bad-input corpus --------------------------------------------------------
@@ -261,11 +260,6 @@ def test_non_finite_numbers_are_rejected_by_the_validator(field: str, value: flo
 
 
 # -- (b) end to end: one replay with every bad kind interleaved -----------------------------------
-
-def write_stores(path: Path) -> Path:
-    path.write_text("store_id,name,lat,lon,radius_m\nS1,Kamppi,60.1690,24.9320,300\n")
-    return path
-
 
 def interleaved_recording(folder: Path) -> tuple[list[dict[str, Any]], dict[tuple[str, int, int], Bad]]:
     """Per topic: good, bad, good, bad, ..., good. Returns the good bodies and the bad lines by source."""
