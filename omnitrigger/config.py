@@ -59,9 +59,34 @@ class Config:
     progress_interval_s: float = 2.0
     # [state]
     keep_generations: int = 64
+    # [identity]
+    default_country_code: str = "358"  # phones without a leading + or 00 get this E.164 country code
+    identifier_limits: tuple[tuple[str, int], ...] = (("auth_id", 1), ("loyalty_id", 1))  # at most N per customer
+    blocked_identifiers: tuple[str, ...] = ()  # never link, on top of the built-in list
+    min_link_confidence: float = 0.9
+    identifier_retention_s: float = 400 * 86_400.0  # an identifier unseen this long is forgotten
+    history_retention_s: float = 30 * 86_400.0  # rule-relevant events kept per customer, to follow merges
+    history_max_events: int = 500
+    # [visits]
+    max_accuracy_m: float = 100.0
+    excluded_sources: tuple[str, ...] = ("cell",)
+    visit_max_gap_s: float = 300.0
+    visit_min_dwell_s: float = 120.0
+    allowed_lateness_s: float = 120.0
+    # Set at run time, not from the file: the stores CSV the replay or job was started with.
+    stores_file: str | None = None
 
     def with_overrides(self, **overrides: Any) -> "Config":
         return replace(self, **overrides)
+
+    @classmethod
+    def from_dict(cls, document: dict[str, Any]) -> "Config":
+        """The inverse of `dataclasses.asdict` after a JSON round trip (lists back to tuples)."""
+        return cls(**{key: _tuples(value) for key, value in document.items()})
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(item) for item in value) if isinstance(value, list) else value
 
 
 # (section, key) in the file -> (field name, converter)
@@ -75,6 +100,44 @@ def _topics(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, list) or any(topic not in ("pos.receipts", "web.events") for topic in value):
         raise ConfigError(f"{name}: expected a list drawn from [\"pos.receipts\", \"web.events\"], got {value!r}")
     return tuple(value)
+
+
+def _country_code(value: Any, name: str) -> str:
+    text = str(value).lstrip("+")
+    if isinstance(value, bool) or not text.isdigit() or not 1 <= len(text) <= 3:
+        raise ConfigError(f"{name}: expected a 1 to 3 digit country calling code such as \"358\", got {value!r}")
+    return text
+
+
+def _identifier_limits(value: Any, name: str) -> tuple[tuple[str, int], ...]:
+    kinds = ("device_id", "cookie_id", "auth_id", "email", "phone", "loyalty_id")
+    if not isinstance(value, dict) or any(kind not in kinds for kind in value):
+        raise ConfigError(f"{name}: expected a table of identifier type = limit, types from {', '.join(kinds)}")
+    return tuple(sorted((kind, _positive_int(limit, f"{name}.{kind}")) for kind, limit in value.items()))
+
+
+def _strings(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _sources(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(source not in ("gps", "wifi", "cell") for source in value):
+        raise ConfigError(f"{name}: expected a list drawn from [\"gps\", \"wifi\", \"cell\"], got {value!r}")
+    return tuple(value)
+
+
+def _fraction(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError(f"{name}: expected a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _metres(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name}: expected a positive number of metres, got {value!r}")
+    return float(value)
 
 
 def _timestamp_ms(value: Any, name: str) -> int:
@@ -96,7 +159,22 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("replay", "reference_time"): ("reference_time_ms", _timestamp_ms),
     ("replay", "progress_interval"): ("progress_interval_s", parse_duration_s),
     ("state", "keep_generations"): ("keep_generations", _positive_int),
+    ("identity", "default_country_code"): ("default_country_code", _country_code),
+    ("identity", "limits"): ("identifier_limits", _identifier_limits),
+    ("identity", "blocked_values"): ("blocked_identifiers", _strings),
+    ("identity", "min_confidence"): ("min_link_confidence", _fraction),
+    ("identity", "retention"): ("identifier_retention_s", parse_duration_s),
+    ("identity", "history_retention"): ("history_retention_s", parse_duration_s),
+    ("identity", "history_max_events"): ("history_max_events", _positive_int),
+    ("visits", "max_accuracy_m"): ("max_accuracy_m", _metres),
+    ("visits", "excluded_sources"): ("excluded_sources", _sources),
+    ("visits", "max_gap"): ("visit_max_gap_s", parse_duration_s),
+    ("visits", "min_dwell"): ("visit_min_dwell_s", parse_duration_s),
+    ("visits", "allowed_lateness"): ("allowed_lateness_s", parse_duration_s),
 }
+
+#: Fields set by the program at run time, never from the file.
+RUNTIME_FIELDS = {"stores_file"}
 
 
 def load_config(path: Path | None) -> Config:
@@ -122,5 +200,6 @@ def load_config(path: Path | None) -> Config:
     return Config(**overrides)
 
 
-assert {name for name, _ in _KEYS.values()} == {f.name for f in fields(Config)}, "every setting has a file key"
+assert {name for name, _ in _KEYS.values()} | RUNTIME_FIELDS == {f.name for f in fields(Config)}, \
+    "every setting has a file key"
 assert all(topic in INPUT_TOPICS for topic in Config.dedup_topics)

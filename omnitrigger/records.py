@@ -23,6 +23,8 @@ class Event(NamedTuple):
     offset: int
     ts_ms: int
     body: dict[str, Any]
+    #: The customer the event's identifiers resolve to; set by the identity operator, None before it.
+    customer: str | None = None
 
 
 class Emitted(NamedTuple):

@@ -144,7 +144,7 @@ def _worker_spec(options: ReplayOptions, state_dir: Path) -> dict[str, Any]:
     return {
         "recording_dir": str(Path(options.recording_dir).resolve()),
         "state_dir": str(state_dir.resolve()),
-        "config": dataclasses.asdict(options.config),
+        "config": dataclasses.asdict(options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))),
         "stop_after": options.stop_after,
         "emit_events": options.events is not None,
         "progress": options.progress,
@@ -163,8 +163,7 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
     from omnitrigger.operators import OPERATORS
     from omnitrigger.state import close_all_stores
 
-    config = Config(**{key: tuple(value) if isinstance(value, list) else value
-                       for key, value in spec["config"].items()})
+    config = Config.from_dict(spec["config"])
     state_dir = Path(spec["state_dir"])
     source = RecordingSource(Path(spec["recording_dir"]), config, stop_after=spec["stop_after"],
                              progress=spec["progress"])

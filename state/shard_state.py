@@ -73,6 +73,35 @@ class ShardState:
     def delete(self, key: bytes) -> None:
         self._pending[self._data + key] = None
 
+    def scan(self, start: bytes, end: bytes, now_ms: int = 0, limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        """Live (key, value) pairs with start <= key < end in key order, buffered writes included.
+
+        Ordered keys are how timers are kept: a key that starts with a big-endian
+        due time makes "everything due by now" one range scan.
+        """
+        low, high = self._data + start, self._data + end
+        merged: dict[bytes, bytes | None] = {}
+        for full_key, raw in self.store.scan(low, high):
+            merged[full_key] = raw
+            if limit is not None and len(merged) >= limit + len(self._pending):
+                break
+        for full_key, raw in self._pending.items():
+            if low <= full_key < high:
+                merged[full_key] = raw
+        out: list[tuple[bytes, bytes]] = []
+        skip = len(self._data)
+        for full_key in sorted(merged):
+            raw = merged[full_key]
+            if raw is None:
+                continue
+            expires = _U64.unpack_from(raw)[0]
+            if expires and expires <= now_ms:
+                continue
+            out.append((full_key[skip:], raw[8:]))
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
     def get_meta(self, name: bytes) -> bytes | None:
         return self._raw(self._meta + b"~" + name)
 

@@ -400,3 +400,22 @@ def test_namespaces_and_shards_do_not_see_each_other(store: RocksDBStore) -> Non
     assert [view.get_meta(b"clock") for view in reopened] == [b"0", b"1", b"2", b"3"]
     for n, view in enumerate(reopened):
         assert set(stored_data(view)) == ({b"own-%d" % n} if n == 1 else {b"shared-key", b"own-%d" % n})
+
+
+def test_scan_merges_buffered_writes_deletes_and_expiry(tmp_path: Path) -> None:
+    store = RocksDBStore(tmp_path / "db")
+    state = ShardState(store, "timers", 3)
+    for n in range(5):
+        state.put(b"t" + n.to_bytes(8, "big"), str(n).encode())
+    state.commit()
+    state.delete(b"t" + (1).to_bytes(8, "big"))
+    state.put(b"t" + (7).to_bytes(8, "big"), b"7")
+    state.put(b"t" + (9).to_bytes(8, "big"), b"9", expires_at_ms=100)
+    state.put(b"u-other", b"x")
+    keys = [key for key, _ in state.scan(b"t", b"u", now_ms=50)]
+    assert keys == [b"t" + n.to_bytes(8, "big") for n in (0, 2, 3, 4, 7, 9)]
+    assert [value for _, value in state.scan(b"t", b"u", now_ms=100)] == [b"0", b"2", b"3", b"4", b"7"]
+    assert [value for _, value in state.scan(b"t", b"u", limit=2)] == [b"0", b"2"]
+    other = ShardState(store, "timers", 4)
+    assert other.scan(b"t", b"u") == []
+    store.close()
