@@ -11,6 +11,7 @@ The recording comes from the seeded demo generator scaled to --customers
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import sys
 import tempfile
@@ -25,6 +26,9 @@ from omnitrigger.records import Event
 from omnitrigger.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import Contracts
 from omnitrigger.state import RocksDBStore, ShardState
+
+# Email and phone are hashed with this key; a benchmark has no secret to protect.
+os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 
 
 def peak_rss_mib() -> float:

@@ -17,6 +17,7 @@ from typing import Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from omnitrigger.config import Config
+from omnitrigger.pii import Pseudonymizer, key_from_environment
 from omnitrigger.recording import RecordingReader
 from omnitrigger.schemas import Contracts
 
@@ -29,7 +30,7 @@ class _RecordingPartition(StatefulSourcePartition):
         self.reader = RecordingReader(
             recording_dir, Contracts(max_future_ms=int(config.max_future_s * 1000)),
             max_record_bytes=config.max_record_bytes, reference_ms=config.reference_time_ms,
-            position=resume_state)
+            position=resume_state, pseudonymizer=Pseudonymizer(key_from_environment(), config.default_country_code))
         self.batch_size = config.batch_size
         self.stop_at_seq = stop_after
         self.progress = progress

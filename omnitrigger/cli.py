@@ -15,12 +15,13 @@ import click
 
 from omnitrigger import __version__
 from omnitrigger.config import ConfigError, load_config
+from omnitrigger.pii import PiiKeyError
 from omnitrigger.recording import RecordingError
 from omnitrigger.replay import ReplayError, ReplayOptions, run_replay
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 
-USER_ERRORS = (ConfigError, RecordingError, ReplayError, StateError, StoresError)
+USER_ERRORS = (ConfigError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
 
 _file = click.Path(dir_okay=False, path_type=Path)
 _dir = click.Path(file_okay=False, path_type=Path)

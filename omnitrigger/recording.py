@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
+from omnitrigger.pii import Pseudonymizer, key_from_environment
 from omnitrigger.records import DEAD_LETTERS, Emitted, Event
 from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
 
@@ -54,10 +55,16 @@ def recording_files(recording_dir: Path) -> dict[str, Path]:
 
 
 class LineDecoder:
-    """Turns one recorded line into an Event or a dead letter, never an exception."""
+    """Turns one recorded line into an Event or a dead letter, never an exception.
 
-    def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int) -> None:
+    Email and phone are hashed here, right after the contract check, and
+    redacted from a dead letter's raw record: nothing downstream sees them raw.
+    """
+
+    def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int,
+                 pseudonymizer: Pseudonymizer) -> None:
         self.contracts = contracts
+        self.pseudonymizer = pseudonymizer
         self.max_record_bytes = max_record_bytes
         self.reference_ms = reference_ms
 
@@ -87,8 +94,10 @@ class LineDecoder:
                     raise ContractViolation("empty_payload", "the envelope's payload is null")
                 value = _loads(payload.encode(), "invalid_payload_json") if isinstance(payload, str) else payload
             ts_ms = self.contracts.check(file_topic, value, reference_ms)
+            self.pseudonymizer.protect(value)
         except ContractViolation as violation:
-            record = _dead_letter(violation, raw, topic, partition, offset, source_file, key)
+            record = _dead_letter(violation, self.pseudonymizer.redact_raw(raw), topic, partition, offset,
+                                  source_file, key)
             return _Decoded(last_ts, topic, partition, offset, Emitted(DEAD_LETTERS, (0, 0), record))
         return _Decoded(ts_ms, topic, partition, offset, Event(0, file_topic, partition, offset, ts_ms, value))
 
@@ -156,11 +165,14 @@ class RecordingReader:
     """Reads a recording in merged event-time order, resumable from `position()`."""
 
     def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
-                 reference_ms: int | None = None, position: Position | None = None) -> None:
+                 reference_ms: int | None = None, position: Position | None = None,
+                 pseudonymizer: Pseudonymizer | None = None) -> None:
+        """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset)."""
         files = recording_files(Path(recording_dir))
         position = position or {"seq": 0, "files": {}}
         self.decoder = LineDecoder(contracts, max_record_bytes,
-                                   reference_ms if reference_ms is not None else int(time.time() * 1000))
+                                   reference_ms if reference_ms is not None else int(time.time() * 1000),
+                                   pseudonymizer or Pseudonymizer(key_from_environment()))
         self.next_seq: int = position["seq"]
         self.total_bytes = sum(path.stat().st_size for path in files.values())
         self._cursors: list[_FileCursor] = []

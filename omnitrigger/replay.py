@@ -31,6 +31,7 @@ import orjson
 
 from omnitrigger.config import Config
 from omnitrigger.outputs import count_by, read_stream, write_records
+from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
 from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, SUPPRESSED, TRIGGERS, VISITS
 from omnitrigger.operators.stage_chain import STATS
@@ -94,6 +95,7 @@ class ReplaySummary:
 
 def run_replay(options: ReplayOptions) -> ReplaySummary:
     recording_files(Path(options.recording_dir))  # fail early, with one line, on an empty or missing folder
+    key_from_environment()
     load_stores(options.stores)
     if options.processes < 1:
         raise ReplayError(f"--processes must be at least 1, got {options.processes}")

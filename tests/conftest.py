@@ -11,6 +11,9 @@ import pytest
 
 from omnitrigger.replay import ReplayOptions, ReplaySummary, run_replay
 
+# A fixed test key for hashing email and phone (the replay refuses to start without one).
+os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-test-key-0123456789")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OMNITRIGGER_SHARED", REPO.parent / "shared"))
 REAL_DATA = SHARED / "data" / "real"

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 import orjson
 
 from omnitrigger.demo.generator import RecordingGenerator
+from omnitrigger.pii import DEVELOPMENT_KEY, KEY_VARIABLE
 from omnitrigger.replay import ReplayOptions, run_replay
 
 
 def run_demo(work_dir: Path) -> None:
     recording = work_dir / "recording"
     out = work_dir / "out"
+    if not os.environ.get(KEY_VARIABLE):
+        os.environ[KEY_VARIABLE] = DEVELOPMENT_KEY
+        click.echo(f"omnitrigger demo: {KEY_VARIABLE} is not set, so email and phone are hashed with the fixed "
+                   "development key (never use it for real data)")
     generator = RecordingGenerator(seed=7).generate()
     written = generator.write(recording)
     generator.write_stores(work_dir / "stores.csv")
