@@ -1,6 +1,6 @@
 """The dataflow: recorded (or live) records in, cleaned and deduplicated streams out.
 
-    read ──► sequencer stage (dedup; identity and rules join here) ──► part files
+    read ──► sequencer stage (dedup, identity, history; visits and rules join here) ──► part files
                one shard key: the merged input order is kept end to end
 
 Built by a function so tests and the CLI run the same wiring with any source
@@ -21,11 +21,12 @@ from bytewax.outputs import Sink
 
 from omnitrigger.config import Config
 from omnitrigger.flows.stage import OperatorFactory, stage_builder
-from omnitrigger.operators import Dedup
+from omnitrigger.operators import Dedup, History, Identity
 
 SEQUENCER_KEY = "sequencer"
 
-DEFAULT_OPERATORS: list[OperatorFactory] = [Dedup]
+#: The sequencer's operators, in order. Visits (issue 4) go between Identity and History.
+DEFAULT_OPERATORS: list[OperatorFactory] = [Dedup, Identity, History]
 
 
 def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,

@@ -34,7 +34,7 @@ class _StageLogic(StatefulBatchLogic):
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[list[Emitted]], bool]:
-        return [[self.chain.stats_record()]], StatefulBatchLogic.RETAIN
+        return [self.chain.on_eof()], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> tuple[int, ...]:
         return tuple(state.commit() for state in self.states)

@@ -41,6 +41,7 @@ def cli() -> None:
 @click.option("--visits", type=_file, help="Confirmed store visits.")
 @click.option("--suppressed", type=_file, help="Triggers held back by policy, with the reason.")
 @click.option("--identities", type=_file, help="At the end: each identifier with its customer id.")
+@click.option("--refused-links", type=_file, help="Identity links refused by merge protection, with the reason.")
 @click.option("--duplicates", type=_file, help="Redelivered records that were dropped.")
 @click.option("--events", type=_file, help="The cleaned, deduplicated events.")
 @click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
@@ -50,13 +51,13 @@ def cli() -> None:
 @click.option("--stop-after", type=click.IntRange(min=0), help="Stop after this many records (resume later with --state-dir).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
-           suppressed: Path | None, identities: Path | None, duplicates: Path | None, events: Path | None,
+           suppressed: Path | None, identities: Path | None, refused_links: Path | None, duplicates: Path | None, events: Path | None,
            config_file: Path | None, state_dir: Path | None, processes: int, stop_after: int | None,
            quiet: bool) -> None:
     """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
     summary = run_replay(ReplayOptions(
         recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
-        suppressed=suppressed, identities=identities, duplicates=duplicates, events=events,
+        suppressed=suppressed, identities=identities, refused_links=refused_links, duplicates=duplicates, events=events,
         state_dir=state_dir, config=load_config(config_file), processes=processes, stop_after=stop_after,
         progress=not quiet))
     click.echo("\n".join(summary.lines()))

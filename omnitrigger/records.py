@@ -47,4 +47,10 @@ TRIGGERS = "triggers"
 VISITS = "visits"
 SUPPRESSED = "suppressed"
 IDENTITIES = "identities"
-STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES)
+REFUSED_LINKS = "refused_links"
+STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS)
+
+# Topics of the events operators make for the operators after them (never read from Kafka).
+INTERNAL_TOPIC_PREFIX = "omnitrigger."
+#: Two customers became one: body {"winner", "loser"}, and after the history operator "history".
+MERGE_TOPIC = "omnitrigger.merge"

@@ -30,10 +30,12 @@ from typing import Any
 import orjson
 
 from omnitrigger.config import Config
-from omnitrigger.outputs import count_by, read_stream, write_records
+from omnitrigger.outputs import count_by, read_final_snapshot, read_stream, write_records
 from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
-from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, SUPPRESSED, TRIGGERS, VISITS
+from omnitrigger.records import (
+    DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, REFUSED_LINKS, SUPPRESSED, TRIGGERS, VISITS,
+)
 from omnitrigger.operators.stage_chain import STATS
 from omnitrigger.stores import load_stores
 
@@ -53,6 +55,7 @@ class ReplayOptions:
     visits: Path | None = None
     suppressed: Path | None = None
     identities: Path | None = None
+    refused_links: Path | None = None
     duplicates: Path | None = None
     events: Path | None = None
     state_dir: Path | None = None
@@ -70,6 +73,9 @@ class ReplaySummary:
     duplicates_by_topic: dict[str, int]
     triggers_by_rule: dict[str, int]
     suppressed_by_reason: dict[str, int]
+    refused_links_by_reason: dict[str, int]
+    identifiers: int
+    customers: int
     records_this_run: int
     seconds: float
 
@@ -85,6 +91,9 @@ class ReplaySummary:
         out += [f"  {reason}: {count:,}" for reason, count in self.dead_letters_by_reason.items()]
         out.append(f"duplicates dropped: {sum(self.duplicates_by_topic.values()):,}")
         out += [f"  {topic}: {count:,}" for topic, count in self.duplicates_by_topic.items()]
+        out.append(f"identifiers: {self.identifiers:,} in {self.customers:,} customers")
+        out.append(f"links refused: {sum(self.refused_links_by_reason.values()):,}")
+        out += [f"  {reason}: {count:,}" for reason, count in self.refused_links_by_reason.items()]
         out.append(f"triggers: {sum(self.triggers_by_rule.values()):,}")
         out += [f"  {rule}: {count:,}" for rule, count in self.triggers_by_rule.items()]
         out.append(f"suppressed: {sum(self.suppressed_by_reason.values()):,}")
@@ -219,10 +228,12 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
     stats = _stats(parts_dir)
     outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
                SUPPRESSED: options.suppressed, IDENTITIES: options.identities, DUPLICATES: options.duplicates,
-               EVENTS: options.events}
+               EVENTS: options.events, REFUSED_LINKS: options.refused_links}
     streams: dict[str, list[dict[str, Any]]] = {}
     for stream, path in outputs.items():
-        if path is not None or stream in (TRIGGERS, SUPPRESSED):
+        if stream == IDENTITIES:
+            streams[stream] = read_final_snapshot(parts_dir, stream)
+        elif path is not None or stream in (TRIGGERS, SUPPRESSED, REFUSED_LINKS):
             streams[stream] = read_stream(parts_dir, stream)
         if path is not None:
             write_records(Path(path), streams[stream])
@@ -234,6 +245,9 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
         duplicates_by_topic=dict(sorted(stats.get("duplicates", {}).items())),
         triggers_by_rule=count_by(streams[TRIGGERS], "rule"),
         suppressed_by_reason=count_by(streams[SUPPRESSED], "reason"),
+        refused_links_by_reason=count_by(streams[REFUSED_LINKS], "reason"),
+        identifiers=len(streams[IDENTITIES]),
+        customers=len({record["customer_id"] for record in streams[IDENTITIES]}),
         records_this_run=read_now - read_before,
         seconds=seconds,
     )

@@ -9,8 +9,10 @@ suite every operator passes.
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.dedup import Dedup
+from omnitrigger.operators.history import History
+from omnitrigger.operators.identity import Identity
 
 #: Every operator by name. The conformance suite (tests/test_conformance.py) runs each one.
-OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup}
+OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup, Identity.name: Identity, History.name: History}
 
-__all__ = ["OPERATORS", "Dedup", "OperatorResult", "StageOperator"]
+__all__ = ["OPERATORS", "Dedup", "History", "Identity", "OperatorResult", "StageOperator"]

@@ -33,3 +33,10 @@ class StageOperator(ABC):
     @abstractmethod
     def on_events(self, events: list[Event]) -> OperatorResult:
         """Process events in order."""
+
+    def on_eof(self, end_seq: int) -> OperatorResult:
+        """The input has ended (a replay's last record): emit what is due at the end.
+
+        Records emitted here sort after every input record with `(end_seq, n)`.
+        """
+        return OperatorResult([], [])

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import orjson
 
 from omnitrigger.operators.base import StageOperator
-from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, Emitted, Event
+from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, Emitted, Event
 from omnitrigger.state import ShardState
 
 STATS = "stats"
@@ -57,11 +57,30 @@ class StageChain:
         for emitted in out:
             if emitted.stream == DUPLICATES:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
+        events = [event for event in events if not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
         self.counters["events"].update(event.topic for event in events)
         if self.emit_events:
             out.extend(Emitted(EVENTS, (e.seq, 0), {"topic": e.topic, "partition": e.partition, "offset": e.offset,
-                                                   "ts_ms": e.ts_ms, "event": e.body}) for e in events)
+                                                   "ts_ms": e.ts_ms, "customer_id": e.customer, "event": e.body})
+                       for e in events)
         self._save_counters()
+        return out
+
+    def on_eof(self) -> list[Emitted]:
+        """End of input: each operator's end-of-input output (passed through the operators after it), then stats."""
+        out: list[Emitted] = []
+        carried: list[Event] = []
+        end_seq = self.last_seq + 1
+        for operator in self.operators:
+            if carried:
+                result = operator.on_events(carried)
+                carried = list(result.events)
+                out.extend(result.emitted)
+            result = operator.on_eof(end_seq)
+            carried.extend(result.events)
+            out.extend(result.emitted)
+        self._save_counters()
+        out.append(self.stats_record())
         return out
 
     def _save_counters(self) -> None:

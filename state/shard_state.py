@@ -65,6 +65,11 @@ class ShardState:
             return None
         return raw[8:]
 
+    def expiry_of(self, key: bytes) -> int | None:
+        """When the value under `key` expires (0 = never), or None if there is no value."""
+        raw = self._raw(self._data + key)
+        return _U64.unpack_from(raw)[0] if raw is not None else None
+
     def put(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> None:
         self._pending[self._data + key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:

@@ -6,13 +6,15 @@ For each operator in `omnitrigger.operators.OPERATORS` and its case below:
   * through the Bytewax flow, outputs are byte-identical across batch sizes and between one process and a
     2-process cluster on 127.0.0.1.
 
-Adding an operator means adding a case here; `test_every_operator_has_a_case` fails until you do.
+Adding an operator means adding a case here; `test_every_operator_has_a_case` fails until you do. A case
+names the operators that must run before the one under test (history needs identity's customer ids); they
+run in front of it in every check.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import pytest
 
@@ -23,7 +25,7 @@ from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.schemas import Contracts
 from omnitrigger.state import RocksDBStore, ShardState
-from recordings import receipts_with_redeliveries, taobao_web_events
+from recordings import identity_recording, receipts_with_redeliveries, taobao_web_events
 from conftest import write_lines
 
 CONFIG = Config(dedup_retention_s=30 * 86_400)
@@ -35,8 +37,19 @@ def dedup_case(real_data: Path, recording: Path) -> None:
     write_lines(recording / "web.events.jsonl", events + events[100:160])
 
 
-CASES: dict[str, Callable[[Path, Path], None]] = {
-    "dedup": dedup_case,
+def identity_case(real_data: Path, recording: Path) -> None:
+    identity_recording(real_data, recording, users=40, receipts=200)
+
+
+class Case(NamedTuple):
+    build: Callable[[Path, Path], None]  # (real_data, recording folder) -> writes the recording
+    upstream: tuple[str, ...] = ()  # operators that run before the one under test
+
+
+CASES: dict[str, Case] = {
+    "dedup": Case(dedup_case),
+    "identity": Case(identity_case),
+    "history": Case(identity_case, upstream=("identity",)),
 }
 
 OPERATOR_NAMES = sorted(OPERATORS)
@@ -49,7 +62,7 @@ def test_every_operator_has_a_case() -> None:
 @pytest.fixture(params=OPERATOR_NAMES)
 def case(request, tmp_path: Path, real_data: Path) -> tuple[str, Path]:
     recording = tmp_path / "recording"
-    CASES[request.param](real_data, recording)
+    CASES[request.param].build(real_data, recording)
     return request.param, recording
 
 
@@ -60,30 +73,46 @@ def read_all(recording: Path) -> list[Event]:
     return [item for item in items if type(item) is Event]
 
 
-def run_logic(operator_type: type[StageOperator], events: list[Event], store_path: Path, batch_size: int,
-              crash_at: int | None = None) -> tuple[list[int], list[Emitted]]:
-    """Feed events in batches, committing after each batch; optionally lose uncommitted work at `crash_at`."""
+def chain_of(name: str) -> list[str]:
+    return [*CASES[name].upstream, name]
+
+
+def run_logic(name: str, events: list[Event], store_path: Path, batch_size: int,
+              crash_at: int | None = None) -> tuple[list[Event], list[Emitted]]:
+    """Feed events in batches through the case's operators, committing after each batch like an epoch;
+    optionally lose uncommitted work at `crash_at`. Returns what the last operator passed on and what all emitted."""
     store = RocksDBStore(store_path)
-    state = ShardState(store, operator_type.name, 0)
-    operator = operator_type(state, CONFIG)
-    passed: list[int] = []
+    names = chain_of(name)
+
+    def build(generations: list[int] | None) -> tuple[list[ShardState], list[StageOperator]]:
+        states = [ShardState(store, OPERATORS[n].name, 0) for n in names]
+        if generations is not None:
+            for state, generation in zip(states, generations):
+                state.rollback_to(generation)
+        return states, [OPERATORS[n](state, CONFIG) for n, state in zip(names, states)]
+
+    states, operators = build(None)
+    passed: list[Event] = []
     emitted: list[Emitted] = []
     position = 0
     while position < len(events):
         batch = events[position:position + batch_size]
-        result = operator.on_events(batch)
+        batch_emitted: list[Emitted] = []
+        for operator in operators:
+            result = operator.on_events(batch)
+            batch, batch_emitted = result.events, batch_emitted + result.emitted
         if crash_at is not None and position <= crash_at < position + batch_size:
             # The batch was processed but never snapshotted: roll back and rebuild, as a resume does.
-            committed = state.generation
-            state = ShardState(store, operator_type.name, 0)
-            state.rollback_to(committed)
-            operator = operator_type(state, CONFIG)
+            states, operators = build([state.generation for state in states])
             crash_at = None
             continue
-        passed += [event.seq for event in result.events]
-        emitted += result.emitted
-        state.commit()
+        passed += batch
+        emitted += batch_emitted
+        for state in states:
+            state.commit()
         position += batch_size
+    for operator in operators:
+        emitted += operator.on_eof(len(events)).emitted
     store.close()
     return passed, emitted
 
@@ -91,26 +120,28 @@ def run_logic(operator_type: type[StageOperator], events: list[Event], store_pat
 def test_logic_is_deterministic_across_runs_and_batch_sizes(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
     events = read_all(recording)
-    reference = run_logic(OPERATORS[name], events, tmp_path / "db-ref", batch_size=100)
-    assert reference[0] and reference[1], "the case must pass some events on and emit some records"
-    assert run_logic(OPERATORS[name], events, tmp_path / "db-again", batch_size=100) == reference
+    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=100)
+    upstream = run_logic(CASES[name].upstream[-1], events, tmp_path / "db-up", 100) if CASES[name].upstream else None
+    assert reference[0], "the case must pass some events on"
+    assert reference[1] or reference != upstream, "the operator must do something: emit records or change events"
+    assert run_logic(name, events, tmp_path / "db-again", batch_size=100) == reference
     for batch_size in (1, 7, 1000, len(events)):
-        assert run_logic(OPERATORS[name], events, tmp_path / f"db-{batch_size}", batch_size) == reference
+        assert run_logic(name, events, tmp_path / f"db-{batch_size}", batch_size) == reference
 
 
 def test_logic_recovers_from_lost_uncommitted_work(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
     events = read_all(recording)
-    reference = run_logic(OPERATORS[name], events, tmp_path / "db-ref", batch_size=50)
+    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=50)
     for crash_at in (0, len(events) // 3, len(events) - 1):
-        assert run_logic(OPERATORS[name], events, tmp_path / f"db-crash-{crash_at}", 50, crash_at) == reference
+        assert run_logic(name, events, tmp_path / f"db-crash-{crash_at}", 50, crash_at) == reference
 
 
 def test_flow_output_is_identical_across_batch_sizes(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
-    _, reference = replay(tmp_path, recording, name="b1000", operators=(name,), config=CONFIG)
+    _, reference = replay(tmp_path, recording, name="b1000", operators=tuple(chain_of(name)), config=CONFIG)
     assert reference["events"], "the case must produce events"
-    _, small = replay(tmp_path, recording, name="b3", operators=(name,),
+    _, small = replay(tmp_path, recording, name="b3", operators=tuple(chain_of(name)),
                       config=CONFIG.with_overrides(batch_size=3))
     assert small == reference
 
@@ -118,6 +149,6 @@ def test_flow_output_is_identical_across_batch_sizes(case: tuple[str, Path], tmp
 @pytest.mark.cluster
 def test_flow_output_is_identical_on_a_two_process_cluster(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
-    _, single = replay(tmp_path, recording, name="one", operators=(name,), config=CONFIG)
-    _, cluster = replay(tmp_path, recording, name="two", operators=(name,), config=CONFIG, processes=2)
+    _, single = replay(tmp_path, recording, name="one", operators=tuple(chain_of(name)), config=CONFIG)
+    _, cluster = replay(tmp_path, recording, name="two", operators=tuple(chain_of(name)), config=CONFIG, processes=2)
     assert cluster == single

@@ -1,0 +1,251 @@
+"""Identity resolution: every event's identifiers resolve to one customer id, with merge protection.
+
+A customer is a connected component of identifiers (DESIGN.md section 3).
+Identifiers link when they appear together in one event: an
+`identity.links` record, a login on a device, a receipt with a loyalty card
+and a phone. Within an event the strongest identifier (auth_id, then
+loyalty_id, email, phone, cookie_id, device_id) is the anchor, and each
+other identifier is linked to it; the event belongs to the anchor's
+customer.
+
+Merge protection: a link that would give a customer more identifiers of a
+type than `identifier_limits` allows (one auth_id, one loyalty_id), a
+blocked value (empty, 0, -1, null, anonymous, all zeros, the configured
+list), and every link of an `identity.links` record below
+`min_link_confidence` are refused and written to the `refused_links`
+stream with the reason; the identifiers themselves still resolve, apart.
+
+Customer ids are `cus_` + a hash of the identifier and input position that
+first created the customer, so they are the same on every replay of the
+same input. When two customers merge, the one first seen (the lower
+position) keeps its id, every identifier of the other is re-pointed, and a
+`MERGE_TOPIC` event goes downstream (before the event that caused it) so
+the history operator and the rules move the loser's past to the winner.
+
+State (namespace "identity"), all in RocksDB through ShardState:
+    i <type code> <value>  -> [customer id, last seen ms]   expires after identifier_retention_s unseen
+    c <customer id>        -> {"first": seq, "ids": [[type, value], ...]}
+Email and phone arrive already hashed (omnitrigger/pii.py).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import xxhash
+
+from omnitrigger.operators.base import OperatorResult, StageOperator
+from omnitrigger.records import IDENTITIES, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.state import ShardState
+
+#: Identifier types, strongest first: the first one an event carries is its anchor.
+IDENTIFIER_TYPES = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")
+_TYPE_CODE = {"auth_id": b"a", "loyalty_id": b"l", "email": b"e", "phone": b"p", "cookie_id": b"k", "device_id": b"d"}
+_CODE_TYPE = {code[0]: kind for kind, code in _TYPE_CODE.items()}
+BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "unknown", "anonymous", "!invalid"})
+_ALL_ZEROS = re.compile(r"^[0\W_]+$")  # 0000, 00000000-0000-0000-0000-000000000000 (a zeroed advertising id)
+_REFRESH_MS = 86_400_000  # an identifier's last-seen time is rewritten at most once a day
+_CLOCK = b"clock"
+_SWEEP_EVERY_MS = 3_600_000
+
+Identifier = tuple[str, str]
+
+
+class Identity(StageOperator):
+    name = "identity"
+
+    def __init__(self, state: ShardState, config: Any) -> None:
+        super().__init__(state, config)
+        self.limits = dict(config.identifier_limits)
+        self.blocked = BLOCKED_VALUES | {value.strip().lower() for value in config.blocked_identifiers}
+        self.min_confidence = config.min_link_confidence
+        self.retention_ms = int(config.identifier_retention_s * 1000)
+        clock = state.get_meta(_CLOCK)
+        self.clock_ms = int(clock) if clock else 0
+        self._swept_at_ms = self.clock_ms
+
+    # -- the operator ---------------------------------------------------------
+
+    def on_events(self, events: list[Event]) -> OperatorResult:
+        out: list[Event] = []
+        emitted: list[Emitted] = []
+        for event in events:
+            ids = event.body.get("ids")
+            if type(ids) is not dict:  # a receipt paid without a card or a phone: anonymous
+                out.append(event)
+                continue
+            if event.ts_ms > self.clock_ms:
+                self.clock_ms = event.ts_ms
+            customer, merges, refusals = self._resolve(event, ids)
+            out.extend(merges)
+            out.append(event._replace(customer=customer))
+            for sub, refusal in enumerate(refusals):
+                emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
+        self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
+        if self.clock_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
+            self.state.sweep(self.clock_ms)
+            self._swept_at_ms = self.clock_ms
+        return OperatorResult(out, emitted)
+
+    def on_eof(self, end_seq: int) -> OperatorResult:
+        """Every live identifier with its customer id: the `identities` output of a replay."""
+        records = [Emitted(IDENTITIES, (end_seq, n), {"type": _CODE_TYPE[key[1]], "value": key[2:].decode(),
+                                                       "customer_id": orjson.loads(value)[0]})
+                   for n, (key, value) in enumerate(self.state.scan(b"i", b"j", self.clock_ms))]
+        return OperatorResult([], records)
+
+    # -- resolution -------------------------------------------------------------
+
+    def _resolve(self, event: Event, ids: dict[str, Any]) -> tuple[str | None, list[Event], list[dict[str, Any]]]:
+        refusals: list[dict[str, Any]] = []
+        identifiers: list[Identifier] = []
+        for kind in IDENTIFIER_TYPES:
+            value = ids.get(kind)
+            if value is None:
+                continue
+            identifier = (kind, value if type(value) is str else str(value))
+            if self.is_blocked(identifier[1]):
+                refusals.append(self._refusal("blocked_value", event, [identifier]))
+            else:
+                identifiers.append(identifier)
+        if not identifiers:
+            return None, [], refusals
+        linking = True
+        if event.topic == "identity.links":
+            confidence = event.body.get("confidence", 1.0)
+            if confidence < self.min_confidence:
+                linking = False
+                refusals.extend(self._refusal("low_confidence", event, [identifiers[0], other],
+                                              confidence=confidence) for other in identifiers[1:])
+        anchor = identifiers[0]
+        fresh: set[str] = set()  # customers created by this very event: merging them away is not news
+        merges: list[Event] = []
+        anchor_customer = self._customer_of(anchor, event, fresh)
+        for other in identifiers[1:]:
+            if not linking:
+                self._customer_of(other, event, fresh)
+                continue
+            other_customer = self._lookup(other)
+            if other_customer == anchor_customer:
+                self._touch(other, other_customer, event.ts_ms)
+                continue
+            if other_customer is None:
+                record = self._record(anchor_customer)
+                broken = self._broken_limit(record["ids"], [other], anchor_customer)
+                if broken:
+                    refusals.append(self._refusal(f"limit_{broken}", event, [anchor, other],
+                                                  customers=[anchor_customer]))
+                    self._customer_of(other, event, fresh)
+                else:
+                    self._attach(other, anchor_customer, record, event.ts_ms)
+                continue
+            winner, loser = self._order(anchor_customer, other_customer)
+            winner_record, loser_record = self._record(winner), self._record(loser)
+            broken = self._broken_limit(winner_record["ids"], self._live_ids(loser, loser_record), winner)
+            if broken:
+                refusals.append(self._refusal(f"limit_{broken}", event, [anchor, other],
+                                              customers=[anchor_customer, other_customer]))
+                continue
+            self._merge(winner, winner_record, loser, loser_record, event.ts_ms)
+            if loser not in fresh:
+                merges.append(Event(event.seq, MERGE_TOPIC, -1, -1, event.ts_ms,
+                                    {"winner": winner, "loser": loser}, winner))
+            anchor_customer = winner
+        return anchor_customer, merges, refusals
+
+    def is_blocked(self, value: str) -> bool:
+        lowered = value.strip().lower()
+        return lowered in self.blocked or bool(_ALL_ZEROS.match(lowered))
+
+    def _lookup(self, identifier: Identifier) -> str | None:
+        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
+        return orjson.loads(raw)[0] if raw is not None else None
+
+    def _customer_of(self, identifier: Identifier, event: Event, fresh: set[str]) -> str:
+        """The identifier's customer, created (first seen now) if the identifier is new."""
+        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
+        if raw is not None:
+            customer, last_seen = orjson.loads(raw)
+            if event.ts_ms - last_seen >= _REFRESH_MS:
+                self._touch(identifier, customer, event.ts_ms)
+            return customer
+        customer = "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{event.seq}".encode())[:24]
+        record = {"first": event.seq, "ids": []}
+        self._attach(identifier, customer, record, event.ts_ms)
+        fresh.add(customer)
+        return customer
+
+    def _record(self, customer: str) -> dict[str, Any]:
+        raw = self.state.get(b"c" + customer.encode(), self.clock_ms)
+        return orjson.loads(raw) if raw is not None else {"first": -1, "ids": []}
+
+    def _order(self, first: str, second: str) -> tuple[str, str]:
+        """(winner, loser): the customer seen first keeps its id."""
+        a, b = self._record(first)["first"], self._record(second)["first"]
+        return (first, second) if (a, first) <= (b, second) else (second, first)
+
+    def _live_ids(self, customer: str, record: dict[str, Any]) -> list[Identifier]:
+        """The record's identifiers that still point at `customer` (expired ones drop out)."""
+        return [(kind, value) for kind, value in record["ids"] if self._lookup((kind, value)) == customer]
+
+    def _broken_limit(self, have: list[list[str]] | list[Identifier], adding: list[Identifier],
+                      customer: str) -> str | None:
+        """The identifier type whose limit `adding` would break for `customer`, or None."""
+        for kind, limit in self.limits.items():
+            new = {value for other_kind, value in adding if other_kind == kind}
+            if not new:
+                continue
+            current = {value for other_kind, value in have
+                       if other_kind == kind and self._lookup((kind, value)) == customer}
+            if len(current | new) > limit:
+                return kind
+        return None
+
+    def _attach(self, identifier: Identifier, customer: str, record: dict[str, Any], ts_ms: int) -> None:
+        record["ids"].append(list(identifier))
+        self._point(identifier, customer, ts_ms)
+        self._save(customer, record, ts_ms)
+
+    def _touch(self, identifier: Identifier, customer: str, ts_ms: int) -> None:
+        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
+        if raw is not None and ts_ms - orjson.loads(raw)[1] < _REFRESH_MS:
+            return
+        self._point(identifier, customer, ts_ms)
+        self._save(customer, self._record(customer), ts_ms)
+
+    def _point(self, identifier: Identifier, customer: str, ts_ms: int) -> None:
+        self.state.put(_identifier_key(identifier), orjson.dumps([customer, ts_ms]), ts_ms + self.retention_ms)
+
+    def _save(self, customer: str, record: dict[str, Any], ts_ms: int) -> None:
+        key = b"c" + customer.encode()
+        raw = self.state.get(key, self.clock_ms)
+        expires = ts_ms + self.retention_ms
+        if raw is not None:  # keep the later expiry: the customer lives as long as its freshest identifier
+            current = self.state.expiry_of(key)
+            expires = max(expires, current or 0)
+        self.state.put(key, orjson.dumps(record), expires)
+
+    def _merge(self, winner: str, winner_record: dict[str, Any], loser: str, loser_record: dict[str, Any],
+               ts_ms: int) -> None:
+        for kind, value in loser_record["ids"]:
+            key = _identifier_key((kind, value))
+            raw = self.state.get(key, self.clock_ms)
+            if raw is None or orjson.loads(raw)[0] != loser:
+                continue
+            last_seen = orjson.loads(raw)[1]
+            self.state.put(key, orjson.dumps([winner, last_seen]), last_seen + self.retention_ms)
+            winner_record["ids"].append([kind, value])
+        winner_record["ids"] = [list(identifier) for identifier in self._live_ids(winner, winner_record)]
+        self.state.delete(b"c" + loser.encode())
+        self._save(winner, winner_record, ts_ms)
+
+    def _refusal(self, reason: str, event: Event, identifiers: list[Identifier], **extra: Any) -> dict[str, Any]:
+        return {"reason": reason, "identifiers": [list(identifier) for identifier in identifiers],
+                "topic": event.topic, "partition": event.partition, "offset": event.offset, "ts_ms": event.ts_ms,
+                **extra}
+
+
+def _identifier_key(identifier: Identifier) -> bytes:
+    return b"i" + _TYPE_CODE[identifier[0]] + identifier[1].encode()
