@@ -11,8 +11,10 @@ from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.dedup import Dedup
 from omnitrigger.operators.history import History
 from omnitrigger.operators.identity import Identity
+from omnitrigger.operators.visits import Visits
 
 #: Every operator by name. The conformance suite (tests/test_conformance.py) runs each one.
-OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup, Identity.name: Identity, History.name: History}
+OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup, Identity.name: Identity, History.name: History,
+                                             Visits.name: Visits}
 
-__all__ = ["OPERATORS", "Dedup", "History", "Identity", "OperatorResult", "StageOperator"]
+__all__ = ["OPERATORS", "Dedup", "History", "Identity", "OperatorResult", "StageOperator", "Visits"]

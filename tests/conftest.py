@@ -55,10 +55,13 @@ def write_stores(path: Path) -> Path:
 
 
 def replay(tmp_path: Path, recording: Path, name: str = "run", **options: Any) -> tuple[ReplaySummary, dict[str, bytes]]:
-    """Run a replay writing every output stream under tmp_path/name; returns the summary and each file's bytes."""
+    """Run a replay writing every output stream under tmp_path/name; returns the summary and each file's bytes.
+
+    `stores=` a stores CSV to use instead of the two Helsinki stores of `write_stores`.
+    """
     out_dir = tmp_path / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    stores = write_stores(tmp_path / "stores.csv")
+    stores = options.pop("stores", None) or write_stores(tmp_path / "stores.csv")
     paths = {flag: out_dir / f"{flag}.jsonl" for flag in STREAM_FLAGS}
     summary = run_replay(ReplayOptions(recording_dir=recording, stores=stores, out=out_dir / "triggers.jsonl",
                                        **paths, **options))

@@ -25,6 +25,7 @@ from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.schemas import Contracts
 from omnitrigger.state import RocksDBStore, ShardState
+from geolife import load_rows, ping_bodies, place_stores, write_stores_csv
 from recordings import identity_recording, receipts_with_redeliveries, taobao_web_events
 from conftest import write_lines
 
@@ -41,6 +42,27 @@ def identity_case(real_data: Path, recording: Path) -> None:
     identity_recording(real_data, recording, users=40, receipts=200)
 
 
+def visits_case(real_data: Path, recording: Path) -> None:
+    """GeoLife user 000's real pings (3,634, some marked inaccurate or cell) and stores where they dwell: 27 visits."""
+    rows = load_rows(real_data, users=("000",))
+    write_lines(recording / "geo.pings.jsonl", ping_bodies(rows))
+    write_stores_csv(recording.parent / CASE_STORES, place_stores(rows, count=6))
+
+
+#: A case that needs stores of its own writes them here, next to its recording folder.
+CASE_STORES = "case-stores.csv"
+
+
+def case_config(recording: Path) -> Config:
+    stores = recording.parent / CASE_STORES
+    return CONFIG.with_overrides(stores_file=str(stores)) if stores.exists() else CONFIG
+
+
+def case_stores(recording: Path) -> dict[str, Path]:
+    stores = recording.parent / CASE_STORES
+    return {"stores": stores} if stores.exists() else {}
+
+
 class Case(NamedTuple):
     build: Callable[[Path, Path], None]  # (real_data, recording folder) -> writes the recording
     upstream: tuple[str, ...] = ()  # operators that run before the one under test
@@ -50,6 +72,7 @@ CASES: dict[str, Case] = {
     "dedup": Case(dedup_case),
     "identity": Case(identity_case),
     "history": Case(identity_case, upstream=("identity",)),
+    "visits": Case(visits_case),
 }
 
 OPERATOR_NAMES = sorted(OPERATORS)
@@ -78,7 +101,7 @@ def chain_of(name: str) -> list[str]:
 
 
 def run_logic(name: str, events: list[Event], store_path: Path, batch_size: int,
-              crash_at: int | None = None) -> tuple[list[Event], list[Emitted]]:
+              crash_at: int | None = None, config: Config = CONFIG) -> tuple[list[Event], list[Emitted]]:
     """Feed events in batches through the case's operators, committing after each batch like an epoch;
     optionally lose uncommitted work at `crash_at`. Returns what the last operator passed on and what all emitted."""
     store = RocksDBStore(store_path)
@@ -89,7 +112,7 @@ def run_logic(name: str, events: list[Event], store_path: Path, batch_size: int,
         if generations is not None:
             for state, generation in zip(states, generations):
                 state.rollback_to(generation)
-        return states, [OPERATORS[n](state, CONFIG) for n, state in zip(names, states)]
+        return states, [OPERATORS[n](state, config) for n, state in zip(names, states)]
 
     states, operators = build(None)
     passed: list[Event] = []
@@ -120,35 +143,41 @@ def run_logic(name: str, events: list[Event], store_path: Path, batch_size: int,
 def test_logic_is_deterministic_across_runs_and_batch_sizes(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
     events = read_all(recording)
-    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=100)
-    upstream = run_logic(CASES[name].upstream[-1], events, tmp_path / "db-up", 100) if CASES[name].upstream else None
+    config = case_config(recording)
+    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=100, config=config)
+    upstream = (run_logic(CASES[name].upstream[-1], events, tmp_path / "db-up", 100, config=config)
+                if CASES[name].upstream else None)
     assert reference[0], "the case must pass some events on"
     assert reference[1] or reference != upstream, "the operator must do something: emit records or change events"
-    assert run_logic(name, events, tmp_path / "db-again", batch_size=100) == reference
+    assert run_logic(name, events, tmp_path / "db-again", batch_size=100, config=config) == reference
     for batch_size in (1, 7, 1000, len(events)):
-        assert run_logic(name, events, tmp_path / f"db-{batch_size}", batch_size) == reference
+        assert run_logic(name, events, tmp_path / f"db-{batch_size}", batch_size, config=config) == reference
 
 
 def test_logic_recovers_from_lost_uncommitted_work(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
     events = read_all(recording)
-    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=50)
+    config = case_config(recording)
+    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=50, config=config)
     for crash_at in (0, len(events) // 3, len(events) - 1):
-        assert run_logic(name, events, tmp_path / f"db-crash-{crash_at}", 50, crash_at) == reference
+        assert run_logic(name, events, tmp_path / f"db-crash-{crash_at}", 50, crash_at, config=config) == reference
 
 
 def test_flow_output_is_identical_across_batch_sizes(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
-    _, reference = replay(tmp_path, recording, name="b1000", operators=tuple(chain_of(name)), config=CONFIG)
+    _, reference = replay(tmp_path, recording, name="b1000", operators=tuple(chain_of(name)), config=CONFIG,
+                          **case_stores(recording))
     assert reference["events"], "the case must produce events"
     _, small = replay(tmp_path, recording, name="b3", operators=tuple(chain_of(name)),
-                      config=CONFIG.with_overrides(batch_size=3))
+                      config=CONFIG.with_overrides(batch_size=3), **case_stores(recording))
     assert small == reference
 
 
 @pytest.mark.cluster
 def test_flow_output_is_identical_on_a_two_process_cluster(case: tuple[str, Path], tmp_path: Path) -> None:
     name, recording = case
-    _, single = replay(tmp_path, recording, name="one", operators=tuple(chain_of(name)), config=CONFIG)
-    _, cluster = replay(tmp_path, recording, name="two", operators=tuple(chain_of(name)), config=CONFIG, processes=2)
+    _, single = replay(tmp_path, recording, name="one", operators=tuple(chain_of(name)), config=CONFIG,
+                       **case_stores(recording))
+    _, cluster = replay(tmp_path, recording, name="two", operators=tuple(chain_of(name)), config=CONFIG, processes=2,
+                        **case_stores(recording))
     assert cluster == single
