@@ -27,6 +27,18 @@ class Event(NamedTuple):
     customer: str | None = None
 
 
+class Heartbeat(NamedTuple):
+    """A live source's note that it is idle at wall-clock time `wall_ms`.
+
+    Carried in a source's micro-batch like a record: it lets the event-time
+    clock advance without traffic, so a deadline at 03:00 fires at 03:00
+    (minus nothing, since an idle source has nothing late left to deliver).
+    A replay never makes one.
+    """
+
+    wall_ms: int
+
+
 class Emitted(NamedTuple):
     """One record for a named output stream (events, dead_letters, duplicates, ...).
 

@@ -31,6 +31,9 @@ class RocksDBStore:
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self._db.get(keys) if keys else []
+
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         batch = WriteBatch(raw_mode=True)
         for key, value in changes.items():

@@ -150,8 +150,8 @@ class ShardState:
         generation = self.generation + 1
         undo_prefix = self._undo + _U64.pack(generation)
         batch: dict[bytes, bytes | None] = {}
-        for n, (full_key, value) in enumerate(self._pending.items()):
-            old = self.store.get(full_key)
+        olds = self.store.get_many(list(self._pending))
+        for n, ((full_key, value), old) in enumerate(zip(self._pending.items(), olds)):
             header = _UNDO_HEADER.pack(len(full_key), old is not None)
             batch[undo_prefix + n.to_bytes(4, "big")] = header + full_key + (old or _EMPTY)
             batch[full_key] = value

@@ -14,6 +14,9 @@ class KeyValueStore(Protocol):
     def get(self, key: bytes) -> bytes | None:
         """The value under `key`, or None."""
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """The values under `keys`, in order (one batched lookup)."""
+
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         """Apply puts (a value) and deletes (None) atomically."""
 
