@@ -15,13 +15,15 @@ import click
 
 from omnitrigger import __version__
 from omnitrigger.config import ConfigError, load_config
+from omnitrigger.kafka_tools import KafkaSetupError
+from omnitrigger.live_cli import COMMANDS as LIVE_COMMANDS
 from omnitrigger.pii import PiiKeyError
 from omnitrigger.recording import RecordingError
 from omnitrigger.replay import ReplayError, ReplayOptions, run_replay
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 
-USER_ERRORS = (ConfigError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
+USER_ERRORS = (ConfigError, KafkaSetupError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
 
 _file = click.Path(dir_okay=False, path_type=Path)
 _dir = click.Path(file_okay=False, path_type=Path)
@@ -74,6 +76,10 @@ def demo(keep: Path | None) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="omnitrigger-demo-") as work:
         run_demo(Path(work))
+
+
+for _command in LIVE_COMMANDS:  # run, record, publish: omnitrigger/live_cli.py
+    cli.add_command(_command)
 
 
 def main() -> None:

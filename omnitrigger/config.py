@@ -73,6 +73,23 @@ class Config:
     visit_max_gap_s: float = 300.0
     visit_min_dwell_s: float = 120.0
     allowed_lateness_s: float = 120.0
+    # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
+    kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
+    kafka_input_topics: tuple[tuple[str, str], ...] = ()  # (contract topic, Kafka topic) overrides
+    kafka_triggers_topic: str = "omnitrigger.triggers"
+    kafka_suppressed_topic: str = "omnitrigger.suppressed"
+    kafka_visits_topic: str = "omnitrigger.visits"
+    kafka_dead_letters_topic: str = "omnitrigger.dead_letters"
+    kafka_start: str = "earliest"  # where a fresh state folder starts reading: earliest or latest
+    kafka_fetch_wait_s: float = 0.005  # fetch.wait.max.ms: the consumer's share of the latency
+    kafka_linger_s: float = 0.005  # linger.ms of the output producer
+    kafka_heartbeat_interval_s: float = 1.0  # an idle source tells the event-time clock the wall time this often
+    kafka_merge_wait_s: float = 1.0  # at most this long the event-time merge waits for a partition with data in flight
+    kafka_delivery_timeout_s: float = 600.0  # an output message not acknowledged by then stops the job
+    kafka_preflight_timeout_s: float = 5.0  # brokers must answer the start-up check within this
+    kafka_dedup_tail: int = 10_000  # triggers read back per partition at start, to drop re-sent trigger ids
+    kafka_metrics_port: int = 9464  # Prometheus endpoint; 0 turns it off
+    kafka_client_properties: tuple[tuple[str, str], ...] = ()  # extra librdkafka settings (security, ...)
     # Set at run time, not from the file: the stores CSV the replay or job was started with.
     stores_file: str | None = None
 
@@ -140,6 +157,37 @@ def _metres(value: Any, name: str) -> float:
     return float(value)
 
 
+def _topic_name(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{0,200}", value):
+        raise ConfigError(f"{name}: expected a Kafka topic name (letters, digits, '.', '_', '-'), got {value!r}")
+    return value
+
+
+def _input_topic_map(value: Any, name: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or any(topic not in INPUT_TOPICS for topic in value):
+        raise ConfigError(f"{name}: expected a table of contract topic = Kafka topic, contract topics from "
+                          f"{', '.join(INPUT_TOPICS)}")
+    return tuple(sorted((topic, _topic_name(kafka, f"{name}.{topic}")) for topic, kafka in value.items()))
+
+
+def _start(value: Any, name: str) -> str:
+    if value not in ("earliest", "latest"):
+        raise ConfigError(f"{name}: expected \"earliest\" or \"latest\", got {value!r}")
+    return value
+
+
+def _port(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{name}: expected a TCP port from 0 (off) to 65535, got {value!r}")
+    return value
+
+
+def _client_properties(value: Any, name: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table of librdkafka settings, such as \"security.protocol\" = \"SSL\"")
+    return tuple(sorted((str(key), str(setting)) for key, setting in value.items()))
+
+
 def _timestamp_ms(value: Any, name: str) -> int:
     from omnitrigger.schemas import ContractViolation, parse_event_time
 
@@ -171,6 +219,22 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("visits", "max_gap"): ("visit_max_gap_s", parse_duration_s),
     ("visits", "min_dwell"): ("visit_min_dwell_s", parse_duration_s),
     ("visits", "allowed_lateness"): ("allowed_lateness_s", parse_duration_s),
+    ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
+    ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
+    ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),
+    ("kafka", "suppressed_topic"): ("kafka_suppressed_topic", _topic_name),
+    ("kafka", "visits_topic"): ("kafka_visits_topic", _topic_name),
+    ("kafka", "dead_letters_topic"): ("kafka_dead_letters_topic", _topic_name),
+    ("kafka", "start"): ("kafka_start", _start),
+    ("kafka", "fetch_wait"): ("kafka_fetch_wait_s", parse_duration_s),
+    ("kafka", "linger"): ("kafka_linger_s", parse_duration_s),
+    ("kafka", "heartbeat_interval"): ("kafka_heartbeat_interval_s", parse_duration_s),
+    ("kafka", "merge_wait"): ("kafka_merge_wait_s", parse_duration_s),
+    ("kafka", "delivery_timeout"): ("kafka_delivery_timeout_s", parse_duration_s),
+    ("kafka", "preflight_timeout"): ("kafka_preflight_timeout_s", parse_duration_s),
+    ("kafka", "dedup_tail"): ("kafka_dedup_tail", _positive_int),
+    ("kafka", "metrics_port"): ("kafka_metrics_port", _port),
+    ("kafka", "client"): ("kafka_client_properties", _client_properties),
 }
 
 #: Fields set by the program at run time, never from the file.

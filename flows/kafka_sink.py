@@ -1,0 +1,209 @@
+"""Bytewax sink publishing the output streams to Kafka: triggers, suppressed, visits, dead letters.
+
+Each record goes to its stream's topic as JSON (sorted keys), keyed by its
+`customer_id` when it has one, so one customer's records stay in order on
+one partition. The producer is idempotent (acks=all, retries without
+duplicates or reordering), and `write_batch` returns only once every
+message of the batch is acknowledged: Bytewax snapshots an epoch after its
+items reached the sink, so nothing acknowledged-as-processed is lost. While
+the brokers are down the flush waits (and says so), up to
+`[kafka] delivery_timeout`.
+
+Output is at-least-once after a crash (Bytewax re-runs the epoch after its
+last snapshot). For triggers that is not enough, so at start the sink
+reads back the last `[kafka] dedup_tail` messages of every partition of the
+triggers topic and never sends a trigger_id that is already there (nor one
+it sent itself since). The tail only has to cover what one crash can
+re-emit: the epochs since the last committed snapshot.
+
+Headers: triggers carry `trigger_id`; dead letters carry `source_topic`,
+`source_partition`, `source_offset` and `reason` (the value is the dead
+letter record, with the source record's text, email and phone redacted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+from omnitrigger import metrics
+from omnitrigger.config import Config
+from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
+from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS, Emitted
+from omnitrigger.schemas import ContractViolation, parse_event_time
+
+log = logging.getLogger("omnitrigger.live.sink")
+
+_MAX_REMEMBERED_IDS = 500_000
+_WAIT_LOG_EVERY_S = 10.0
+
+
+class DeliveryError(Exception):
+    """An output message was not acknowledged within the delivery timeout: the job stops (and resumes on restart)."""
+
+
+def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeout_s: float = 30.0) -> list[str]:
+    """The trigger_id headers of the last `tail` messages of every partition of `topic`."""
+    consumer = Consumer(client_settings(brokers, config, **{
+        "group.id": "omnitrigger-sink-tail", "enable.auto.commit": False, "enable.partition.eof": True,
+        "allow.auto.create.topics": False}), logger=quiet_logger())
+    try:
+        metadata = consumer.list_topics(timeout=timeout_s)
+        partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
+        assignment = []
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+            if high > low:
+                assignment.append(TopicPartition(topic, partition, max(low, high - tail)))
+        ids: list[str] = []
+        if not assignment:
+            return ids
+        consumer.assign(assignment)
+        pending = {tp.partition for tp in assignment}
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                    continue
+                for name, value in message.headers() or ():
+                    if name == TRIGGER_ID_HEADER and value is not None:
+                        ids.append(value.decode())
+        return ids
+    finally:
+        consumer.close()
+
+
+class _KafkaOutput(StatelessSinkPartition):
+    def __init__(self, brokers: str, config: Config, topics: dict[str, str], known_ids: list[str]) -> None:
+        self.topics = topics
+        self.timeout_s = config.kafka_delivery_timeout_s
+        self.sent: OrderedDict[str, None] = OrderedDict((trigger_id, None) for trigger_id in known_ids[-_MAX_REMEMBERED_IDS:])
+        self.failures: list[str] = []
+        self.producer = Producer(client_settings(brokers, config, **{
+            "enable.idempotence": True, "acks": "all", "linger.ms": max(0, int(config.kafka_linger_s * 1000)),
+            "message.timeout.ms": max(1000, int(config.kafka_delivery_timeout_s * 1000)),
+            "compression.type": "lz4", "error_cb": self._on_error}), logger=quiet_logger())
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.failures.append(error.str())
+        log.warning("kafka producer error", extra={"fields": {"error": error.str(), "code": error.code()}})
+
+    def _trigger_acknowledged(self, due_ms: int | None, rule: str) -> Any:
+        def callback(error: KafkaError | None, _message: Any) -> None:
+            if error is not None:
+                self.failures.append(error.str())
+                return
+            metrics.TRIGGERS.labels(rule).inc()
+            if due_ms is not None:
+                metrics.TRIGGER_LATENCY.observe(max(0.0, time.time() - due_ms / 1000))
+        return callback
+
+    def write_batch(self, items: list[list[Emitted]]) -> None:
+        for emitted_list in items:
+            for emitted in emitted_list:
+                topic = self.topics.get(emitted.stream)
+                if topic is None:
+                    continue
+                record = emitted.record
+                headers: list[tuple[str, bytes]] = []
+                callback = None
+                if emitted.stream == TRIGGERS:
+                    trigger_id = str(record.get("trigger_id"))
+                    if trigger_id in self.sent:
+                        metrics.RESENT_DROPPED.inc()
+                        continue
+                    self.sent[trigger_id] = None
+                    if len(self.sent) > _MAX_REMEMBERED_IDS:
+                        self.sent.popitem(last=False)
+                    headers.append((TRIGGER_ID_HEADER, trigger_id.encode()))
+                    callback = self._trigger_acknowledged(_due_ms(record), str(record.get("rule")))
+                elif emitted.stream == DEAD_LETTERS:
+                    metrics.DEAD_LETTERS.labels(str(record.get("reason"))).inc()
+                    headers += [("source_topic", str(record.get("topic")).encode()),
+                                ("source_partition", str(record.get("partition")).encode()),
+                                ("source_offset", str(record.get("offset")).encode()),
+                                ("reason", str(record.get("reason")).encode())]
+                elif emitted.stream == SUPPRESSED:
+                    metrics.SUPPRESSED.labels(str(record.get("rule")), str(record.get("reason"))).inc()
+                elif emitted.stream == VISITS:
+                    metrics.VISITS.inc()
+                key = record.get("customer_id")
+                self._produce(topic, orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
+                              key.encode() if isinstance(key, str) else None, headers, callback)
+        self._flush()
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+                 callback: Any) -> None:
+        while True:
+            try:
+                if callback is None:
+                    self.producer.produce(topic, value, key, headers=headers or None, on_delivery=self._on_delivery)
+                else:
+                    self.producer.produce(topic, value, key, headers=headers or None, on_delivery=callback)
+                return
+            except BufferError:  # the local queue is full (a long outage): wait for room
+                self._wait(1.0)
+
+    def _on_delivery(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self.failures.append(error.str())
+
+    def _flush(self) -> None:
+        started = time.monotonic()
+        last_log = started
+        while True:
+            pending = self.producer.flush(1.0)
+            metrics.OUTPUT_PENDING.set(pending)
+            if self.failures:
+                raise DeliveryError(f"output not acknowledged: {self.failures[0]} ({len(self.failures)} failures)")
+            if pending == 0:
+                if last_log != started:
+                    log.warning("outputs acknowledged again; resumed", extra={"fields": {
+                        "waited_s": round(time.monotonic() - started, 1)}})
+                return
+            now = time.monotonic()
+            if now - last_log >= _WAIT_LOG_EVERY_S or (last_log == started and now - started >= 2.0):
+                last_log = now
+                log.warning("waiting for the brokers to acknowledge outputs", extra={"fields": {
+                    "pending": pending, "waited_s": round(now - started, 1)}})
+
+    def _wait(self, seconds: float) -> None:
+        self.producer.poll(seconds)
+        if self.failures:
+            raise DeliveryError(f"output not acknowledged: {self.failures[0]} ({len(self.failures)} failures)")
+
+    def close(self) -> None:
+        self.producer.flush(self.timeout_s)
+
+
+def _due_ms(record: dict[str, Any]) -> int | None:
+    try:
+        return parse_event_time(record.get("event_time"))
+    except (ContractViolation, TypeError, ValueError):
+        return None
+
+
+class KafkaOutputSink(DynamicSink):
+    """Publishes `topics` (stream -> Kafka topic); other streams are dropped."""
+
+    def __init__(self, brokers: str, config: Config, topics: dict[str, str]) -> None:
+        self.brokers = brokers
+        self.config = config
+        self.topics = topics
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutput:
+        known: list[str] = []
+        if TRIGGERS in self.topics:
+            known = read_trigger_ids(self.brokers, self.config, self.topics[TRIGGERS], self.config.kafka_dedup_tail)
+            log.info("read back the triggers topic's tail", extra={"fields": {
+                "topic": self.topics[TRIGGERS], "trigger_ids": len(known)}})
+        return _KafkaOutput(self.brokers, self.config, self.topics, known)

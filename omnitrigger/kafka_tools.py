@@ -1,0 +1,305 @@
+"""Kafka plumbing shared by live mode, `record` and `publish`: topic names, client settings, the start-up check,
+and the two commands that move recordings in and out of Kafka.
+
+Nothing here imports bytewax. `KafkaSetupError` is a user error: the CLI
+prints it as one line (`omnitrigger: error: ...`) and exits 1.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, NamedTuple
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, TIMESTAMP_LOG_APPEND_TIME, Consumer, KafkaError, KafkaException,
+    Producer, TopicPartition,
+)
+
+from omnitrigger.config import Config
+from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS
+from omnitrigger.schemas import INPUT_TOPICS, ContractViolation, parse_event_time
+
+#: Header carrying the wall-clock time (epoch ms, ASCII) at which `publish` sent a record.
+SENT_HEADER = "omnitrigger.sent_ms"
+#: Header carrying a trigger's id on the triggers topic.
+TRIGGER_ID_HEADER = "trigger_id"
+
+
+class KafkaSetupError(Exception):
+    """Brokers unreachable, topics missing, or a Kafka setting that cannot work; one line for the user."""
+
+
+def input_topics(config: Config) -> dict[str, str]:
+    """Contract topic -> Kafka topic, with the prefix and any per-topic override."""
+    overrides = dict(config.kafka_input_topics)
+    return {topic: config.kafka_topic_prefix + overrides.get(topic, topic) for topic in INPUT_TOPICS}
+
+
+def output_topics(config: Config) -> dict[str, str]:
+    """Output stream -> Kafka topic. Other streams (stats, identities, duplicates, events) are not published."""
+    prefix = config.kafka_topic_prefix
+    return {TRIGGERS: prefix + config.kafka_triggers_topic, SUPPRESSED: prefix + config.kafka_suppressed_topic,
+            VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic}
+
+
+class _OncePerFacility(logging.Filter):
+    """librdkafka repeats a failing reconnect every few ms: let one line per facility (FAIL, ...) through per minute."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        facility = str(record.msg).split(" ", 1)[0]
+        now = time.monotonic()
+        if now - self._last.get(facility, -self.interval_s) < self.interval_s:
+            return False
+        self._last[facility] = now
+        return True
+
+
+def quiet_logger(name: str = "omnitrigger.kafka.client") -> logging.Logger:
+    """A logger for librdkafka's own log lines (otherwise printed raw on stderr): warnings and up, rate-limited."""
+    logger = logging.getLogger(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+        logger.addFilter(_OncePerFacility())
+    return logger
+
+
+def client_settings(brokers: str, config: Config, **settings: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"bootstrap.servers": brokers, "client.id": "omnitrigger"}
+    base.update(dict(config.kafka_client_properties))
+    base.update(settings)
+    return base
+
+
+def preflight(brokers: str, topics: list[str], config: Config, what: str = "topics") -> dict[str, int]:
+    """Check that the brokers answer and every topic in `topics` exists; returns partitions per topic.
+
+    Bytewax's Kafka source hangs without a word on an unreachable broker, so
+    this runs first and turns both failures into one line. Metadata is asked
+    for all topics (never for one by name, which can auto-create it).
+    """
+    timeout = config.kafka_preflight_timeout_s
+    silent = logging.getLogger("omnitrigger.kafka.preflight")
+    silent.addHandler(logging.NullHandler())
+    silent.propagate = False
+    errors: list[str] = []
+
+    def on_error(error: Any) -> None:
+        errors.append(str(error.str() if hasattr(error, "str") else error))
+
+    consumer = Consumer(client_settings(brokers, config, **{
+        "group.id": "omnitrigger-preflight", "enable.auto.commit": False, "allow.auto.create.topics": False,
+        "socket.connection.setup.timeout.ms": max(1000, int(timeout * 1000)),
+        "error_cb": on_error}), logger=silent)
+    started = time.monotonic()
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+    except KafkaException as error:
+        detail = errors[-1] if errors else error.args[0].str()
+        raise KafkaSetupError(f"cannot reach Kafka brokers at {brokers} within {timeout:g} s ({detail})") from None
+    finally:
+        consumer.close()
+    if not metadata.brokers:
+        raise KafkaSetupError(f"Kafka at {brokers} answered with no brokers after {time.monotonic() - started:.1f} s")
+    partitions = {name: len(topic.partitions) for name, topic in metadata.topics.items()
+                  if topic.error is None and topic.partitions}
+    missing = [topic for topic in topics if topic not in partitions]
+    if missing:
+        raise KafkaSetupError(f"{what} missing on {brokers}: {', '.join(missing)} "
+                              "(create them, or set [kafka] topic_prefix / topic names in the config)")
+    return {topic: partitions[topic] for topic in topics}
+
+
+# -- record: topics -> a recording folder ------------------------------------------------------
+
+
+def record(brokers: str, out_dir: Path, config: Config, topics: list[str] | None = None,
+           duration_s: float | None = None, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Write `<topic>.jsonl` files of kcat -J envelopes; returns records written per contract topic.
+
+    Without `duration_s`, reads every partition up to the end offsets it had when recording started
+    (`--until-offsets`); with it, reads for that long. Lines of one partition keep their order; the
+    partitions of a topic are interleaved in arrival order, as kcat writes them.
+    """
+    names = input_topics(config)
+    wanted = topics or list(names)
+    unknown = [topic for topic in wanted if topic not in names]
+    if unknown:
+        raise KafkaSetupError(f"unknown topics {', '.join(unknown)}: record takes contract topic names "
+                              f"({', '.join(names)}); the prefix and overrides come from the config")
+    kafka_topics = {names[topic]: topic for topic in wanted}
+    partitions = preflight(brokers, list(kafka_topics), config, what="topics")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    consumer = Consumer(client_settings(brokers, config, **{
+        "group.id": "omnitrigger-record", "enable.auto.commit": False, "enable.partition.eof": True,
+        "allow.auto.create.topics": False, "fetch.wait.max.ms": 50}), logger=quiet_logger())
+    handles = {topic: (out_dir / f"{topic}.jsonl").open("wb") for topic in wanted}
+    written = {topic: 0 for topic in wanted}
+    try:
+        assignment, ends = [], {}
+        for topic, count in partitions.items():
+            for partition in range(count):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                           timeout=config.kafka_preflight_timeout_s)
+                if duration_s is not None or high > low:
+                    assignment.append(TopicPartition(topic, partition, OFFSET_BEGINNING))
+                    ends[(topic, partition)] = high
+        consumer.assign(assignment)
+        pending = set(ends) if duration_s is None else set()
+        deadline = time.monotonic() + duration_s if duration_s is not None else None
+        last_report = time.monotonic()
+        while (pending if deadline is None else time.monotonic() < deadline):
+            for message in consumer.consume(1000, 0.2):
+                part = (message.topic(), message.partition())
+                if message.error() is not None:
+                    if message.error().code() == KafkaError._PARTITION_EOF and deadline is None:
+                        if message.offset() >= ends.get(part, 0):
+                            pending.discard(part)
+                    continue
+                if deadline is None and message.offset() >= ends[part]:
+                    pending.discard(part)
+                    continue
+                contract = kafka_topics[part[0]]
+                handles[contract].write(orjson.dumps(envelope(message)) + b"\n")
+                written[contract] += 1
+                if deadline is None and message.offset() + 1 >= ends[part]:
+                    pending.discard(part)
+            if progress is not None and time.monotonic() - last_report >= 2.0:
+                last_report = time.monotonic()
+                progress(f"record: {sum(written.values()):,} records")
+    finally:
+        consumer.close()
+        for handle in handles.values():
+            handle.close()
+    return written
+
+
+def envelope(message: Any) -> dict[str, Any]:
+    """The JSON object `kcat -C -J` writes for a message."""
+    ts_type, ts = message.timestamp()
+    value, key = message.value(), message.key()
+    return {"topic": message.topic(), "partition": message.partition(), "offset": message.offset(),
+            "tstype": {TIMESTAMP_CREATE_TIME: "create", TIMESTAMP_LOG_APPEND_TIME: "logappend"}.get(ts_type, "none"),
+            "ts": ts, "broker": -1,
+            "key": key.decode("utf-8", "replace") if key is not None else None,
+            "payload": value.decode("utf-8", "replace") if value is not None else None}
+
+
+# -- publish: a recording folder -> topics ---------------------------------------------------
+
+
+class _Line(NamedTuple):
+    time_ms: int
+    file_index: int
+    kafka_ts: int
+    partition: int
+    key: bytes | None
+    value: bytes | None
+
+
+def _lines(path: Path, file_index: int) -> Iterator[_Line]:
+    """A recording file's records with a time to pace them by (event time; a bad line keeps the one before)."""
+    last_ms = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            line = line.rstrip(b"\r\n")
+            kafka_ts, partition, key, value = -1, 0, None, line
+            try:
+                document = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                document = None
+            body = document
+            if type(document) is dict and "payload" in document and "topic" in document and "offset" in document:
+                kafka_ts = document.get("ts") if type(document.get("ts")) is int else -1
+                partition = document.get("partition") if type(document.get("partition")) is int else 0
+                raw_key = document.get("key")
+                key = str(raw_key).encode() if raw_key is not None else None
+                payload = document["payload"]
+                value = None if payload is None else payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+                try:
+                    body = orjson.loads(value) if isinstance(payload, str) else payload
+                except orjson.JSONDecodeError:
+                    body = None
+            try:
+                last_ms = parse_event_time(body["ts"]) if type(body) is dict else last_ms
+            except (ContractViolation, KeyError, TypeError):
+                pass
+            yield _Line(last_ms, file_index, kafka_ts, partition, key, value)
+
+
+def publish(recording_dir: Path, brokers: str, config: Config, speed: float | None = None, rate: float | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Send a recording to the input topics; returns records sent per contract topic.
+
+    Files are merged by event time as the replay merges them, so each
+    partition gets its records in the file's order. A record goes to its
+    envelope's partition (modulo the topic's partition count), a bare line
+    to partition 0: the positions the replay gives them. `speed` keeps the
+    recorded gaps divided by it; `rate` sends N records a second; neither:
+    as fast as the producer goes. Each message carries its send time in the
+    `omnitrigger.sent_ms` header, and its envelope's Kafka timestamp if it
+    had one (else the send time).
+    """
+    from omnitrigger.recording import recording_files
+
+    files = recording_files(Path(recording_dir))
+    names = input_topics(config)
+    partitions = preflight(brokers, [names[topic] for topic in files], config, what="topics")
+    producer = Producer(client_settings(brokers, config, **{
+        "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 300_000}), logger=quiet_logger())
+    topics = list(files)
+    sent = {topic: 0 for topic in topics}
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(error.str())
+
+    started_wall = time.monotonic()
+    first_ms: int | None = None
+    last_report = started_wall
+    count = 0
+    streams = [_lines(path, index) for index, path in enumerate(files.values())]
+    for line in heapq.merge(*streams, key=lambda line: (line.time_ms, line.file_index)):
+        if first_ms is None:
+            first_ms = line.time_ms
+        if rate:
+            _sleep_until(started_wall + count / rate)
+        elif speed:
+            _sleep_until(started_wall + max(0, line.time_ms - first_ms) / 1000 / speed)
+        topic = topics[line.file_index]
+        kafka_topic = names[topic]
+        now_ms = int(time.time() * 1000)
+        while True:
+            try:
+                producer.produce(kafka_topic, line.value, line.key, partition=line.partition % partitions[kafka_topic],
+                                 timestamp=line.kafka_ts if line.kafka_ts > 0 else now_ms,
+                                 headers=[(SENT_HEADER, str(now_ms).encode())], on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+        sent[topic] += 1
+        count += 1
+        if progress is not None and time.monotonic() - last_report >= 2.0:
+            last_report = time.monotonic()
+            progress(f"publish: {count:,} records sent")
+    remaining = producer.flush(60)
+    if failures or remaining:
+        raise KafkaSetupError(f"publish: {len(failures) + remaining} records not acknowledged "
+                              f"({failures[0] if failures else 'flush timed out'})")
+    return sent
+
+
+def _sleep_until(moment: float) -> None:
+    delay = moment - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)

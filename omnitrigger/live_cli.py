@@ -1,0 +1,71 @@
+"""The live-mode commands: `omnitrigger run`, `record` and `publish` (registered in cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from omnitrigger.config import load_config
+
+_file = click.Path(dir_okay=False, path_type=Path)
+_dir = click.Path(file_okay=False, path_type=Path)
+_brokers = click.option("--brokers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
+_config = click.option("--config", "config_file", type=_file, help="TOML config file (see README: [kafka]).")
+
+
+@click.command()
+@_brokers
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@_config
+@click.option("--state-dir", type=_dir, default=Path("omnitrigger-state"), show_default=True,
+              help="State folder: offsets, snapshots and RocksDB state; a restart resumes from it.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Prometheus /metrics port (default: [kafka] metrics_port; 0: off).")
+def run(brokers: str, stores: Path, config_file: Path | None, state_dir: Path, metrics_port: int | None) -> None:
+    """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
+    from omnitrigger.live import LiveOptions, run_live
+
+    run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir, config=load_config(config_file),
+                         metrics_port=metrics_port))
+
+
+@click.command()
+@_brokers
+@click.option("--out", "out_dir", type=_dir, required=True, help="Recording folder to write (<topic>.jsonl files).")
+@click.option("--topics", help="Comma-separated contract topics to record (default: all five).")
+@click.option("--until-offsets", is_flag=True, help="Stop at the end offsets the topics had at start (the default).")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Record for this many seconds instead.")
+@_config
+def record(brokers: str, out_dir: Path, topics: str | None, until_offsets: bool, duration: float | None,
+           config_file: Path | None) -> None:
+    """Record input topics into a folder in the replay format (kcat -J envelopes)."""
+    from omnitrigger.kafka_tools import record as record_topics
+
+    if until_offsets and duration is not None:
+        raise click.UsageError("--until-offsets and --duration exclude each other")
+    wanted = [topic.strip() for topic in topics.split(",") if topic.strip()] if topics else None
+    written = record_topics(brokers, out_dir, load_config(config_file), wanted, duration,
+                            progress=lambda line: click.echo(line, err=True))
+    for topic, count in written.items():
+        click.echo(f"{topic}: {count:,} records -> {out_dir / (topic + '.jsonl')}")
+
+
+@click.command()
+@click.argument("recording_dir", type=_dir)
+@_brokers
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Keep the recorded gaps, divided by this factor.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Send this many records a second.")
+@_config
+def publish(recording_dir: Path, brokers: str, speed: float | None, rate: float | None, config_file: Path | None) -> None:
+    """Replay a recording into the input topics (as fast as possible unless --speed or --rate)."""
+    from omnitrigger.kafka_tools import publish as publish_recording
+
+    if speed is not None and rate is not None:
+        raise click.UsageError("--speed and --rate exclude each other")
+    sent = publish_recording(recording_dir, brokers, load_config(config_file), speed=speed, rate=rate,
+                             progress=lambda line: click.echo(line, err=True))
+    for topic, count in sent.items():
+        click.echo(f"{topic}: {count:,} records sent")
+
+
+COMMANDS = (run, record, publish)
