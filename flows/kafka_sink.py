@@ -125,7 +125,7 @@ class _KafkaOutput(StatelessSinkPartition):
                     if len(self.sent) > _MAX_REMEMBERED_IDS:
                         self.sent.popitem(last=False)
                     headers.append((TRIGGER_ID_HEADER, trigger_id.encode()))
-                    callback = self._trigger_acknowledged(_due_ms(record), str(record.get("rule")))
+                    callback = self._trigger_acknowledged(due_ms(record), str(record.get("rule")))
                 elif emitted.stream == DEAD_LETTERS:
                     metrics.DEAD_LETTERS.labels(str(record.get("reason"))).inc()
                     headers += [("source_topic", str(record.get("topic")).encode()),
@@ -185,11 +185,16 @@ class _KafkaOutput(StatelessSinkPartition):
         self.producer.flush(self.timeout_s)
 
 
-def _due_ms(record: dict[str, Any]) -> int | None:
-    try:
-        return parse_event_time(record.get("event_time"))
-    except (ContractViolation, TypeError, ValueError):
-        return None
+def due_ms(record: dict[str, Any]) -> int | None:
+    """When a trigger became due in event time: `event_time` (trigger.schema.json), else `ts_ms` or `ts`."""
+    if type(record.get("ts_ms")) is int:
+        return record["ts_ms"]
+    for field in ("event_time", "ts"):
+        try:
+            return parse_event_time(record[field])
+        except (ContractViolation, KeyError, TypeError, ValueError):
+            continue
+    return None
 
 
 class KafkaOutputSink(DynamicSink):

@@ -117,9 +117,10 @@ class _KafkaPartition(StatefulSourcePartition):
             self._back_online()
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
-                lag = partition_stats.get("consumer_lag", -1)
-                if partition != "-1" and lag >= 0:
-                    metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+                # No committed offsets (positions live in the snapshot): lag = end offset - next offset to read.
+                high, position = partition_stats.get("hi_offset", -1), partition_stats.get("app_offset", -1)
+                if partition != "-1" and high >= 0:
+                    metrics.CONSUMER_LAG.labels(topic, partition).set(max(0, high - max(position, 0)))
 
     def _back_online(self) -> None:
         if self._outage_since is not None:

@@ -1,22 +1,29 @@
-"""Bytewax wrapper for a StageChain: one stateful step, RocksDB state consistent with recovery.
+"""Bytewax wrappers for the two stages: RocksDB state consistent with recovery, fixed shard keys.
 
-Bytewax only ever sees a fixed set of shard keys (here the stage's keys),
-never a key per customer or receipt, so its recovery store stays small
-(DESIGN.md section 4). The snapshot of a shard is the tuple of its state
-generations; building a shard from a snapshot rolls RocksDB back to it.
+Bytewax only ever sees a fixed set of shard keys ("sequencer", "rules-0000"
+to "rules-NNNN"), never a key per customer or receipt, so its recovery store
+stays small (DESIGN.md section 4). The snapshot of a shard is the tuple of
+its state generations; building a shard from a snapshot rolls RocksDB back
+to it.
+
+The sequencer's items out are tagged: `("out", [Emitted])` for the sinks
+and `("rules", shard key, (shard, [Event]))` for a rules shard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
+from omnitrigger.operators.router import ShardRouter, shard_key
+from omnitrigger.operators.rules import Rules
 from omnitrigger.operators.stage_chain import StageChain
-from omnitrigger.records import Emitted
+from omnitrigger.records import Emitted, Event
 from omnitrigger.state import ShardState, open_store
 
 OperatorFactory = Callable[[ShardState, Config], StageOperator]
@@ -24,35 +31,82 @@ OperatorFactory = Callable[[ShardState, Config], StageOperator]
 COUNTERS_NAMESPACE = "stage"
 
 
-class _StageLogic(StatefulBatchLogic):
-    def __init__(self, chain: StageChain, states: list[ShardState]) -> None:
+class _SequencerLogic(StatefulBatchLogic):
+    def __init__(self, chain: StageChain, states: list[ShardState], router: ShardRouter | None) -> None:
         self.chain = chain
         self.states = states
+        self.router = router
 
-    def on_batch(self, values: list[Any]) -> tuple[list[list[Emitted]], bool]:
-        out = self.chain.on_batches(values)
-        return ([out] if out else []), StatefulBatchLogic.RETAIN
+    def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
+        return self._tagged(*self.chain.on_batches(values)), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[list[Emitted]], bool]:
-        return [self.chain.on_eof()], StatefulBatchLogic.RETAIN
+    def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
+        return self._tagged(*self.chain.on_eof()), StatefulBatchLogic.RETAIN
+
+    def _tagged(self, out: list[Emitted], events: list[Event]) -> list[tuple[Any, ...]]:
+        items: list[tuple[Any, ...]] = [("out", out)] if out else []
+        if self.router is not None:
+            items += [("rules", shard_key(shard), (shard, batch))
+                      for shard, batch in sorted(self.router.route(events).items())]
+        return items
 
     def snapshot(self) -> tuple[int, ...]:
         return tuple(state.commit() for state in self.states)
 
 
-def stage_builder(state_path: Path, shard: int, factories: list[OperatorFactory], config: Config,
-                  emit_events: bool) -> Callable[[Any], _StageLogic]:
-    """The builder Bytewax calls for a shard key, with its snapshot on resume (None when new)."""
+def sequencer_builder(state_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
+                      route_to_rules: bool) -> Callable[[Any], _SequencerLogic]:
+    """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new)."""
 
-    def build(resume_state: Any) -> _StageLogic:
+    def build(resume_state: Any) -> _SequencerLogic:
         store = open_store(state_path)
-        counter_state = ShardState(store, COUNTERS_NAMESPACE, shard, config.keep_generations)
-        operator_states = [ShardState(store, factory.name, shard, config.keep_generations) for factory in factories]
+        counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations)
+        operator_states = [ShardState(store, factory.name, 0, config.keep_generations) for factory in factories]
         states = [counter_state, *operator_states]
-        generations = resume_state if resume_state is not None else (0,) * len(states)
-        for state, generation in zip(states, generations, strict=True):
-            state.rollback_to(generation)
+        _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
-        return _StageLogic(StageChain(operators, counter_state, emit_events), states)
+        router = ShardRouter(config.rule_shards) if route_to_rules else None
+        return _SequencerLogic(StageChain(operators, counter_state, emit_events), states, router)
 
     return build
+
+
+class _RulesLogic(StatefulBatchLogic):
+    """One rules shard. Bytewax's builder is not told the key, so the shard number travels with
+    every routed batch and in the snapshot `(shard, generation)`; a new shard opens on its first batch."""
+
+    def __init__(self, state_path: Path, config: Config, resume_state: tuple[int, int] | None) -> None:
+        self.state_path = state_path
+        self.config = config
+        self.rules: Rules | None = None
+        if resume_state is not None:
+            shard, generation = resume_state
+            self._open(shard, generation)
+
+    def _open(self, shard: int, generation: int) -> Rules:
+        state = ShardState(open_store(self.state_path), Rules.name, shard, self.config.keep_generations)
+        state.rollback_to(generation)
+        self.rules = Rules(state, self.config)
+        return self.rules
+
+    def on_batch(self, values: list[tuple[int, list[Event]]]) -> tuple[list[list[Emitted]], bool]:
+        rules = self.rules or self._open(values[0][0], 0)
+        emitted = rules.on_events([event for _, batch in values for event in batch]).emitted
+        return ([emitted] if emitted else []), StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> tuple[int, int]:
+        assert self.rules is not None
+        return self.rules.state.shard, self.rules.state.commit()
+
+
+def rules_builder(state_path: Path, config: Config) -> Callable[[Any], _RulesLogic]:
+    def build(resume_state: Any) -> _RulesLogic:
+        return _RulesLogic(state_path, config, resume_state)
+
+    return build
+
+
+def _roll_back(states: list[ShardState], resume_state: Any) -> None:
+    generations = resume_state if resume_state is not None else (0,) * len(states)
+    for state, generation in zip(states, generations, strict=True):
+        state.rollback_to(generation)

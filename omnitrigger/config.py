@@ -73,6 +73,20 @@ class Config:
     visit_max_gap_s: float = 300.0
     visit_min_dwell_s: float = 120.0
     allowed_lateness_s: float = 120.0
+    # [rules]
+    cart_abandoned_after_s: float = 3600.0
+    browse_abandoned_after_s: float = 86_400.0
+    offer_lookback_s: float = 86_400.0
+    offer_max_products: int = 5
+    disabled_rules: tuple[str, ...] = ()  # the kill switch in the file; a control file can flip it while running
+    rules_lateness_s: float = 10.0  # deadlines fire once the event-time clock (latest event time minus this) passes
+    rule_shards: int = 16  # the rules stage's fixed shard keys; fixed for the life of a state folder
+    # [policy]
+    channels: tuple[str, ...] = ("push", "email", "sms")  # the first channel with consent is used
+    max_triggers_per_customer: int = 3
+    customer_cap_window_s: float = 86_400.0
+    product_cap_window_s: float = 86_400.0
+    control_file: str | None = None  # JSON {"disabled_rules": [...]}, re-read when it changes
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
     kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
     kafka_input_topics: tuple[tuple[str, str], ...] = ()  # (contract topic, Kafka topic) overrides
@@ -157,6 +171,26 @@ def _metres(value: Any, name: str) -> float:
     return float(value)
 
 
+def _rule_names(value: Any, name: str) -> tuple[str, ...]:
+    from omnitrigger.operators.rules import RULES
+
+    if not isinstance(value, list) or any(rule not in RULES for rule in value):
+        raise ConfigError(f"{name}: expected a list drawn from {list(RULES)}, got {value!r}")
+    return tuple(value)
+
+
+def _channels(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or any(channel not in ("push", "email", "sms") for channel in value):
+        raise ConfigError(f"{name}: expected a non-empty list drawn from [\"push\", \"email\", \"sms\"], got {value!r}")
+    return tuple(value)
+
+
+def _path(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected a file path, got {value!r}")
+    return value
+
+
 def _topic_name(value: Any, name: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9._-]{0,200}", value):
         raise ConfigError(f"{name}: expected a Kafka topic name (letters, digits, '.', '_', '-'), got {value!r}")
@@ -219,6 +253,18 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("visits", "max_gap"): ("visit_max_gap_s", parse_duration_s),
     ("visits", "min_dwell"): ("visit_min_dwell_s", parse_duration_s),
     ("visits", "allowed_lateness"): ("allowed_lateness_s", parse_duration_s),
+    ("rules", "cart_abandoned_after"): ("cart_abandoned_after_s", parse_duration_s),
+    ("rules", "browse_abandoned_after"): ("browse_abandoned_after_s", parse_duration_s),
+    ("rules", "offer_lookback"): ("offer_lookback_s", parse_duration_s),
+    ("rules", "offer_max_products"): ("offer_max_products", _positive_int),
+    ("rules", "disabled"): ("disabled_rules", _rule_names),
+    ("rules", "allowed_lateness"): ("rules_lateness_s", parse_duration_s),
+    ("rules", "shards"): ("rule_shards", _positive_int),
+    ("policy", "channels"): ("channels", _channels),
+    ("policy", "max_triggers_per_customer"): ("max_triggers_per_customer", _positive_int),
+    ("policy", "customer_cap_window"): ("customer_cap_window_s", parse_duration_s),
+    ("policy", "product_cap_window"): ("product_cap_window_s", parse_duration_s),
+    ("policy", "control_file"): ("control_file", _path),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),

@@ -66,3 +66,9 @@ STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENT
 INTERNAL_TOPIC_PREFIX = "omnitrigger."
 #: Two customers became one: body {"winner", "loser"}, and after the history operator "history".
 MERGE_TOPIC = "omnitrigger.merge"
+#: The event-time clock moved: ts_ms is the new watermark (operators/clock.py).
+WATERMARK_TOPIC = "omnitrigger.watermark"
+#: An idle live source's wall clock, as an event for the clock operator: ts_ms is the wall-clock time.
+HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
+#: A device's store visit was confirmed: body is the visit (operators/visits.py).
+VISIT_CONFIRMED = "omnitrigger.visit_confirmed"

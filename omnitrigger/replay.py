@@ -74,6 +74,8 @@ class ReplaySummary:
     triggers_by_rule: dict[str, int]
     suppressed_by_reason: dict[str, int]
     refused_links_by_reason: dict[str, int]
+    visits: int
+    late_pings: int
     identifiers: int
     customers: int
     records_this_run: int
@@ -91,6 +93,7 @@ class ReplaySummary:
         out += [f"  {reason}: {count:,}" for reason, count in self.dead_letters_by_reason.items()]
         out.append(f"duplicates dropped: {sum(self.duplicates_by_topic.values()):,}")
         out += [f"  {topic}: {count:,}" for topic, count in self.duplicates_by_topic.items()]
+        out.append(f"store visits: {self.visits:,} (late pings dropped: {self.late_pings:,})")
         out.append(f"identifiers: {self.identifiers:,} in {self.customers:,} customers")
         out.append(f"links refused: {sum(self.refused_links_by_reason.values()):,}")
         out += [f"  {reason}: {count:,}" for reason, count in self.refused_links_by_reason.items()]
@@ -224,6 +227,15 @@ def _stats(parts_dir: Path) -> dict[str, Any]:
     return records[-1] if records else {}
 
 
+def _final_visits(visits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Visits still open at the end are written at each end of input (a stopped and resumed replay has
+    several); keep the visit's real end if it came later, else its last "open" record."""
+    ended = {visit["visit_id"] for visit in visits if visit.get("ended_by") != "open"}
+    last_open = {visit["visit_id"]: n for n, visit in enumerate(visits) if visit.get("ended_by") == "open"}
+    return [visit for n, visit in enumerate(visits)
+            if visit.get("ended_by") != "open" or (visit["visit_id"] not in ended and last_open[visit["visit_id"]] == n)]
+
+
 def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], seconds: float) -> ReplaySummary:
     stats = _stats(parts_dir)
     outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
@@ -233,8 +245,10 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
     for stream, path in outputs.items():
         if stream == IDENTITIES:
             streams[stream] = read_final_snapshot(parts_dir, stream)
-        elif path is not None or stream in (TRIGGERS, SUPPRESSED, REFUSED_LINKS):
+        elif path is not None or stream in (TRIGGERS, SUPPRESSED, REFUSED_LINKS, VISITS):
             streams[stream] = read_stream(parts_dir, stream)
+    streams[VISITS] = _final_visits(streams[VISITS])
+    for stream, path in outputs.items():
         if path is not None:
             write_records(Path(path), streams[stream])
     read_now = sum(stats.get("read", {}).values())
@@ -246,6 +260,8 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
         triggers_by_rule=count_by(streams[TRIGGERS], "rule"),
         suppressed_by_reason=count_by(streams[SUPPRESSED], "reason"),
         refused_links_by_reason=count_by(streams[REFUSED_LINKS], "reason"),
+        visits=len(streams[VISITS]),
+        late_pings=stats.get("visits", {}).get("late_pings", 0),
         identifiers=len(streams[IDENTITIES]),
         customers=len({record["customer_id"] for record in streams[IDENTITIES]}),
         records_this_run=read_now - read_before,

@@ -8,13 +8,16 @@ suite every operator passes.
 """
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
+from omnitrigger.operators.clock import EventClock
 from omnitrigger.operators.dedup import Dedup
 from omnitrigger.operators.history import History
 from omnitrigger.operators.identity import Identity
+from omnitrigger.operators.rules import Rules
 from omnitrigger.operators.visits import Visits
 
 #: Every operator by name. The conformance suite (tests/test_conformance.py) runs each one.
-OPERATORS: dict[str, type[StageOperator]] = {Dedup.name: Dedup, Identity.name: Identity, History.name: History,
-                                             Visits.name: Visits}
+OPERATORS: dict[str, type[StageOperator]] = {
+    operator.name: operator for operator in (Dedup, Identity, Visits, History, EventClock, Rules)}
 
-__all__ = ["OPERATORS", "Dedup", "History", "Identity", "OperatorResult", "StageOperator", "Visits"]
+__all__ = ["OPERATORS", "Dedup", "EventClock", "History", "Identity", "OperatorResult", "Rules", "StageOperator",
+           "Visits"]

@@ -25,11 +25,11 @@ from typing import Any
 import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import MERGE_TOPIC, Event
+from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, Event
 from omnitrigger.state import ShardState
 
 #: Topics whose events a rule may need after a merge.
-JOURNALED_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", "omnitrigger.visit_confirmed"})
+JOURNALED_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
 _CLOCK = b"clock"
 _SWEEP_EVERY_MS = 3_600_000
 

@@ -16,7 +16,9 @@ from typing import Any, Iterable
 import orjson
 
 from omnitrigger.operators.base import StageOperator
-from omnitrigger.records import DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, Emitted, Event
+from omnitrigger.records import (
+    DEAD_LETTERS, DUPLICATES, EVENTS, HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat,
+)
 from omnitrigger.state import ShardState
 
 STATS = "stats"
@@ -34,16 +36,20 @@ class StageChain:
                                              for name in ("read", "dead_letters", "duplicates", "events")}
         self.last_seq = saved.get("last_seq", -1)
 
-    def on_batches(self, batches: Iterable[list[Event | Emitted]]) -> list[Emitted]:
+    def on_batches(self, batches: Iterable[list[Event | Emitted | Heartbeat]]) -> tuple[list[Emitted], list[Event]]:
+        """Run one delivery of micro-batches: (records for the output streams, events for the next stage)."""
         out: list[Emitted] = []
         events: list[Event] = []
         read = self.counters["read"]
         for batch in batches:
             for item in batch:
-                if type(item) is Event:
+                kind = type(item)
+                if kind is Event:
                     events.append(item)
                     read[item.topic] += 1
                     self.last_seq = item.seq
+                elif kind is Heartbeat:
+                    events.append(Event(self.last_seq, HEARTBEAT_TOPIC, -1, -1, item.wall_ms, {}))
                 else:
                     out.append(item)
                     if item.stream == DEAD_LETTERS:
@@ -57,16 +63,16 @@ class StageChain:
         for emitted in out:
             if emitted.stream == DUPLICATES:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
-        events = [event for event in events if not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
-        self.counters["events"].update(event.topic for event in events)
+        external = [event for event in events if not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
+        self.counters["events"].update(event.topic for event in external)
         if self.emit_events:
             out.extend(Emitted(EVENTS, (e.seq, 0), {"topic": e.topic, "partition": e.partition, "offset": e.offset,
                                                    "ts_ms": e.ts_ms, "customer_id": e.customer, "event": e.body})
-                       for e in events)
+                       for e in external)
         self._save_counters()
-        return out
+        return out, events
 
-    def on_eof(self) -> list[Emitted]:
+    def on_eof(self) -> tuple[list[Emitted], list[Event]]:
         """End of input: each operator's end-of-input output (passed through the operators after it), then stats."""
         out: list[Emitted] = []
         carried: list[Event] = []
@@ -81,7 +87,7 @@ class StageChain:
             out.extend(result.emitted)
         self._save_counters()
         out.append(self.stats_record())
-        return out
+        return out, carried
 
     def _save_counters(self) -> None:
         document: dict[str, Any] = {name: dict(counter) for name, counter in self.counters.items()}
@@ -90,5 +96,8 @@ class StageChain:
 
     def stats_record(self) -> Emitted:
         """The run totals so far, sorted after every record they count."""
-        document = {name: dict(sorted(counter.items())) for name, counter in self.counters.items()}
+        document: dict[str, Any] = {name: dict(sorted(counter.items())) for name, counter in self.counters.items()}
+        for operator in self.operators:  # operators with run totals of their own (visits: late pings, ...)
+            if hasattr(operator, "stats"):
+                document[operator.name] = dict(sorted(operator.stats().items()))
         return Emitted(STATS, (self.last_seq + 1, 0), document)

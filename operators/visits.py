@@ -51,11 +51,9 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import VISITS, Emitted, Event
+from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event
 from omnitrigger.state import ShardState
 
-#: Topic of the event that follows a ping confirming a visit (never read from Kafka).
-VISIT_CONFIRMED = "omnitrigger.visit_confirmed"
 GEO_PINGS = "geo.pings"
 
 _CLOCK = b"clock"

@@ -7,7 +7,7 @@ of 5,000 keys wrong after a kill -9). So writes collect in memory during an
 epoch; `commit()` (called from the Bytewax `snapshot()`) writes them in one
 atomic batch as generation `g`, together with the values they replace, and
 returns `g` as the shard's snapshot. On resume, `rollback_to(g)` undoes every
-generation after `g`. Undo records of old generations are trimmed once they
+generation after `g`. Undo records of old generations are trimmed, in chunks, once they
 are `keep_generations` behind.
 
 Expiry is in event time, so it is deterministic: a value put with
@@ -158,6 +158,10 @@ class ShardState:
         batch[self._meta + _GEN] = _U64.pack(generation)
         floor = self._read_meta(_UNDO_FLOOR)
         trim_below = generation - self.keep_generations
+        # Trim in chunks of keep_generations: every range delete leaves a range tombstone that each
+        # later read must check until compaction, and one per commit made reads 100x slower.
+        if trim_below - floor < self.keep_generations:
+            trim_below = floor
         if trim_below > floor:
             batch[self._meta + _UNDO_FLOOR] = _U64.pack(trim_below)
         self.store.write(batch)

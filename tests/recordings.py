@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from conftest import kcat_envelope, write_lines
 
 BAKERY = Path("pos") / "breadbasket_dms_bakery_pos.csv"
@@ -176,3 +178,62 @@ def identity_recording(real_data: Path, recording: Path, users: int = 114, recei
     write_lines(recording / "identity.links.jsonl", links)
     write_lines(recording / "pos.receipts.jsonl", till)
     return {"web.events": len(web), "identity.links": len(links), "pos.receipts": len(till), "users": len(rows)}
+
+
+def omnichannel_recording(real_data: Path, recording: Path, users: int = 114, receipts: int = 600,
+                          trace_days: int = 2) -> tuple[dict[str, Any], list[tuple[str, str, float, float, float]]]:
+    """identity_recording, plus consent changes and real GPS traces carried by shoppers' phones; returns
+    (counts, stores).
+
+      * consent: every shopper grants push (two in three) or email (the rest) an hour before their first
+        event; every seventh revokes it half-way through their history;
+      * GPS: the first `trace_days` days of each GeoLife user's real traces (Beijing) are moved, time of
+        day kept, onto consecutive days of the clickstream's window and carried by the phone of a shopper
+        who logs in (GeoLife user k -> the k-th such shopper); positions are unchanged;
+      * stores: where those traces dwell (tests/geolife.py `place_stores`), so visits and in-store offers
+        happen on real movement.
+    """
+    from geolife import load_rows, ping_bodies, place_stores
+
+    counts = identity_recording(real_data, recording, users=users, receipts=receipts)
+    web = [orjson.loads(line) for line in (recording / "web.events.jsonl").read_bytes().splitlines()]
+    first_seen: dict[str, int] = {}
+    last_seen: dict[str, int] = {}
+    for event in web:
+        device = event["ids"]["device_id"]
+        if device.startswith("dev-") and device.endswith("-m"):
+            user = device[4:-2]
+            first_seen.setdefault(user, event["ts"])
+            last_seen[user] = event["ts"]
+    consents = []
+    for i, user in enumerate(sorted(first_seen)):
+        channel = "email" if i % 3 == 2 else "push"
+        consents.append({"event_id": f"consent-{user}", "ts": first_seen[user] - 3_600_000, "channel": channel,
+                         "status": "granted", "ids": {"device_id": f"dev-{user}-m"}})
+        if i % 7 == 0:
+            consents.append({"event_id": f"revoke-{user}", "ts": (first_seen[user] + last_seen[user]) // 2,
+                             "channel": channel, "status": "revoked", "ids": {"device_id": f"dev-{user}-m"}})
+    consents.sort(key=lambda consent: consent["ts"])
+    write_lines(recording / "consent.changes.jsonl", consents)
+    logged_in = sorted({link["ids"]["device_id"][4:-2] for link in
+                        (orjson.loads(line) for line in (recording / "identity.links.jsonl").read_bytes().splitlines())
+                        if link["source"] == "login" and link["ids"]["device_id"].startswith("dev-")})
+    window_start_day = min(first_seen.values()) // 86_400_000 + 1
+    traces: dict[str, list[tuple[str, int, float, float]]] = {}
+    for row in load_rows(real_data):
+        traces.setdefault(row[0], []).append(row)
+    rows = []
+    for k, geolife_user in enumerate(sorted(traces)):
+        trace = traces[geolife_user]
+        days = sorted({ts // 86_400_000 for _, ts, _, _ in trace})[:trace_days]
+        shopper = logged_in[k % len(logged_in)]
+        for n, day in enumerate(days):
+            shift = (window_start_day + (k + n) % 8 - day) * 86_400_000
+            rows += [(shopper, ts + shift, lat, lon) for _, ts, lat, lon in trace if ts // 86_400_000 == day]
+    rows.sort(key=lambda row: (row[1], row[0]))
+    pings = ping_bodies(rows)
+    for ping in pings:
+        ping["ids"] = {"device_id": f"dev-{ping['ids']['device_id'][len('geolife-'):]}-m"}
+    write_lines(recording / "geo.pings.jsonl", pings)
+    counts.update({"consent.changes": len(consents), "geo.pings": len(pings)})
+    return counts, place_stores(rows)

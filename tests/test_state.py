@@ -264,15 +264,14 @@ def test_rollback_to_a_generation_the_store_never_reached_is_refused(store: Rock
 
 
 def test_undo_records_are_trimmed(store: RocksDBStore) -> None:
-    """Old undo records are deleted once they fall out of the window: the undo log does not grow without bound."""
+    """Old undo records are deleted (in chunks) once they fall out of the window: the undo log stays bounded."""
     state = ShardState(store, "ops", 0, keep_generations=2)
     undo_counts = []
-    for n in range(10):
+    for n in range(20):
         state.put(b"counter", str(n).encode())
         state.commit()
         undo_counts.append(len(scan_prefix(store, prefix(b"u", state))))
-    assert undo_counts[-4:] == [undo_counts[-1]] * 4
-    assert undo_counts[-1] <= 3
+    assert max(undo_counts[4:]) <= 2 * 2 and min(undo_counts[4:]) >= 2, undo_counts
 
 
 # -- event-time expiry ---------------------------------------------------------------------------

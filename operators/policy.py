@@ -1,0 +1,128 @@
+"""Policy at fire time (DESIGN.md section 3), in order: the rule's kill switch, consent, frequency caps.
+
+A plain helper of the rules operator, sharing its shard state:
+    C <customer>                   -> {channel: [status, ts_ms]}     the latest consent change per channel
+    F <customer>                   -> [ts_ms, ...]                    trigger times in the customer cap window
+    G <customer> <rule> 0 <product> -> ts_ms                          the last trigger of this rule and product
+
+The kill switch is `[rules] disabled` in the config plus, when
+`[policy] control_file` is set, that JSON file's `disabled_rules`, re-read
+whenever it changes (checked at most once a second), so on-call can stop a
+misbehaving rule without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from omnitrigger.state import ShardState
+
+CONTROL_CHECK_INTERVAL_S = 1.0
+
+
+class Decision(NamedTuple):
+    channel: str | None  # the channel to use, when allowed
+    products: list[Any]  # the products that may go out (caps drop some from an offer)
+    reason: str | None  # why not, when suppressed
+
+
+class Policy:
+    def __init__(self, state: ShardState, config: Any) -> None:
+        self.state = state
+        self.channels = config.channels
+        self.max_per_customer = config.max_triggers_per_customer
+        self.customer_window_ms = int(config.customer_cap_window_s * 1000)
+        self.product_window_ms = int(config.product_cap_window_s * 1000)
+        self.config_disabled = frozenset(config.disabled_rules)
+        self.control_file = Path(config.control_file) if config.control_file else None
+        self._control_disabled: frozenset[str] = frozenset()
+        self._control_mtime: float | None = None
+        self._control_checked = 0.0
+
+    # -- consent ------------------------------------------------------------------
+
+    def on_consent(self, customer: str, channel: str, status: str, ts_ms: int) -> None:
+        """Record a consent change; the latest by event time wins, so a late older change cannot undo a newer one."""
+        consents = self.consents(customer)
+        current = consents.get(channel)
+        if current is None or current[1] <= ts_ms:
+            consents[channel] = [status, ts_ms]
+            self.state.put(b"C" + customer.encode(), orjson.dumps(consents))
+
+    def consents(self, customer: str) -> dict[str, list[Any]]:
+        raw = self.state.get(b"C" + customer.encode())
+        return orjson.loads(raw) if raw else {}
+
+    def merge_consents(self, winner: str, loser_consents: dict[str, list[Any]]) -> None:
+        for channel, (status, ts_ms) in sorted(loser_consents.items()):
+            self.on_consent(winner, channel, status, ts_ms)
+
+    # -- the decision ---------------------------------------------------------------
+
+    def decide(self, rule: str, customer: str, products: list[Any], ts_ms: int) -> Decision:
+        if self.is_disabled(rule):
+            return Decision(None, products, "rule_disabled")
+        consents = self.consents(customer)
+        channel = next((c for c in self.channels if consents.get(c, [None])[0] == "granted"), None)
+        if channel is None:
+            revoked = any(consents.get(c, [None])[0] == "revoked" for c in self.channels)
+            return Decision(None, products, "consent_revoked" if revoked else "no_consent")
+        recent = [t for t in self._fires(customer) if ts_ms - self.customer_window_ms < t <= ts_ms]
+        if len(recent) >= self.max_per_customer:
+            return Decision(channel, products, "customer_cap")
+        allowed = [p for p in products if not self._product_capped(customer, rule, p, ts_ms)]
+        if not allowed:
+            return Decision(channel, products, "product_cap")
+        return Decision(channel, allowed, None)
+
+    def record_trigger(self, rule: str, customer: str, products: list[Any], ts_ms: int) -> None:
+        fires = [t for t in self._fires(customer) if t > ts_ms - self.customer_window_ms] + [ts_ms]
+        self.state.put(b"F" + customer.encode(), orjson.dumps(fires), ts_ms + self.customer_window_ms)
+        for product in products:
+            self.state.put(_product_key(customer, rule, product), b"%d" % ts_ms, ts_ms + self.product_window_ms)
+
+    def is_disabled(self, rule: str) -> bool:
+        return rule in self.config_disabled or rule in self._control()
+
+    def retire(self, customer: str) -> None:
+        """Forget a customer merged into another (its consents travel in the merge's history)."""
+        key = customer.encode()
+        self.state.delete(b"C" + key)
+        self.state.delete(b"F" + key)
+        for product_key, _ in self.state.scan(b"G" + key, b"G" + key + b"\xff"):
+            self.state.delete(product_key)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _fires(self, customer: str) -> list[int]:
+        raw = self.state.get(b"F" + customer.encode())
+        return orjson.loads(raw) if raw else []
+
+    def _product_capped(self, customer: str, rule: str, product: Any, ts_ms: int) -> bool:
+        raw = self.state.get(_product_key(customer, rule, product))
+        return raw is not None and ts_ms - self.product_window_ms < int(raw) <= ts_ms
+
+    def _control(self) -> frozenset[str]:
+        if self.control_file is None:
+            return frozenset()
+        now = time.monotonic()
+        if now - self._control_checked < CONTROL_CHECK_INTERVAL_S:
+            return self._control_disabled
+        self._control_checked = now
+        try:
+            mtime = self.control_file.stat().st_mtime
+            if mtime != self._control_mtime:
+                document = orjson.loads(self.control_file.read_bytes())
+                self._control_disabled = frozenset(document.get("disabled_rules", []))
+                self._control_mtime = mtime
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
+            pass  # a half-written or missing control file keeps the last good setting
+        return self._control_disabled
+
+
+def _product_key(customer: str, rule: str, product: Any) -> bytes:
+    return b"G" + customer.encode() + rule.encode() + b"\x00" + str(product).encode()

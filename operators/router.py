@@ -1,0 +1,72 @@
+"""Routing from the sequencer to the rules shards, with the watermark each shard needs.
+
+The rules run on `rule_shards` fixed shard keys, a customer on the shard of
+a hash of its id. Each shard gets, in input order, the events of its
+customers, each preceded by the global watermark if it moved since that
+shard last heard of it, plus the latest watermark at the end of every
+batch. A shard therefore fires its deadlines before exactly the same events
+whatever the batch size or the number of workers, which is what keeps the
+triggers identical. A merge goes to both customers' shards: the loser's
+retires its state, the winner's absorbs its history (one copy, role
+"both", when they share a shard).
+
+Events no rule reads (geo pings, identity links, events with no customer)
+stop here. Nothing is stored: after a restart a shard may hear a watermark
+twice, which changes nothing.
+"""
+
+from __future__ import annotations
+
+import xxhash
+
+from omnitrigger.operators.clock import watermark_event
+from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, WATERMARK_TOPIC, Event
+
+RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
+
+
+def shard_of(customer: str, shards: int) -> int:
+    return xxhash.xxh3_64_intdigest(customer.encode()) % shards
+
+
+def shard_key(shard: int) -> str:
+    return f"rules-{shard:04d}"
+
+
+class ShardRouter:
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.watermark_ms = 0
+        self._told: dict[int, int] = {}  # shard -> the last watermark it was sent
+
+    def route(self, events: list[Event]) -> dict[int, list[Event]]:
+        routed: dict[int, list[Event]] = {}
+        last_seq = -1
+        for event in events:
+            last_seq = event.seq
+            topic = event.topic
+            if topic == WATERMARK_TOPIC:
+                self.watermark_ms = max(self.watermark_ms, event.ts_ms)
+            elif topic == MERGE_TOPIC:
+                winner, loser = event.body["winner"], event.body["loser"]
+                winner_shard, loser_shard = shard_of(winner, self.shards), shard_of(loser, self.shards)
+                if winner_shard == loser_shard:
+                    self._send(routed, winner_shard, event._replace(body={**event.body, "role": "both"}))
+                else:
+                    self._send(routed, loser_shard, event._replace(body={**event.body, "role": "retire"}))
+                    self._send(routed, winner_shard, event._replace(body={**event.body, "role": "absorb"}))
+            elif event.customer is not None and topic in RULE_TOPICS:
+                self._send(routed, shard_of(event.customer, self.shards), event)
+        if last_seq >= 0:
+            for shard in range(self.shards):
+                if self._told.get(shard, 0) < self.watermark_ms:
+                    routed.setdefault(shard, []).append(watermark_event(last_seq, self.watermark_ms))
+                    self._told[shard] = self.watermark_ms
+        return routed
+
+    def _send(self, routed: dict[int, list[Event]], shard: int, event: Event) -> None:
+        batch = routed.setdefault(shard, [])
+        if self._told.get(shard, 0) < self.watermark_ms:
+            batch.append(watermark_event(event.seq, self.watermark_ms))
+            self._told[shard] = self.watermark_ms
+        batch.append(event)

@@ -1,0 +1,291 @@
+"""The trigger rules: cart and browse abandonment, in-store offers, with cross-channel suppression.
+
+Exactly as DESIGN.md section 3 defines them:
+  cart_abandoned     add_to_cart(C, P) at t sets a deadline t + 60 min; a later add of P moves it;
+                     a purchase of P or remove_from_cart(P) cancels it; at the deadline it fires.
+  browse_abandoned   the first view_item(C, P) with none pending sets a deadline t + 24 h;
+                     a purchase of P cancels it; at the deadline it fires.
+  store_visit_offer  at a confirmed visit of C to store S at v: the products C viewed in
+                     [v - 24 h, v) and did not buy after that view, most recent first, at most 5.
+A purchase is a web purchase or a till receipt whose identifiers resolve to C, so buying in any
+channel cancels. Deadlines fire when the event-time clock (operators/clock.py) passes them; then
+the policy (operators/policy.py) decides: trigger, or suppressed with the reason. Cancellations
+are written to the suppressed stream too (reasons `purchased`, `removed_from_cart`), so a
+marketer can see why a reminder never went.
+
+One instance per rules shard; customers are spread over shards by a hash of their id. Every
+operation is ordered by event time rather than arrival (a purchase cancels only what was set
+before it), so applying a merged customer's history after the winner's own events gives the
+same state as if the events had always been one customer's.
+
+Output records sort by (event time of the decision, hash of its id): the same input gives the
+same files whatever the batch size or worker count.
+
+State (namespace "rules", one per shard):
+    A <customer> <product> -> [deadline, add_ts, [evidence ids]]      pending cart_abandoned
+    B <customer> <product> -> [deadline, view_ts, [evidence ids]]     pending browse_abandoned
+    V <customer> <product> -> [view_ts, event id]                     last view, kept offer_lookback
+    P <customer> <product> -> purchase ts                             last purchase, kept 2 x lookback
+    T <due: 8 bytes> <kind> <customer> <product> -> b""               timers (stale ones are ignored)
+plus the policy's C, F and G keys.
+"""
+
+from __future__ import annotations
+
+import heapq
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+import xxhash
+
+from omnitrigger.operators.base import OperatorResult, StageOperator
+from omnitrigger.operators.policy import Policy
+from omnitrigger.records import MERGE_TOPIC, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event
+from omnitrigger.state import ShardState
+
+CART = "cart_abandoned"
+BROWSE = "browse_abandoned"
+OFFER = "store_visit_offer"
+RULES = (CART, BROWSE, OFFER)
+_PENDING_PREFIX = {CART: b"A", BROWSE: b"B"}
+_KIND = {b"A"[0]: CART, b"B"[0]: BROWSE}
+_CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
+_MAX_EVIDENCE = 10
+_CLOCK = b"clock"
+
+
+def iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def trigger_id(rule: str, customer: str, subject: str, ts_ms: int) -> str:
+    """Deterministic: the same rule, customer, product (or visit) and time give the same id on every run."""
+    return xxhash.xxh3_128_hexdigest(f"{rule}\x1f{customer}\x1f{subject}\x1f{ts_ms}".encode())[:32]
+
+
+class Rules(StageOperator):
+    name = "rules"
+
+    def __init__(self, state: ShardState, config: Any) -> None:
+        super().__init__(state, config)
+        self.policy = Policy(state, config)
+        self.delays_ms = {CART: int(config.cart_abandoned_after_s * 1000),
+                          BROWSE: int(config.browse_abandoned_after_s * 1000)}
+        self.lookback_ms = int(config.offer_lookback_s * 1000)
+        self.max_products = config.offer_max_products
+        self.live = bool(getattr(config, "live", False))
+        clock = state.get_meta(_CLOCK)
+        self.watermark_ms = int(clock) if clock else 0
+        self._out: list[Emitted] = []
+        self._replaying = False  # applying a merged customer's history: state only, no new outputs for the past
+        # Timers live in state (T keys) and, for speed, in a heap rebuilt from them whenever the shard is built.
+        self._timers: list[bytes] = [key for key, _ in state.scan(b"T", b"U")]
+        heapq.heapify(self._timers)
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def on_events(self, events: list[Event]) -> OperatorResult:
+        self._out = []
+        for event in events:
+            topic = event.topic
+            if topic == WATERMARK_TOPIC:
+                self._advance(event.ts_ms)
+            elif event.customer is None:
+                continue
+            elif topic == "web.events":
+                self._on_web(event.customer, event.body, event.ts_ms)
+            elif topic == "pos.receipts":
+                self._on_purchase(event.customer, event.body["items"], event.ts_ms, _receipt_id(event.body), "pos")
+            elif topic == "consent.changes":
+                self.policy.on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)
+            elif topic == VISIT_CONFIRMED:
+                self._on_visit(event.customer, event.body, event.ts_ms)
+            elif topic == MERGE_TOPIC:
+                self._on_merge(event.body)
+        self.state.put_meta(_CLOCK, b"%d" % self.watermark_ms)
+        out, self._out = self._out, []
+        return OperatorResult(list(events), out)
+
+    def _on_web(self, customer: str, body: dict[str, Any], ts_ms: int) -> None:
+        kind = body["type"]
+        if kind == "view_item":
+            self._on_view(customer, body["product_id"], ts_ms, body["event_id"])
+        elif kind == "add_to_cart":
+            self._on_add(customer, body["product_id"], ts_ms, body["event_id"])
+        elif kind == "remove_from_cart":
+            self._cancel(CART, customer, body["product_id"], ts_ms, "removed_from_cart", body["event_id"],
+                         body.get("channel"))
+        elif kind == "purchase":
+            self._on_purchase(customer, body["items"], ts_ms, body["event_id"], body.get("channel", "web"))
+
+    # -- the facts --------------------------------------------------------------------
+
+    def _on_view(self, customer: str, product: Any, ts_ms: int, event_id: str) -> None:
+        key = _key(b"V", customer, product)
+        last = self.state.get(key)
+        if last is None or orjson.loads(last)[0] <= ts_ms:
+            self.state.put(key, orjson.dumps([ts_ms, event_id]), ts_ms + self.lookback_ms)
+        pending_key = _key(b"B", customer, product)
+        if self.state.get(pending_key) is None and not self._bought_since(customer, product, ts_ms):
+            self._schedule(BROWSE, customer, product, ts_ms, event_id)
+
+    def _on_add(self, customer: str, product: Any, ts_ms: int, event_id: str) -> None:
+        if self._bought_since(customer, product, ts_ms):
+            return
+        pending = self._pending(CART, customer, product)
+        if pending is not None and pending[1] > ts_ms:
+            return  # a late add older than the pending one does not move it back
+        evidence = (pending[2] if pending is not None else [])[-(_MAX_EVIDENCE - 1):] + [event_id]
+        self._schedule(CART, customer, product, ts_ms, event_id, evidence)
+
+    def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
+                     channel: str | None) -> None:
+        for product in dict.fromkeys(item["product_id"] for item in items):
+            key = _key(b"P", customer, product)
+            last = self.state.get(key)
+            if last is None or int(last) < ts_ms:
+                self.state.put(key, b"%d" % ts_ms, ts_ms + 2 * self.lookback_ms)
+            for rule in (CART, BROWSE):
+                self._cancel(rule, customer, product, ts_ms, "purchased", evidence, channel)
+
+    def _bought_since(self, customer: str, product: Any, ts_ms: int) -> bool:
+        last = self.state.get(_key(b"P", customer, product))
+        return last is not None and int(last) >= ts_ms
+
+    # -- deadlines ----------------------------------------------------------------------
+
+    def _pending(self, rule: str, customer: str, product: Any) -> list[Any] | None:
+        raw = self.state.get(_key(_PENDING_PREFIX[rule], customer, product))
+        return orjson.loads(raw) if raw is not None else None
+
+    def _schedule(self, rule: str, customer: str, product: Any, set_ms: int, event_id: str,
+                  evidence: list[str] | None = None) -> None:
+        deadline = set_ms + self.delays_ms[rule]
+        evidence = evidence or [event_id]
+        if deadline <= self.watermark_ms:  # the event came later than the allowed lateness: too late to remind
+            if not self._replaying:
+                self._suppress(rule, customer, [product], deadline, "late_event", evidence, None)
+            return
+        self.state.put(_key(_PENDING_PREFIX[rule], customer, product), orjson.dumps([deadline, set_ms, evidence]))
+        timer = _timer_key(deadline, rule, customer, product)
+        self.state.put(timer, b"")
+        heapq.heappush(self._timers, timer)
+
+    def _cancel(self, rule: str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
+                channel: str | None) -> None:
+        pending = self._pending(rule, customer, product)
+        if pending is None or pending[1] > ts_ms:
+            return
+        self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
+        if self._replaying:
+            return
+        record = self._record(rule, customer, [product], ts_ms, None, pending[2] + [evidence], None)
+        record["reason"] = reason
+        if channel is not None:
+            record["purchase_channel" if reason == "purchased" else "channel_of_event"] = channel
+        self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"] + reason), record))
+
+    def _advance(self, watermark_ms: int) -> None:
+        if watermark_ms <= self.watermark_ms:
+            return
+        self.watermark_ms = watermark_ms
+        limit = b"T" + (watermark_ms + 1).to_bytes(8, "big")
+        while self._timers and self._timers[0] < limit:
+            timer_key = heapq.heappop(self._timers)
+            self.state.delete(timer_key)
+            deadline = int.from_bytes(timer_key[1:9], "big")
+            rule = _KIND[timer_key[9]]
+            customer = timer_key[10:10 + _CUSTOMER_ID_LENGTH].decode()
+            product = orjson.loads(timer_key[10 + _CUSTOMER_ID_LENGTH:])
+            pending = self._pending(rule, customer, product)
+            if pending is None or pending[0] != deadline:
+                continue  # moved, cancelled, or retired by a merge
+            self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
+            self._decide(rule, customer, [product], deadline, None, pending[2])
+
+    # -- in-store offer -------------------------------------------------------------------
+
+    def _on_visit(self, customer: str, visit: dict[str, Any], ts_ms: int) -> None:
+        prefix = b"V" + customer.encode()
+        viewed = []
+        for key, value in self.state.scan(prefix, prefix + b"\xff"):
+            view_ts, event_id = orjson.loads(value)
+            product = orjson.loads(key[len(prefix):])
+            if ts_ms - self.lookback_ms <= view_ts < ts_ms and not self._bought_since(customer, product, view_ts):
+                viewed.append((view_ts, str(product), product, event_id))
+        if not viewed:
+            return
+        viewed.sort(reverse=True)
+        chosen = viewed[:self.max_products]
+        evidence = [visit["visit_id"]] + [event_id for *_, event_id in chosen]
+        self._decide(OFFER, customer, [product for _, _, product, _ in chosen], ts_ms, visit["store_id"], evidence,
+                     subject=visit["visit_id"])
+
+    # -- policy and output --------------------------------------------------------------------
+
+    def _decide(self, rule: str, customer: str, products: list[Any], ts_ms: int, store: str | None,
+                evidence: list[str], subject: str | None = None) -> None:
+        decision = self.policy.decide(rule, customer, products, ts_ms)
+        record = self._record(rule, customer, decision.products, ts_ms, store, evidence, decision.channel,
+                              subject)
+        if decision.reason is not None:
+            record["reason"] = decision.reason
+            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
+            return
+        self.policy.record_trigger(rule, customer, decision.products, ts_ms)
+        self._out.append(Emitted(TRIGGERS, _sort_key(ts_ms, record["trigger_id"]), record))
+
+    def _suppress(self, rule: str, customer: str, products: list[Any], ts_ms: int, reason: str,
+                  evidence: list[str], store: str | None) -> None:
+        record = self._record(rule, customer, products, ts_ms, store, evidence, None)
+        record["reason"] = reason
+        self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"] + reason), record))
+
+    def _record(self, rule: str, customer: str, products: list[Any], ts_ms: int, store: str | None,
+                evidence: list[str], channel: str | None, subject: str | None = None) -> dict[str, Any]:
+        subject = subject if subject is not None else str(products[0])
+        emitted_ms = ts_ms if not self.live else None
+        return {"trigger_id": trigger_id(rule, customer, subject, ts_ms), "rule": rule, "customer_id": customer,
+                "ts": iso(ts_ms), "ts_ms": ts_ms, "channel": channel, "products": products, "store_id": store,
+                "evidence": evidence, "emitted_at": iso(emitted_ms) if emitted_ms is not None else None}
+
+    # -- merges -----------------------------------------------------------------------------------
+
+    def _on_merge(self, body: dict[str, Any]) -> None:
+        """Retire the loser's state (its shard) and replay its history into the winner (the winner's shard)."""
+        role = body.get("role", "both")
+        winner, loser = body["winner"], body["loser"]
+        if role in ("retire", "both"):
+            key = loser.encode()
+            for prefix in (b"A", b"B", b"V", b"P"):
+                for state_key, _ in self.state.scan(prefix + key, prefix + key + b"\xff"):
+                    self.state.delete(state_key)
+            self.policy.retire(loser)
+        if role in ("absorb", "both"):
+            self._replaying = True
+            for _seq, topic, ts_ms, event_body in body.get("history", []):
+                if topic == "web.events":
+                    self._on_web(winner, event_body, ts_ms)
+                elif topic == "pos.receipts":
+                    self._on_purchase(winner, event_body["items"], ts_ms, _receipt_id(event_body), "pos")
+                elif topic == "consent.changes":
+                    self.policy.on_consent(winner, event_body["channel"], event_body["status"], ts_ms)
+                # a past visit confirmation is not replayed: its offer was decided when it happened
+            self._replaying = False
+
+
+def _key(prefix: bytes, customer: str, product: Any) -> bytes:
+    return prefix + customer.encode() + orjson.dumps(product)
+
+
+def _timer_key(deadline: int, rule: str, customer: str, product: Any) -> bytes:
+    return b"T" + deadline.to_bytes(8, "big") + _PENDING_PREFIX[rule] + customer.encode() + orjson.dumps(product)
+
+
+def _receipt_id(body: dict[str, Any]) -> str:
+    return f"{body['terminal_id']}/{body['receipt_no']}"
+
+
+def _sort_key(ts_ms: int, identity: str) -> tuple[int, int]:
+    return ts_ms, xxhash.xxh3_64_intdigest(identity.encode())
