@@ -35,12 +35,19 @@ def run_demo(work_dir: Path) -> None:
     _show(out / "dead_letters.jsonl", "dead letters", ("reason", "detail", "topic", "partition", "offset"))
     _show(out / "duplicates.jsonl", "duplicates", ("topic", "partition", "offset", "first_partition", "first_offset"))
     _show(out / "triggers.jsonl", "triggers", ("rule", "customer_id", "channel", "products", "store_id"))
+    _show(out / "suppressed.jsonl", "suppressed", ("rule", "reason", "customer_id", "products"), by="reason")
+    _show(out / "visits.jsonl", "store visits", ("store_id", "customer_id", "start", "dwell_s", "pings"))
     click.echo(f"outputs in {out}")
 
 
-def _show(path: Path, title: str, fields: tuple[str, ...], limit: int = 3) -> None:
-    lines = path.read_bytes().splitlines() if path.exists() else []
-    click.echo(f"{title}: {len(lines)} (first {min(limit, len(lines))})")
-    for line in lines[:limit]:
-        record = orjson.loads(line)
+def _show(path: Path, title: str, fields: tuple[str, ...], limit: int = 3, by: str = "rule") -> None:
+    """One record of each kind (`by`: rule, reason) when there are several kinds, else the first `limit`."""
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+    firsts: dict[object, dict] = {}
+    for record in records:
+        firsts.setdefault(record.get(by), record)
+    shown = list(firsts.values()) if len(firsts) > 1 else records[:limit]
+    click.echo(f"{title}: {len(records)} (one of each {by})" if len(firsts) > 1 else
+               f"{title}: {len(records)} (first {len(shown)})")
+    for record in shown:
         click.echo("  " + ", ".join(f"{name}={record.get(name)!r}" for name in fields))

@@ -77,6 +77,8 @@ class RecordingGenerator:
     def generate(self) -> "RecordingGenerator":
         for customer in self.customers:
             self._customer_story(customer)
+        # Two days later one shopper is back: the event-time clock passes the day-long browse deadlines.
+        self._web(self.customers[0], START_MS + 2 * 86_400_000, "view_item", self.products[0], anonymous=True)
         return self
 
     def _customer_story(self, c: Customer) -> None:
@@ -84,6 +86,10 @@ class RecordingGenerator:
         t = START_MS + rng.randrange(0, 12 * 60) * MINUTE_MS
         self._add("consent.changes", t, {"event_id": self._event_id("cons"), "ts": iso(t),
                                          "ids": {"device_id": c.device_id}, "channel": "push", "status": "granted"})
+        if rng.random() < 0.15:  # changes their mind about push messages
+            self._add("consent.changes", t + 30 * MINUTE_MS, {
+                "event_id": self._event_id("cons"), "ts": iso(t + 30 * MINUTE_MS), "ids": {"device_id": c.device_id},
+                "channel": "push", "status": "revoked"})
         viewed = rng.sample(self.products, 4)
         for product in viewed:
             t += rng.randrange(1, 10) * MINUTE_MS
