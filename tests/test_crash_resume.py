@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_stores
+import orjson
+
 from omnitrigger.demo.generator import RecordingGenerator
 
-OUTPUTS = ("events", "duplicates", "dead-letter", "out")
+OUTPUTS = ("events", "duplicates", "dead-letter", "out", "suppressed", "visits", "identities", "refused-links")
 
 
 def replay_command(recording: Path, stores: Path, out_dir: Path, state: Path | None, config: Path) -> list[str]:
@@ -41,8 +42,10 @@ def lines_in(path: Path) -> int:
 
 def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(tmp_path: Path) -> None:
     recording = tmp_path / "recording"
-    RecordingGenerator(seed=3, customers=2500, products=800).generate().write(recording)
-    stores = write_stores(tmp_path / "stores.csv")
+    generator = RecordingGenerator(seed=3, customers=2500, products=800).generate()
+    generator.write(recording)
+    stores = tmp_path / "stores.csv"
+    generator.write_stores(stores)
     config = tmp_path / "small-epochs.toml"
     config.write_text('[replay]\nbatch_size = 50\nepoch_interval = "0.05s"\n')
 
@@ -53,7 +56,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(t
     state = tmp_path / "state"
     resumed = tmp_path / "resumed"
     kills = 0
-    for fraction in (0.2, 0.45, 0.7):
+    for fraction in (0.1, 0.25, 0.4, 0.55, 0.7, 0.85):
         process = subprocess.Popen(replay_command(recording, stores, resumed, state, config),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -64,10 +67,15 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(t
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
         kills += 1
-    assert kills == 3
+    assert kills == 6
 
     finished = subprocess.run(replay_command(recording, stores, resumed, state, config), capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     for flag in OUTPUTS:
         assert (resumed / f"{flag}.jsonl").read_bytes() == (reference / f"{flag}.jsonl").read_bytes(), flag
     assert lines_in(resumed / "events.jsonl") == total_events
+    triggers = [orjson.loads(line) for line in (resumed / "out.jsonl").read_bytes().splitlines()]
+    rules = {trigger["rule"] for trigger in triggers}
+    assert rules == {"cart_abandoned", "browse_abandoned", "store_visit_offer"}
+    assert len({trigger["trigger_id"] for trigger in triggers}) == len(triggers), "no trigger id twice"
+    assert lines_in(resumed / "visits.jsonl") > 0 and lines_in(resumed / "identities.jsonl") > 0
