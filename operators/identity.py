@@ -220,11 +220,8 @@ class Identity(StageOperator):
 
     def _save(self, customer: str, record: dict[str, Any], ts_ms: int) -> None:
         key = b"c" + customer.encode()
-        raw = self.state.get(key, self.clock_ms)
-        expires = ts_ms + self.retention_ms
-        if raw is not None:  # keep the later expiry: the customer lives as long as its freshest identifier
-            current = self.state.expiry_of(key)
-            expires = max(expires, current or 0)
+        # keep the later expiry: the customer lives as long as its freshest identifier
+        expires = max(ts_ms + self.retention_ms, self.state.expiry_of(key) or 0)
         self.state.put(key, orjson.dumps(record), expires)
 
     def _merge(self, winner: str, winner_record: dict[str, Any], loser: str, loser_record: dict[str, Any],
