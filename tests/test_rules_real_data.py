@@ -235,3 +235,19 @@ def test_triggers_equal_an_independent_computation_on_real_data(tmp_path: Path, 
     compared = sum(mine(t) for t in engine_triggers)
     assert compared >= 0.6 * len(engine_triggers) and compared > 500, (compared, len(engine_triggers), len(merged))
     assert len({t["trigger_id"] for t in engine_triggers}) == len(engine_triggers), "trigger ids are unique"
+
+
+def test_trigger_and_suppressed_records_keep_their_schemas(tmp_path: Path, real_data: Path) -> None:
+    from omnitrigger.schemas.validator import SchemaCompiler
+
+    recording = tmp_path / "recording"
+    _, stores = omnichannel_recording(real_data, recording, users=40, receipts=200, trace_days=1)
+    _, files = replay(tmp_path, recording, stores=write_stores_csv(tmp_path / "s.csv", stores), config=CONFIG)
+    compiler = SchemaCompiler()
+    for stream, schema in (("triggers", "trigger.schema.json"), ("suppressed", "suppressed.schema.json"),
+                           ("visits", "visit.schema.json")):
+        check = compiler.compile_file(schema)
+        found = records(files[stream])
+        assert found, stream
+        for record in found:
+            check(record)
