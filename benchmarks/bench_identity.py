@@ -134,10 +134,11 @@ def main() -> int:
         done, seconds = run(steady_events(customers, args.steady_events, customers), identity, history, states)
         print(f"steady traffic over the graph: {done:,} events in {seconds:.1f} s: {done / seconds:,.0f} events/s "
               f"({seconds / done * 1e6:.1f} µs/event)")
+        print(f"peak RSS before the end-of-input dump: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
         started = time.perf_counter()
         identifiers = len(identity.on_eof(customers + args.steady_events).emitted)
         print(f"identities dump: {identifiers:,} identifiers in {time.perf_counter() - started:.1f} s")
-        print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB; "
+        print(f"peak RSS with the dump (it holds every identifier's output record): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB; "
               f"RocksDB folder: {folder_mib(Path(work) / 'db'):,.0f} MiB")
         store.close()
     return 0
