@@ -9,7 +9,8 @@ checked (`kafka_tools.preflight`): an unreachable cluster or a missing topic
 is one line and exit 1 within `[kafka] preflight_timeout`, not Bytewax's
 silent hang. State folder layout (`--state-dir`):
 
-    layout.json          what this folder belongs to (mode, input topics); checked on reuse
+    layout.json          what fixes the layout (state format, [rules] shards, operators, PII key id,
+                         input topics); checked on reuse (omnitrigger/state_folder.py)
     recovery/            Bytewax's recovery store: input offsets, the seq counter, state generations
     rocksdb/process-0/   operator state
 
@@ -27,15 +28,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-import orjson
 
 from omnitrigger import jsonlog, metrics
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import KafkaSetupError, input_topics, output_topics, preflight
+from omnitrigger.kafka_tools import input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
+from omnitrigger.state_folder import (
+    check_or_write_layout, check_recovery_store, check_rocksdb_present, layout_record, open_rocksdb, raise_if_corrupted,
+    write_layout,
+)
 from omnitrigger.stores import load_stores
-
-LAYOUT_VERSION = 1
 log = logging.getLogger("omnitrigger.live")
 
 
@@ -57,25 +59,23 @@ def check_kafka(brokers: str, config: Config) -> dict[str, int]:
 
 
 def prepare_state_dir(state_dir: Path, config: Config) -> None:
+    """Check a reused state folder fits this job and is readable (one line if not), or set up a new one.
+
+    The RocksDB store is opened here and stays open for the flow, so a damaged one fails before Kafka is read.
+    """
     from bytewax.recovery import init_db_dir
 
-    layout = {"layout_version": LAYOUT_VERSION, "mode": "live", "input_topics": input_topics(config)}
-    layout_file = state_dir / "layout.json"
-    if layout_file.exists():
-        try:
-            existing = orjson.loads(layout_file.read_bytes())
-        except orjson.JSONDecodeError:
-            raise KafkaSetupError(f"state folder {state_dir} has a corrupt layout.json; use a fresh --state-dir") from None
-        for key, value in layout.items():
-            if existing.get(key) != value:
-                raise KafkaSetupError(f"state folder {state_dir} was made with {key}={existing.get(key)!r}, "
-                                      f"not {value!r}; use the same settings or a fresh --state-dir")
-        return
-    if state_dir.exists() and any(state_dir.iterdir()):
-        raise KafkaSetupError(f"state folder {state_dir} is not empty and is not an omnitrigger live state folder")
-    (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
-    init_db_dir(state_dir / "recovery", 1)
-    layout_file.write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+    from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+
+    layout = layout_record("live", 1, config.rule_shards, [factory.name for factory in DEFAULT_OPERATORS],
+                           key_from_environment(), input_topics=input_topics(config))
+    if check_or_write_layout(state_dir, layout, what="omnitrigger live"):
+        check_rocksdb_present(state_dir, check_recovery_store(state_dir, 1))
+    else:
+        (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
+        init_db_dir(state_dir / "recovery", 1)
+        write_layout(state_dir, layout)
+    open_rocksdb(state_dir, state_dir / "rocksdb" / "process-0", keep_open=True)
 
 
 def run_live(options: LiveOptions) -> None:
@@ -130,5 +130,8 @@ def run_live(options: LiveOptions) -> None:
     try:
         run_main(flow, epoch_interval=timedelta(seconds=config.epoch_interval_s),
                  recovery_config=RecoveryConfig(state_dir / "recovery"))
+    except Exception as error:
+        raise_if_corrupted(state_dir, error)
+        raise
     finally:
         close_all_stores()

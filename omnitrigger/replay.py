@@ -1,7 +1,8 @@
 """Run a replay: lay out the state folder, run the dataflow (one process or a local cluster), merge outputs.
 
 State folder layout (`--state-dir`, or a temporary folder):
-    layout.json          what this folder belongs to (recording, process count); checked on reuse
+    layout.json          what fixes the layout (state format, processes, [rules] shards, operators,
+                         PII key id, recording); checked on reuse (omnitrigger/state_folder.py)
     recovery/            Bytewax's recovery store (snapshots: source offsets, state generations)
     rocksdb/process-N/   operator state of process N
     parts/               per-worker output part files, merged into the output files at the end
@@ -37,9 +38,11 @@ from omnitrigger.records import (
     DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, REFUSED_LINKS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.operators.stage_chain import STATS
+from omnitrigger.state_folder import (
+    check_or_write_layout, check_recovery_store, check_rocksdb_present, layout_record, open_rocksdb, raise_if_corrupted,
+    write_layout,
+)
 from omnitrigger.stores import load_stores
-
-LAYOUT_VERSION = 1
 
 
 class ReplayError(Exception):
@@ -130,28 +133,24 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
 
 
 def _prepare_state_dir(state_dir: Path, options: ReplayOptions) -> None:
+    """Check a reused state folder fits this replay and is readable (one line if not), or set up a new one."""
     from bytewax.recovery import init_db_dir
 
-    layout = {"layout_version": LAYOUT_VERSION, "recording": str(Path(options.recording_dir).resolve()),
-              "processes": options.processes}
-    layout_file = state_dir / "layout.json"
-    if layout_file.exists():
-        try:
-            existing = orjson.loads(layout_file.read_bytes())
-        except orjson.JSONDecodeError:
-            raise ReplayError(f"state folder {state_dir} has a corrupt layout.json; use a fresh --state-dir") from None
-        for key, value in layout.items():
-            if existing.get(key) != value:
-                raise ReplayError(
-                    f"state folder {state_dir} was made with {key}={existing.get(key)!r}, not {value!r}; "
-                    "resume with the same settings or use a fresh --state-dir")
+    from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+
+    operators = list(options.operators) if options.operators is not None else [f.name for f in DEFAULT_OPERATORS]
+    layout = layout_record("replay", options.processes, options.config.rule_shards, operators,
+                           key_from_environment(), recording=str(Path(options.recording_dir).resolve()))
+    if check_or_write_layout(state_dir, layout):
+        snapshots = check_recovery_store(state_dir, options.processes)
+        check_rocksdb_present(state_dir, snapshots)
+        for folder in sorted((state_dir / "rocksdb").glob("process-*")):
+            open_rocksdb(state_dir, folder, keep_open=options.processes == 1)  # one process: the flow reuses it
         return
-    if state_dir.exists() and any(state_dir.iterdir()):
-        raise ReplayError(f"state folder {state_dir} is not empty and is not an omnitrigger state folder")
     (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
     (state_dir / "parts").mkdir(parents=True, exist_ok=True)
     init_db_dir(state_dir / "recovery", options.processes)
-    layout_file.write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+    write_layout(state_dir, layout)
 
 
 def _worker_spec(options: ReplayOptions, state_dir: Path) -> dict[str, Any]:
@@ -192,6 +191,9 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
             run_main(flow, epoch_interval=epoch, recovery_config=recovery)
         else:
             cluster_main(flow, addresses, proc_id, epoch_interval=epoch, recovery_config=recovery)
+    except Exception as error:
+        raise_if_corrupted(state_dir, error)
+        raise
     finally:
         close_all_stores()
 

@@ -1,0 +1,176 @@
+"""The state folder's identity card (layout.json) and its checks before a dataflow starts.
+
+A state folder is only valid for the flow that wrote it. Reused with another
+layout it would not fail, it would compute the wrong thing: with another
+`[rules] shards` customers hash to other rules shards and find no state, with
+another PII key every hashed identifier is new, with another operator list the
+snapshot tuples no longer line up. So layout.json records everything that
+fixes the layout, and a mismatch is refused with one line:
+
+    omnitrigger: error: state folder S was made with rule_shards=16, not 8; ...
+
+What it records (replay and live):
+    layout_version   FORMAT_VERSION below: bump it whenever the RocksDB key layout,
+                     the stage structure or the snapshot shape changes
+    mode             "replay" or "live"
+    processes        replay: --processes (Bytewax routes keys by worker count); live: 1
+    rule_shards      [rules] shards: which rules shard holds which customer
+    operators        the operators in the flow, in order (replay can run a subset)
+    pii_key_id       a fingerprint of OMNITRIGGER_PII_KEY (not the key): hashed ids are key-specific
+    recording        replay: the recording folder; live: input_topics, the topics read
+
+Config that does not fix the layout (retention, caps, batch size, ...) may
+change between runs. Before the dataflow starts, the Bytewax recovery store
+(SQLite) and the RocksDB folders are opened and checked, so a corrupted or
+missing store is one line too, not a traceback from inside a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from omnitrigger.state import StateError
+
+#: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
+FORMAT_VERSION = 2
+
+#: Keys compared in this order, so the most basic mismatch is the one reported.
+_ORDER = ("layout_version", "mode", "processes", "rule_shards", "operators", "pii_key_id", "recording",
+          "input_topics")
+
+_NAMES = {"processes": "--processes", "rule_shards": "[rules] shards", "input_topics": "input topics"}
+
+
+class StateFolderError(StateError):
+    """The state folder does not belong to this flow, or is damaged; the message is one line."""
+
+
+def pii_key_id(key: bytes) -> str:
+    """A fingerprint of the PII key: tells two keys apart, reveals nothing about either."""
+    return hmac.new(key, b"omnitrigger state folder", hashlib.sha256).hexdigest()[:16]
+
+
+def layout_record(mode: str, processes: int, rule_shards: int, operators: list[str], pii_key: bytes,
+                  **extra: Any) -> dict[str, Any]:
+    return {"layout_version": FORMAT_VERSION, "mode": mode, "processes": processes, "rule_shards": rule_shards,
+            "operators": list(operators), "pii_key_id": pii_key_id(pii_key), **extra}
+
+
+def _mismatch(key: str, made: Any, now: Any) -> str:
+    if key == "layout_version":
+        return (f"state format {made}, and this omnitrigger uses state format {now}; "
+                "use a fresh --state-dir (or the omnitrigger version that made it)")
+    if key == "pii_key_id":
+        return (f"another OMNITRIGGER_PII_KEY (key id {made}, this one is {now}); "
+                "resume with the same key or use a fresh --state-dir")
+    if key == "operators" and isinstance(made, list):
+        made, now = ",".join(made), ",".join(now)
+        return f"operators {made}, not {now}; resume with the same operators or use a fresh --state-dir"
+    name = _NAMES.get(key, key)
+    return f"{name} {made!r}, not {now!r}; resume with the same settings or use a fresh --state-dir"
+
+
+def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "omnitrigger") -> bool:
+    """Refuse a folder made for another layout or not ours; True when resuming (layout.json there), else False."""
+    layout_file = state_dir / "layout.json"
+    if layout_file.exists():
+        try:
+            existing = orjson.loads(layout_file.read_bytes())
+            if not isinstance(existing, dict):
+                raise ValueError
+        except (orjson.JSONDecodeError, ValueError):
+            raise StateFolderError(f"state folder {state_dir} has a corrupt layout.json; "
+                                   "use a fresh --state-dir") from None
+        keys = [key for key in _ORDER if key in layout] + [key for key in layout if key not in _ORDER]
+        for key in keys:
+            if existing.get(key) != layout[key]:
+                raise StateFolderError(f"state folder {state_dir} was made with {_mismatch(key, existing.get(key), layout[key])}")
+        return True
+    if state_dir.exists() and any(state_dir.iterdir()):
+        raise StateFolderError(f"state folder {state_dir} is not empty and is not an {what} state folder")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def write_layout(state_dir: Path, layout: dict[str, Any]) -> None:
+    """Written last, once the folder is set up: a folder without it is refused as not ours (never half-used)."""
+    (state_dir / "layout.json").write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+
+
+def check_recovery_store(state_dir: Path, parts: int) -> int:
+    """Every partition of Bytewax's recovery store is there and reads as its SQLite; returns the snapshots held."""
+    recovery = state_dir / "recovery"
+    snapshots = 0
+    for part in range(parts):
+        path = recovery / f"part-{part}.sqlite3"
+        if not path.is_file():
+            raise StateFolderError(f"state folder {state_dir} is damaged: the recovery store has no {path.name} "
+                                   "(deleted?); use a fresh --state-dir")
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+                problem = connection.execute("PRAGMA quick_check").fetchone()[0]
+                if problem != "ok":
+                    raise sqlite3.DatabaseError(problem)
+                snapshots += connection.execute("SELECT count(*) FROM snaps").fetchone()[0]
+        except sqlite3.Error as error:
+            raise StateFolderError(f"state folder {state_dir} is damaged: the recovery store {path.name} cannot be "
+                                   f"read ({_first_line(error)}); use a fresh --state-dir") from None
+    return snapshots
+
+
+def check_rocksdb_present(state_dir: Path, snapshots: int) -> None:
+    """Bytewax snapshots without any RocksDB state: the operator state was deleted or replaced."""
+    rocksdb = state_dir / "rocksdb"
+    if snapshots and not any((folder / "CURRENT").is_file() for folder in rocksdb.glob("process-*")):
+        raise StateFolderError(f"state folder {state_dir} is damaged: the recovery store has snapshots but "
+                               f"{rocksdb} holds no RocksDB state (deleted?); use a fresh --state-dir")
+
+
+def open_rocksdb(state_dir: Path, path: Path, keep_open: bool) -> None:
+    """Open the process's RocksDB store (kept open for the flow, which reuses it) or fail with one line."""
+    from omnitrigger.state import RocksDBStore, open_store
+
+    try:
+        store = open_store(path) if keep_open else RocksDBStore(path)
+        for _ in store.scan(b"m", b"n"):  # every shard's generation: reads (and checksums) those blocks
+            pass
+        if not keep_open:
+            store.close()
+    except Exception as error:  # rocksdict raises a bare Exception("Corruption: ...", "IO error: ...")
+        text = _first_line(error)
+        if "lock" in text.lower():
+            raise StateFolderError(f"state folder {state_dir} is in use by another omnitrigger process "
+                                   f"({text})") from None
+        raise StateFolderError(f"state folder {state_dir} is damaged: RocksDB in {path} cannot be opened "
+                               f"({text}); use a fresh --state-dir") from None
+
+
+def corruption_in(error: BaseException) -> str | None:
+    """RocksDB's "Corruption: ..." text if it is behind `error` (Bytewax wraps what an operator raised), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if "Corruption:" in str(current):
+            return _first_line(current)
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def raise_if_corrupted(state_dir: Path, error: BaseException) -> None:
+    """Turn a RocksDB corruption found while the flow ran (a damaged block read) into one line."""
+    detail = corruption_in(error)
+    if detail is not None:
+        raise StateFolderError(f"state folder {state_dir} is damaged: RocksDB reported a corruption while reading "
+                               f"state ({detail}); use a fresh --state-dir") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:300]
