@@ -53,6 +53,8 @@ _KIND = {b"A"[0]: CART, b"B"[0]: BROWSE}
 _CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
 _MAX_EVIDENCE = 10
 _CLOCK = b"clock"
+_SWEPT = b"swept"
+_SWEEP_EVERY_MS = 3_600_000
 
 
 def iso(ts_ms: int) -> str:
@@ -77,6 +79,8 @@ class Rules(StageOperator):
         self.live = bool(getattr(config, "live", False))
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
+        swept = state.get_meta(_SWEPT)
+        self._swept_at_ms = int(swept) if swept else 0
         self._out: list[Emitted] = []
         self._replaying = False  # applying a merged customer's history: state only, no new outputs for the past
         # Timers live in state (T keys) and, for speed, in a heap rebuilt from them whenever the shard is built.
@@ -190,6 +194,10 @@ class Rules(StageOperator):
         if watermark_ms <= self.watermark_ms:
             return
         self.watermark_ms = watermark_ms
+        if watermark_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:  # expired views, purchases and caps leave the disk
+            self.state.sweep(watermark_ms)
+            self._swept_at_ms = watermark_ms
+            self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
         limit = b"T" + (watermark_ms + 1).to_bytes(8, "big")
         while self._timers and self._timers[0] < limit:
             timer_key = heapq.heappop(self._timers)

@@ -320,3 +320,15 @@ def test_a_purchase_on_the_account_cancels_the_merged_devices_cart(shop: Shop) -
     shop.link(T0 + 10 * MINUTE, {"device_id": "anna-phone-2", "auth_id": "anna"})
     shop.tick(T0 + 2 * HOUR)
     assert shop.triggers == []
+
+
+def test_expired_rule_state_is_deleted_from_the_store(shop: Shop) -> None:
+    shop.consent(T0 - HOUR, ANNA, "push")
+    for n in range(200):
+        shop.web("view_item", T0 + n, ANNA, f"P{n}")  # 200 views, 200 browse deadlines
+    shop.tick(T0 + 2 * DAY)
+    shop.tick(T0 + 4 * DAY)
+    rules_state = shop.states[4]
+    keys = [key for key, _ in rules_state.scan(b"", b"\xff", now_ms=0)]
+    assert not any(key.startswith(b"V") for key in keys), "views past the offer lookback are gone"
+    assert len(keys) < 20, keys[:20]
