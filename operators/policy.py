@@ -80,10 +80,17 @@ class Policy:
         return Decision(channel, allowed, None)
 
     def record_trigger(self, rule: str, customer: str, products: list[Any], ts_ms: int) -> None:
-        fires = [t for t in self._fires(customer) if t > ts_ms - self.customer_window_ms] + [ts_ms]
-        self.state.put(b"F" + customer.encode(), orjson.dumps(fires), ts_ms + self.customer_window_ms)
+        # Triggers are not always recorded in time order (an offer fires at its visit, before a deadline
+        # that is earlier but still within the lateness), so windows and expiries follow the latest one.
+        fires = self._fires(customer) + [ts_ms]
+        latest = max(fires)
+        fires = sorted(t for t in fires if t > latest - self.customer_window_ms)
+        self.state.put(b"F" + customer.encode(), orjson.dumps(fires), latest + self.customer_window_ms)
         for product in products:
-            self.state.put(_product_key(customer, rule, product), b"%d" % ts_ms, ts_ms + self.product_window_ms)
+            key = _product_key(customer, rule, product)
+            previous = self.state.get(key)
+            last = max(ts_ms, int(previous) if previous is not None else ts_ms)
+            self.state.put(key, b"%d" % last, last + self.product_window_ms)
 
     def is_disabled(self, rule: str) -> bool:
         return rule in self.config_disabled or rule in self._control()

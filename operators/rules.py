@@ -55,6 +55,7 @@ _MAX_EVIDENCE = 10
 _CLOCK = b"clock"
 _SWEPT = b"swept"
 _SWEEP_EVERY_MS = 3_600_000
+_SWEEP_MARGIN_MS = 86_400_000
 
 
 def iso(ts_ms: int) -> str:
@@ -194,10 +195,6 @@ class Rules(StageOperator):
         if watermark_ms <= self.watermark_ms:
             return
         self.watermark_ms = watermark_ms
-        if watermark_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:  # expired views, purchases and caps leave the disk
-            self.state.sweep(watermark_ms)
-            self._swept_at_ms = watermark_ms
-            self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
         limit = b"T" + (watermark_ms + 1).to_bytes(8, "big")
         while self._timers and self._timers[0] < limit:
             timer_key = heapq.heappop(self._timers)
@@ -211,6 +208,12 @@ class Rules(StageOperator):
                 continue  # moved, cancelled, or retired by a merge
             self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
             self._decide(rule, customer, [product], deadline, None, pending[2])
+        # Expired views, purchases and caps leave the disk too, once no decision can look at them any more:
+        # every deadline up to the watermark has fired, and a late visit is never a day behind it.
+        if watermark_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
+            self.state.sweep(watermark_ms - _SWEEP_MARGIN_MS)
+            self._swept_at_ms = watermark_ms
+            self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
 
     # -- in-store offer -------------------------------------------------------------------
 
