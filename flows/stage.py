@@ -60,8 +60,9 @@ def sequencer_builder(state_path: Path, factories: list[OperatorFactory], config
 
     def build(resume_state: Any) -> _SequencerLogic:
         store = open_store(state_path)
-        counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations)
-        operator_states = [ShardState(store, factory.name, 0, config.keep_generations) for factory in factories]
+        counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations, config.state_cache_entries)
+        operator_states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
+                           for factory in factories]
         states = [counter_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
@@ -84,7 +85,8 @@ class _RulesLogic(StatefulBatchLogic):
             self._open(shard, generation)
 
     def _open(self, shard: int, generation: int) -> Rules:
-        state = ShardState(open_store(self.state_path), Rules.name, shard, self.config.keep_generations)
+        state = ShardState(open_store(self.state_path), Rules.name, shard, self.config.keep_generations,
+                           self.config.state_cache_entries)
         state.rollback_to(generation)
         self.rules = Rules(state, self.config)
         return self.rules

@@ -59,6 +59,7 @@ class Config:
     progress_interval_s: float = 2.0
     # [state]
     keep_generations: int = 64
+    state_cache_entries: int = 50_000  # committed values kept in memory per shard, to spare RocksDB reads
     # [identity]
     default_country_code: str = "358"  # phones without a leading + or 00 get this E.164 country code
     identifier_limits: tuple[tuple[str, int], ...] = (("auth_id", 1), ("loyalty_id", 1))  # at most N per customer
@@ -241,6 +242,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("replay", "reference_time"): ("reference_time_ms", _timestamp_ms),
     ("replay", "progress_interval"): ("progress_interval_s", parse_duration_s),
     ("state", "keep_generations"): ("keep_generations", _positive_int),
+    ("state", "cache_entries"): ("state_cache_entries", _positive_int),
     ("identity", "default_country_code"): ("default_country_code", _country_code),
     ("identity", "limits"): ("identifier_limits", _identifier_limits),
     ("identity", "blocked_values"): ("blocked_identifiers", _strings),

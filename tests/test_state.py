@@ -418,3 +418,27 @@ def test_scan_merges_buffered_writes_deletes_and_expiry(tmp_path: Path) -> None:
     other = ShardState(store, "timers", 4)
     assert other.scan(b"t", b"u") == []
     store.close()
+
+
+def test_the_read_cache_follows_commits_rollbacks_and_its_bound(tmp_path: Path) -> None:
+    store = RocksDBStore(tmp_path / "db")
+    state = ShardState(store, "cached", 0, cache_entries=3)
+    state.put(b"k", b"v1")
+    state.commit()
+    assert state.get(b"k") == b"v1"
+    state.put(b"k", b"v2")
+    assert state.get(b"k") == b"v2"
+    generation = state.commit()
+    state.put(b"k", b"v3")
+    state.commit()
+    assert state.get(b"k") == b"v3"
+    state.rollback_to(generation)
+    assert state.get(b"k") == b"v2", "a rollback is not hidden by the cache"
+    for n in range(10):  # more keys than the cache holds
+        state.put(b"n%d" % n, b"%d" % n)
+        state.commit()
+    assert [state.get(b"n%d" % n) for n in range(10)] == [b"%d" % n for n in range(10)]
+    assert len(state._cache) <= 3 + 1
+    other = ShardState(store, "cached", 0)
+    assert other.get(b"k") == b"v2" and other.get(b"n9") == b"9"
+    store.close()
