@@ -25,19 +25,6 @@ def read_stream(parts_dir: Path, stream: str) -> list[dict[str, Any]]:
     return [by_key[key] for key in sorted(by_key)]
 
 
-def read_final_snapshot(parts_dir: Path, stream: str) -> list[dict[str, Any]]:
-    """The records of the last end-of-input snapshot of `stream` (identities): the one with the highest seq.
-
-    A replay stopped and resumed writes such a snapshot at each end; only the last is the answer.
-    """
-    by_key: dict[tuple[int, int], dict[str, Any]] = {}
-    for part in sorted(parts_dir.glob(f"{stream}.w*.jsonl")):
-        for seq, sub, record in _part_lines(part):
-            by_key.setdefault((seq, sub), record)
-    last = max((seq for seq, _ in by_key), default=None)
-    return [by_key[key] for key in sorted(by_key) if key[0] == last]
-
-
 def _part_lines(part: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     with part.open("rb") as handle:
         for line in handle:

@@ -31,11 +31,11 @@ from typing import Any
 import orjson
 
 from omnitrigger.config import Config
-from omnitrigger.outputs import count_by, read_final_snapshot, read_stream, write_records
+from omnitrigger.outputs import count_by, read_stream, write_records
 from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, IDENTITIES, REFUSED_LINKS, SUPPRESSED, TRIGGERS, VISITS,
+    DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.operators.stage_chain import STATS
 from omnitrigger.state_folder import (
@@ -238,21 +238,45 @@ def _final_visits(visits: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if visit.get("ended_by") != "open" or (visit["visit_id"] not in ended and last_open[visit["visit_id"]] == n)]
 
 
+def _write_identities(rocksdb_dir: Path, path: Path | None) -> tuple[int, int]:
+    """`--identities`: every live identifier and its customer, read from the finished run's identity state
+    (streamed, so ten million identifiers never sit in memory); returns (identifiers, customers)."""
+    from omnitrigger.operators.identity import Identity, identities
+    from omnitrigger.state import RocksDBStore, ShardState
+
+    count, customers = 0, set()
+    handle = Path(path).open("wb") if path is not None else None
+    try:
+        for folder in sorted(rocksdb_dir.glob("process-*")):
+            store = RocksDBStore(folder)
+            try:
+                for record in identities(ShardState(store, Identity.name, 0)):
+                    count += 1
+                    customers.add(record["customer_id"])
+                    if handle is not None:
+                        handle.write(orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+            finally:
+                store.close()
+    finally:
+        if handle is not None:
+            handle.close()
+    return count, len(customers)
+
+
 def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], seconds: float) -> ReplaySummary:
     stats = _stats(parts_dir)
     outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
-               SUPPRESSED: options.suppressed, IDENTITIES: options.identities, DUPLICATES: options.duplicates,
+               SUPPRESSED: options.suppressed, DUPLICATES: options.duplicates,
                EVENTS: options.events, REFUSED_LINKS: options.refused_links}
     streams: dict[str, list[dict[str, Any]]] = {}
     for stream, path in outputs.items():
-        if stream == IDENTITIES:
-            streams[stream] = read_final_snapshot(parts_dir, stream)
-        elif path is not None or stream in (TRIGGERS, SUPPRESSED, REFUSED_LINKS, VISITS):
+        if path is not None or stream in (TRIGGERS, SUPPRESSED, REFUSED_LINKS, VISITS):
             streams[stream] = read_stream(parts_dir, stream)
     streams[VISITS] = _final_visits(streams[VISITS])
     for stream, path in outputs.items():
         if path is not None:
             write_records(Path(path), streams[stream])
+    identifiers, customers = _write_identities(parts_dir.parent / "rocksdb", options.identities)
     read_now = sum(stats.get("read", {}).values())
     read_before = sum(before.get("read", {}).values())
     return ReplaySummary(
@@ -264,8 +288,8 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
         refused_links_by_reason=count_by(streams[REFUSED_LINKS], "reason"),
         visits=len(streams[VISITS]),
         late_pings=stats.get("visits", {}).get("late_pings", 0),
-        identifiers=len(streams[IDENTITIES]),
-        customers=len({record["customer_id"] for record in streams[IDENTITIES]}),
+        identifiers=identifiers,
+        customers=customers,
         records_this_run=read_now - read_before,
         seconds=seconds,
     )

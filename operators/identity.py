@@ -31,13 +31,14 @@ Email and phone arrive already hashed (omnitrigger/pii.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import IDENTITIES, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.records import MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
 from omnitrigger.state import ShardState
 
 #: Identifier types, strongest first: the first one an event carries is its anchor.
@@ -88,13 +89,6 @@ class Identity(StageOperator):
             self.state.sweep(self.clock_ms)
             self._swept_at_ms = self.clock_ms
         return OperatorResult(out, emitted)
-
-    def on_eof(self, end_seq: int) -> OperatorResult:
-        """Every live identifier with its customer id: the `identities` output of a replay."""
-        records = [Emitted(IDENTITIES, (end_seq, n), {"type": _CODE_TYPE[key[1]], "value": key[2:].decode(),
-                                                       "customer_id": orjson.loads(value)[0]})
-                   for n, (key, value) in enumerate(self.state.scan(b"i", b"j", self.clock_ms))]
-        return OperatorResult([], records)
 
     # -- resolution -------------------------------------------------------------
 
@@ -242,6 +236,15 @@ class Identity(StageOperator):
         return {"reason": reason, "identifiers": [list(identifier) for identifier in identifiers],
                 "topic": event.topic, "partition": event.partition, "offset": event.offset, "ts_ms": event.ts_ms,
                 **extra}
+
+
+def identities(state: ShardState) -> Iterator[dict[str, Any]]:
+    """Every live identifier with its customer id, from a finished run's committed state (the replay's
+    `--identities` output). Read lazily: ten million identifiers never sit in memory at once."""
+    clock = state.get_meta(_CLOCK)
+    now_ms = int(clock) if clock else 0
+    for key, value in state.iter_committed(b"i", b"j", now_ms):
+        yield {"type": _CODE_TYPE[key[1]], "value": key[2:].decode(), "customer_id": orjson.loads(value)[0]}
 
 
 def _identifier_key(identifier: Identifier) -> bytes:

@@ -25,6 +25,7 @@ Key layout (P = namespace, NUL, 2-byte shard):
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from omnitrigger.state.store import KeyValueStore
 
@@ -112,6 +113,14 @@ class ShardState:
             if limit is not None and len(out) >= limit:
                 break
         return out
+
+    def iter_committed(self, start: bytes, end: bytes, now_ms: int = 0) -> Iterator[tuple[bytes, bytes]]:
+        """Like `scan`, lazily and over committed state only: for reading a finished run's state."""
+        skip = len(self._data)
+        for full_key, raw in self.store.scan(self._data + start, self._data + end):
+            expires = _U64.unpack_from(raw)[0]
+            if not expires or expires > now_ms:
+                yield full_key[skip:], raw[8:]
 
     def get_meta(self, name: bytes) -> bytes | None:
         return self._raw(self._meta + b"~" + name)

@@ -13,8 +13,9 @@ import pytest
 from conftest import records, replay
 from omnitrigger.config import Config
 from omnitrigger.operators import History, Identity
+from omnitrigger.operators.identity import identities
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.records import MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.records import MERGE_TOPIC, REFUSED_LINKS, Event
 from omnitrigger.state import RocksDBStore, ShardState
 from recordings import identity_recording
 
@@ -54,8 +55,8 @@ class IdentityAndHistory:
         return self.send("identity.links", ts_ms, ids, source="login", event_id=f"l{self.seq}", **extra)
 
     def identities(self) -> dict[tuple[str, str], str]:
-        emitted: list[Emitted] = self.identity.on_eof(self.seq).emitted
-        return {(e.record["type"], e.record["value"]): e.record["customer_id"] for e in emitted}
+        self.identity_state.commit()
+        return {(r["type"], r["value"]): r["customer_id"] for r in identities(self.identity_state)}
 
     def close(self) -> None:
         self.store.close()
