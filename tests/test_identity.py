@@ -256,3 +256,17 @@ def test_customers_equal_the_connected_components_of_accepted_links(tmp_path: Pa
         anchor = next(((kind, str(ids[kind])) for kind in PRIORITY if kind in ids), None)
         if anchor in by_identifier and event["topic"] != "identity.links":
             assert event["customer_id"] == by_identifier[anchor]
+
+
+def test_history_keeps_events_for_its_retention_only_and_deletes_the_rest(tmp_path: Path) -> None:
+    chain = IdentityAndHistory(tmp_path / "db", Config(history_retention_s=2 * 86_400))
+    first = chain.view(T0, {"device_id": "d1"}, "P0")
+    for n in range(1, 300):
+        chain.view(T0 + n * 1000, {"device_id": "d1"}, f"P{n}")
+    assert len(chain.history.journal(first.customer)) == 300
+    chain.view(T0 + 3 * DAY, {"device_id": "d1"}, "late")  # the sweep runs as event time moves on
+    journal = chain.history.journal(first.customer)
+    assert [entry[3]["product_id"] for entry in journal] == ["late"]
+    stored = chain.history_state.scan(b"h", b"i", now_ms=0)  # what is physically left, expired or not
+    assert len(stored) == 1, "expired journal entries are deleted, not just hidden"
+    chain.close()
