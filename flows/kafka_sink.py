@@ -136,6 +136,8 @@ class _KafkaOutput(StatelessSinkPartition):
                     metrics.SUPPRESSED.labels(str(record.get("rule")), str(record.get("reason"))).inc()
                 elif emitted.stream == VISITS:
                     metrics.VISITS.inc()
+                if emitted.stream in (TRIGGERS, SUPPRESSED):  # the emit time is the wall clock in live mode
+                    record = {**record, "emitted_at": _wall_clock_iso()}
                 key = record.get("customer_id")
                 self._produce(topic, orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
                               key.encode() if isinstance(key, str) else None, headers, callback)
@@ -212,3 +214,8 @@ class KafkaOutputSink(DynamicSink):
             log.info("read back the triggers topic's tail", extra={"fields": {
                 "topic": self.topics[TRIGGERS], "trigger_ids": len(known)}})
         return _KafkaOutput(self.brokers, self.config, self.topics, known)
+
+
+def _wall_clock_iso() -> str:
+    now_ms = int(time.time() * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ms // 1000)) + f".{now_ms % 1000:03d}Z"

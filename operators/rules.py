@@ -77,7 +77,6 @@ class Rules(StageOperator):
                           BROWSE: int(config.browse_abandoned_after_s * 1000)}
         self.lookback_ms = int(config.offer_lookback_s * 1000)
         self.max_products = config.offer_max_products
-        self.live = bool(getattr(config, "live", False))
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
         swept = state.get_meta(_SWEPT)
@@ -255,11 +254,11 @@ class Rules(StageOperator):
 
     def _record(self, rule: str, customer: str, products: list[Any], ts_ms: int, store: str | None,
                 evidence: list[str], channel: str | None, subject: str | None = None) -> dict[str, Any]:
+        """The output record. `emitted_at` is the event time it fired at; live mode's Kafka sink stamps the wall clock."""
         subject = subject if subject is not None else str(products[0])
-        emitted_ms = ts_ms if not self.live else None
         return {"trigger_id": trigger_id(rule, customer, subject, ts_ms), "rule": rule, "customer_id": customer,
                 "ts": iso(ts_ms), "ts_ms": ts_ms, "channel": channel, "products": products, "store_id": store,
-                "evidence": evidence, "emitted_at": iso(emitted_ms) if emitted_ms is not None else None}
+                "evidence": evidence, "emitted_at": iso(ts_ms)}
 
     # -- merges -----------------------------------------------------------------------------------
 

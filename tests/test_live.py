@@ -126,6 +126,7 @@ def test_live_gives_the_replays_outputs(tmp_path: Path, mock_kafka: Any) -> None
     for message in live[TRIGGERS]:
         assert message["headers"]["trigger_id"] == message["value"]["trigger_id"]
         assert message["key"] == message["value"]["customer_id"]
+        assert message["value"]["emitted_at"] > message["value"]["ts"], "live emit times are the wall clock"
     for message in live[DEAD_LETTERS]:
         assert message["headers"]["source_offset"] == str(message["value"]["offset"])
         assert message["headers"]["source_topic"].startswith("same.")
