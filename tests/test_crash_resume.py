@@ -79,3 +79,23 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(t
     assert rules == {"cart_abandoned", "browse_abandoned", "store_visit_offer"}
     assert len({trigger["trigger_id"] for trigger in triggers}) == len(triggers), "no trigger id twice"
     assert lines_in(resumed / "visits.jsonl") > 0 and lines_in(resumed / "identities.jsonl") > 0
+
+
+def test_a_replay_stopped_twice_and_resumed_gives_the_uninterrupted_outputs(tmp_path: Path) -> None:
+    """--stop-after ends a run cleanly, so end-of-input outputs (visits still open) are written at each stop;
+    the resumed run's files must still equal one uninterrupted run's, identities and visits included."""
+    from conftest import replay
+
+    recording = tmp_path / "recording"
+    generator = RecordingGenerator(seed=5, customers=300, products=200).generate()
+    generator.write(recording)
+    stores = tmp_path / "stores.csv"
+    generator.write_stores(stores)
+    _, whole = replay(tmp_path, recording, name="whole", stores=stores)
+    state = tmp_path / "state"
+    total = sum(1 for path in recording.glob("*.jsonl") for _ in path.open("rb"))
+    for stop in (total // 3, 2 * total // 3):
+        replay(tmp_path, recording, name=f"part-{stop}", stores=stores, state_dir=state, stop_after=stop)
+    _, resumed = replay(tmp_path, recording, name="resumed", stores=stores, state_dir=state)
+    assert resumed == whole
+    assert whole["visits"] and whole["identities"] and whole["triggers"]
