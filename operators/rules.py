@@ -54,7 +54,7 @@ _CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
 _MAX_EVIDENCE = 10
 _CLOCK = b"clock"
 _SWEPT = b"swept"
-_SWEEP_EVERY_MS = 3_600_000
+_SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000
 
 
@@ -256,9 +256,10 @@ class Rules(StageOperator):
                 evidence: list[str], channel: str | None, subject: str | None = None) -> dict[str, Any]:
         """The output record. `emitted_at` is the event time it fired at; live mode's Kafka sink stamps the wall clock."""
         subject = subject if subject is not None else str(products[0])
+        when = iso(ts_ms)
         return {"trigger_id": trigger_id(rule, customer, subject, ts_ms), "rule": rule, "customer_id": customer,
-                "ts": iso(ts_ms), "ts_ms": ts_ms, "channel": channel, "products": products, "store_id": store,
-                "evidence": evidence, "emitted_at": iso(ts_ms)}
+                "ts": when, "ts_ms": ts_ms, "channel": channel, "products": products, "store_id": store,
+                "evidence": evidence, "emitted_at": when}
 
     # -- merges -----------------------------------------------------------------------------------
 
