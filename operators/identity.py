@@ -121,9 +121,10 @@ class Identity(StageOperator):
             if not linking:
                 self._customer_of(other, event, fresh)
                 continue
-            other_customer = self._lookup(other)
-            if other_customer == anchor_customer:
-                self._touch(other, other_customer, event.ts_ms)
+            entry = self._entry(other)
+            other_customer = entry[0] if entry is not None else None
+            if entry is not None and other_customer == anchor_customer:
+                self._touch(other, other_customer, entry[1], event.ts_ms)
                 continue
             if other_customer is None:
                 record = self._record(anchor_customer)
@@ -135,8 +136,7 @@ class Identity(StageOperator):
                 else:
                     self._attach(other, anchor_customer, record, event.ts_ms)
                 continue
-            winner, loser = self._order(anchor_customer, other_customer)
-            winner_record, loser_record = self._record(winner), self._record(loser)
+            (winner, winner_record), (loser, loser_record) = self._order(anchor_customer, other_customer)
             broken = self._broken_limit(winner_record["ids"], self._live_ids(loser, loser_record), winner)
             if broken:
                 refusals.append(self._refusal(f"limit_{broken}", event, [anchor, other],
@@ -153,17 +153,21 @@ class Identity(StageOperator):
         lowered = value.strip().lower()
         return lowered in self.blocked or bool(_ALL_ZEROS.match(lowered))
 
-    def _lookup(self, identifier: Identifier) -> str | None:
+    def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
+        """(customer id, last seen ms) of a live identifier, or None."""
         raw = self.state.get(_identifier_key(identifier), self.clock_ms)
-        return orjson.loads(raw)[0] if raw is not None else None
+        return tuple(orjson.loads(raw)) if raw is not None else None
+
+    def _lookup(self, identifier: Identifier) -> str | None:
+        entry = self._entry(identifier)
+        return entry[0] if entry is not None else None
 
     def _customer_of(self, identifier: Identifier, event: Event, fresh: set[str]) -> str:
         """The identifier's customer, created (first seen now) if the identifier is new."""
-        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
-        if raw is not None:
-            customer, last_seen = orjson.loads(raw)
-            if event.ts_ms - last_seen >= _REFRESH_MS:
-                self._touch(identifier, customer, event.ts_ms)
+        entry = self._entry(identifier)
+        if entry is not None:
+            customer, last_seen = entry
+            self._touch(identifier, customer, last_seen, event.ts_ms)
             return customer
         customer = "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{event.seq}".encode())[:24]
         record = {"first": event.seq, "ids": []}
@@ -175,10 +179,10 @@ class Identity(StageOperator):
         raw = self.state.get(b"c" + customer.encode(), self.clock_ms)
         return orjson.loads(raw) if raw is not None else {"first": -1, "ids": []}
 
-    def _order(self, first: str, second: str) -> tuple[str, str]:
-        """(winner, loser): the customer seen first keeps its id."""
-        a, b = self._record(first)["first"], self._record(second)["first"]
-        return (first, second) if (a, first) <= (b, second) else (second, first)
+    def _order(self, first: str, second: str) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
+        """((winner, its record), (loser, its record)): the customer seen first keeps its id."""
+        a, b = (first, self._record(first)), (second, self._record(second))
+        return (a, b) if (a[1]["first"], first) <= (b[1]["first"], second) else (b, a)
 
     def _live_ids(self, customer: str, record: dict[str, Any]) -> list[Identifier]:
         """The record's identifiers that still point at `customer` (expired ones drop out)."""
@@ -202,9 +206,9 @@ class Identity(StageOperator):
         self._point(identifier, customer, ts_ms)
         self._save(customer, record, ts_ms)
 
-    def _touch(self, identifier: Identifier, customer: str, ts_ms: int) -> None:
-        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
-        if raw is not None and ts_ms - orjson.loads(raw)[1] < _REFRESH_MS:
+    def _touch(self, identifier: Identifier, customer: str, last_seen: int, ts_ms: int) -> None:
+        """Renew an identifier's last-seen time (and its expiry), at most once a day."""
+        if ts_ms - last_seen < _REFRESH_MS:
             return
         self._point(identifier, customer, ts_ms)
         self._save(customer, self._record(customer), ts_ms)
