@@ -53,6 +53,7 @@ _KIND = {b"A"[0]: CART, b"B"[0]: BROWSE}
 _CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
 _MAX_EVIDENCE = 10
 _CLOCK = b"clock"
+_FACT_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})  # what a rule remembers of a customer
 _SWEPT = b"swept"
 _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000
@@ -97,12 +98,8 @@ class Rules(StageOperator):
                 self._advance(event.ts_ms)
             elif event.customer is None:
                 continue
-            elif topic == "web.events":
-                self._on_web(event.customer, event.body, event.ts_ms)
-            elif topic == "pos.receipts":
-                self._on_purchase(event.customer, event.body["items"], event.ts_ms, _receipt_id(event.body), "pos")
-            elif topic == "consent.changes":
-                self.policy.on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)
+            elif topic in _FACT_TOPICS:
+                self._on_fact(topic, event.customer, event.body, event.ts_ms)
             elif topic == VISIT_CONFIRMED:
                 self._on_visit(event.customer, event.body, event.ts_ms)
             elif topic == MERGE_TOPIC:
@@ -110,6 +107,15 @@ class Rules(StageOperator):
         self.state.put_meta(_CLOCK, b"%d" % self.watermark_ms)
         out, self._out = self._out, []
         return OperatorResult(list(events), out)
+
+    def _on_fact(self, topic: str, customer: str, body: dict[str, Any], ts_ms: int) -> None:
+        """A web event, a till receipt or a consent change of `customer`: live, or from a merged history."""
+        if topic == "web.events":
+            self._on_web(customer, body, ts_ms)
+        elif topic == "pos.receipts":
+            self._on_purchase(customer, body["items"], ts_ms, _receipt_id(body), "pos")
+        else:
+            self.policy.on_consent(customer, body["channel"], body["status"], ts_ms)
 
     def _on_web(self, customer: str, body: dict[str, Any], ts_ms: int) -> None:
         kind = body["type"]
@@ -276,13 +282,9 @@ class Rules(StageOperator):
         if role in ("absorb", "both"):
             self._replaying = True
             for _seq, topic, ts_ms, event_body in body.get("history", []):
-                if topic == "web.events":
-                    self._on_web(winner, event_body, ts_ms)
-                elif topic == "pos.receipts":
-                    self._on_purchase(winner, event_body["items"], ts_ms, _receipt_id(event_body), "pos")
-                elif topic == "consent.changes":
-                    self.policy.on_consent(winner, event_body["channel"], event_body["status"], ts_ms)
                 # a past visit confirmation is not replayed: its offer was decided when it happened
+                if topic in _FACT_TOPICS:
+                    self._on_fact(topic, winner, event_body, ts_ms)
             self._replaying = False
 
 
