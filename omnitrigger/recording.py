@@ -19,7 +19,7 @@ import base64
 import heapq
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -32,14 +32,6 @@ Position = dict[str, Any]
 
 class RecordingError(Exception):
     """The recording folder itself is unusable (missing, empty, unreadable)."""
-
-
-class _Decoded(NamedTuple):
-    merge_ts: int
-    topic: str
-    partition: int
-    offset: int
-    item: Event | Emitted  # seq is filled in when the merge emits it
 
 
 def recording_files(recording_dir: Path) -> dict[str, Path]:
@@ -68,7 +60,12 @@ class LineDecoder:
         self.max_record_bytes = max_record_bytes
         self.reference_ms = reference_ms
 
-    def decode(self, line: bytes, file_topic: str, line_no: int, source_file: str | None, last_ts: int) -> _Decoded:
+    def decode(self, line: bytes, file_topic: str, line_no: int, source_file: str | None,
+               last_ts: int) -> tuple[int, str, int, int, Any, bool]:
+        """(merge time, topic, partition, offset, body or dead-letter record, is an event).
+
+        A plain tuple, not an object: this runs once for every record of a replay.
+        """
         topic, partition, offset = file_topic, 0, line_no
         raw: bytes | str = line
         key = None
@@ -76,11 +73,11 @@ class LineDecoder:
         try:
             if len(line) > self.max_record_bytes:
                 raise ContractViolation("record_too_large", f"{len(line)} bytes exceeds max_record_bytes {self.max_record_bytes}")
-            stripped = line.strip()
-            if not stripped:
-                raise ContractViolation("empty_line", "the line is empty")
-            value = _loads(stripped, "invalid_json")
-            if _is_envelope(value):
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                value = _loads(line.strip(), "invalid_json")  # says why; an empty line is its own reason
+            if type(value) is dict and "payload" in value and "topic" in value and "offset" in value:
                 topic = str(value["topic"])
                 partition = _as_int(value.get("partition"), 0)
                 offset = _as_int(value.get("offset"), line_no)
@@ -89,7 +86,7 @@ class LineDecoder:
                 if type(kafka_ts) is int and kafka_ts > 0:
                     reference_ms = kafka_ts
                 payload = value["payload"]
-                raw = payload if isinstance(payload, str) else stripped
+                raw = payload if isinstance(payload, str) else line.strip()
                 if payload is None:
                     raise ContractViolation("empty_payload", "the envelope's payload is null")
                 value = _loads(payload.encode(), "invalid_payload_json") if isinstance(payload, str) else payload
@@ -98,11 +95,13 @@ class LineDecoder:
         except ContractViolation as violation:
             record = _dead_letter(violation, self.pseudonymizer.redact_raw(raw), topic, partition, offset,
                                   source_file, key)
-            return _Decoded(last_ts, topic, partition, offset, Emitted(DEAD_LETTERS, (0, 0), record))
-        return _Decoded(ts_ms, topic, partition, offset, Event(0, file_topic, partition, offset, ts_ms, value))
+            return last_ts, topic, partition, offset, record, False
+        return ts_ms, topic, partition, offset, value, True
 
 
 def _loads(data: bytes, reason: str) -> Any:
+    if not data:
+        raise ContractViolation("empty_line", "the line is empty")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as error:
@@ -111,10 +110,6 @@ def _loads(data: bytes, reason: str) -> Any:
         except UnicodeDecodeError as bad:
             raise ContractViolation("invalid_utf8", f"byte {bad.start} is not valid UTF-8") from None
         raise ContractViolation(reason, str(error)[:200]) from None
-
-
-def _is_envelope(value: Any) -> bool:
-    return type(value) is dict and "payload" in value and "topic" in value and "offset" in value
 
 
 def _as_int(value: Any, default: int) -> int:
@@ -176,7 +171,7 @@ class RecordingReader:
         self.next_seq: int = position["seq"]
         self.total_bytes = sum(path.stat().st_size for path in files.values())
         self._cursors: list[_FileCursor] = []
-        self._heap: list[tuple[int, str, int, int, int, int, _Decoded]] = []
+        self._heap: list[tuple[int, str, int, int, int, int, Any, bool]] = []
         for index, (topic, path) in enumerate(files.items()):
             byte_pos, line_no, last_ts = position["files"].get(path.name, (0, 0, 0))
             cursor = _FileCursor(topic, path, byte_pos, line_no, last_ts)
@@ -189,26 +184,28 @@ class RecordingReader:
         line = cursor.read_line()
         if line is None:
             return
-        decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
-        cursor.last_ts = decoded.merge_ts
-        heapq.heappush(self._heap, (decoded.merge_ts, decoded.topic, decoded.partition, decoded.offset,
-                                    index, len(line), decoded))
+        merge_ts, topic, partition, offset, body, is_event = self.decoder.decode(
+            line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
+        cursor.last_ts = merge_ts
+        heapq.heappush(self._heap, (merge_ts, topic, partition, offset, index, len(line), body, is_event))
 
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
         batch: list[Event | Emitted] = []
         heap = self._heap
+        cursors = self._cursors
+        seq = self.next_seq
         while heap and len(batch) < max_records:
-            _, _, _, _, index, line_len, decoded = heapq.heappop(heap)
-            seq = self.next_seq
-            self.next_seq += 1
-            item = decoded.item
-            batch.append(item._replace(seq=seq) if type(item) is Event else item._replace(sort_key=(seq, 0)))
-            cursor = self._cursors[index]
-            cursor.emitted_ts = decoded.merge_ts
+            merge_ts, _, partition, offset, index, line_len, body, is_event = heapq.heappop(heap)
+            cursor = cursors[index]
+            batch.append(Event(seq, cursor.topic, partition, offset, merge_ts, body) if is_event
+                         else Emitted(DEAD_LETTERS, (seq, 0), body))
+            seq += 1
+            cursor.emitted_ts = merge_ts
             cursor.byte_pos += line_len
             cursor.line_no += 1
             self._advance(index)
+        self.next_seq = seq
         return batch
 
     def position(self) -> Position:

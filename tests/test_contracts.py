@@ -27,6 +27,7 @@ from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import SCHEMA_DIR, Contracts, ContractViolation
+from omnitrigger.schemas.acceptor import compile_acceptor
 from omnitrigger.schemas.validator import SchemaCompiler
 
 from conftest import kcat_envelope, write_stores
@@ -396,7 +397,8 @@ def compiled_accepts(check: Any, body: Any) -> bool:
 
 @pytest.mark.parametrize("name", sorted(VALID_EXAMPLES))
 def test_compiled_validator_agrees_with_jsonschema(name: str) -> None:
-    """On hundreds of mutated bodies, the compiled validator accepts exactly what Draft202012Validator accepts."""
+    """On hundreds of mutated bodies, the compiled validator and the generated acceptor each accept exactly
+    what Draft202012Validator accepts."""
     file_name = f"{name}.schema.json"
     check = SchemaCompiler().compile_file(file_name)
     reference = Draft202012Validator(json.loads((SCHEMA_DIR / file_name).read_text()), registry=reference_registry())
@@ -405,6 +407,8 @@ def test_compiled_validator_agrees_with_jsonschema(name: str) -> None:
 
     disagreements = [(body, ours) for body, (ours, theirs) in zip(bodies, verdicts) if ours != theirs]
     assert disagreements == []
+    accept = compile_acceptor(file_name)  # the generated yes/no fast path must say the same on every body
+    assert [(body, accept(body)) for body in bodies if accept(body) != reference.is_valid(body)] == []
     assert all(compiled_accepts(check, example) for example in VALID_EXAMPLES[name])
     accepted = sum(ours for ours, _ in verdicts)
     assert len(bodies) >= 30 and accepted > len(VALID_EXAMPLES[name]) and len(bodies) - accepted >= 30
