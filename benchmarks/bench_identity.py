@@ -35,6 +35,8 @@ from omnitrigger.operators.identity import identities
 from omnitrigger.records import Event
 from omnitrigger.state import RocksDBStore, ShardState
 
+from results import Figures
+
 T0 = 1_764_000_000_000
 BATCH = 1000
 
@@ -121,7 +123,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--identifiers", type=int, default=1_000_000, help="size of the graph to build")
     parser.add_argument("--steady-events", type=int, default=500_000)
+    parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
+    figures = Figures("bench_identity", f"python benchmarks/bench_identity.py --identifiers {args.identifiers}")
     customers = int(args.identifiers / 2.4)
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-identity-") as work:
         store = RocksDBStore(Path(work) / "db")
@@ -133,6 +137,8 @@ def main() -> int:
         print(f"build: {done:,} customers in {seconds:.1f} s: {done / seconds:,.0f} events/s "
               f"({seconds / done * 1e6:.1f} µs/event); RocksDB keys (estimate) {count:,}")
         done, seconds = run(steady_events(customers, args.steady_events, customers), identity, history, states)
+        figures.add(f"identity + history alone, {args.identifiers:,} identifiers, steady traffic",
+                    round(done / seconds), "events/s")
         print(f"steady traffic over the graph: {done:,} events in {seconds:.1f} s: {done / seconds:,.0f} events/s "
               f"({seconds / done * 1e6:.1f} µs/event)")
         print(f"peak RSS before the end-of-input dump: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
@@ -142,6 +148,9 @@ def main() -> int:
         print(f"peak RSS after the dump: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB; "
               f"RocksDB folder: {folder_mib(Path(work) / 'db'):,.0f} MiB")
         store.close()
+    figures.add(f"identity + history alone, {args.identifiers:,} identifiers: peak RSS",
+                round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "MiB")
+    figures.write(args.json)
     return 0
 
 

@@ -48,6 +48,7 @@ from omnitrigger.demo.generator import DEMO_STORES, _offset_point, iso  # noqa: 
 from omnitrigger.kafka_mock import MockCluster  # noqa: E402
 from omnitrigger.kafka_tools import input_topics, output_topics  # noqa: E402
 from omnitrigger.flows.kafka_sink import due_ms  # noqa: E402
+from results import Figures  # noqa: E402
 
 PREFIX = "bench."
 PARTITIONS = 4
@@ -228,7 +229,8 @@ def wait_caught_up(port: int, timeout: float = 120.0) -> float:
     return input_lag(port)
 
 
-def report(label: str, samples: list[tuple[float, float, str]], since: float, until: float) -> float:
+def report(label: str, samples: list[tuple[float, float, str]], since: float, until: float) -> tuple[float, float]:
+    """Prints the latency percentiles of the triggers received in [since, until); returns (P50, P99) in s."""
     window = [latency for received, latency, _ in samples if since <= received < until]
     by_rule: dict[str, list[float]] = {}
     for received, latency, rule in samples:
@@ -241,7 +243,7 @@ def report(label: str, samples: list[tuple[float, float, str]], since: float, un
     for rule, values in sorted(by_rule.items()):
         print(f"    {rule}: {len(values):,}, P50 {percentile(values, 0.5) * 1000:,.0f} ms, "
               f"P99 {percentile(values, 0.99) * 1000:,.0f} ms", flush=True)
-    return p99
+    return percentile(window, 0.5), p99
 
 
 def main() -> int:
@@ -251,7 +253,10 @@ def main() -> int:
     parser.add_argument("--steps", default="8000,6000,4000,2000",
                         help="rates tried after phase 1, highest first; the first whose P99 < 1 s is reported")
     parser.add_argument("--step-seconds", type=float, default=20)
+    parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
+    figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
+                                    f"--steps {args.steps}")
     os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123456789")
 
     work = Path(tempfile.mkdtemp(prefix="omnitrigger-bench-live-"))
@@ -281,7 +286,10 @@ def main() -> int:
         time.sleep(2)
         lag = input_lag(metrics_port)
         print(f"  sent {sent:,} records, {achieved:,.0f}/s; job's input lag at the end: {lag:,.0f} records", flush=True)
-        p99 = report("  sustained", reader.samples, started + 35, time.time())  # after the first cart deadlines
+        p50, p99 = report("  sustained", reader.samples, started + 35, time.time())  # after the first cart deadlines
+        figures.add(f"live, {args.rate:,.0f} records/s in: trigger latency P50", round(p50 * 1000), "ms")
+        figures.add(f"live, {args.rate:,.0f} records/s in: trigger latency P99", round(p99 * 1000), "ms")
+        figures.add(f"live, {args.rate:,.0f} records/s in: input lag at the end", round(lag), "records")
         best = args.rate if p99 < 1.0 and lag < args.rate else None
         for rate in [float(step) for step in args.steps.split(",") if step] if best is None else []:
             if job.poll() is not None:
@@ -291,13 +299,15 @@ def main() -> int:
             sent, achieved = run_rate(producer, traffic, names, rate, args.step_seconds)
             time.sleep(1)
             lag = input_lag(metrics_port)
-            p99 = report(f"step {rate:,.0f}/s (achieved {achieved:,.0f}/s, lag {lag:,.0f})", reader.samples,
+            _, p99 = report(f"step {rate:,.0f}/s (achieved {achieved:,.0f}/s, lag {lag:,.0f})", reader.samples,
                          started + 5, time.time())
             if p99 < 1.0 and achieved >= rate * 0.95 and lag < rate:
                 best = rate
                 break
         print(f"highest sustained input rate with trigger P99 < 1 s: "
               f"{'none of those tried' if best is None else f'{best:,.0f} records/s'}", flush=True)
+        figures.add("live: highest input rate tried with trigger P99 < 1 s (0: none)", best or 0, "records/s")
+        figures.write(args.json)
     finally:
         reader.stop.set()
         job.send_signal(signal.SIGTERM)

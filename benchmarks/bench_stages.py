@@ -25,6 +25,7 @@ os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 
 from geolife import write_stores_csv  # noqa: E402
 from recordings import omnichannel_recording  # noqa: E402
+from results import Figures  # noqa: E402
 
 from omnitrigger.config import Config  # noqa: E402
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits  # noqa: E402
@@ -38,6 +39,7 @@ from omnitrigger.state import RocksDBStore, ShardState  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
+    parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     real_data = args.shared / "data" / "real"
     if not real_data.is_dir():
@@ -94,6 +96,11 @@ def main() -> int:
         print(f"  {name:26s} {seconds / records * 1e6:6.1f}")
     print(f"  {'total':26s} {total / records * 1e6:6.1f}   ({records / total:,.0f} records/s; "
           f"{total / records * 1e6 / 10:.1f}x the 10 µs floor of DESIGN.md section 5)")
+    figures = Figures("bench_stages", "python benchmarks/bench_stages.py")
+    for name, seconds in cost.items():
+        figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
+    figures.add("stages alone: total", round(total / records * 1e6, 1), "µs/record")
+    figures.write(args.json)
     return 0
 
 

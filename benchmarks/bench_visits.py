@@ -31,6 +31,8 @@ from omnitrigger.records import Event
 from omnitrigger.state import RocksDBStore, ShardState
 from omnitrigger.stores import Store
 
+from results import Figures
+
 CENTRE = (39.9, 116.4)  # Beijing, where the GeoLife traces are
 HALF_SPAN_DEG = (0.45, 0.6)  # about 100 x 100 km
 TICK_MS = 30_000
@@ -113,7 +115,9 @@ def main() -> int:
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--pings-per-device", type=int, default=12)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
+    figures = Figures("bench_visits", f"python benchmarks/bench_visits.py --stores {args.stores} --devices {args.devices}")
     rng = random.Random(args.seed)
     total = args.devices * args.pings_per_device
 
@@ -138,6 +142,7 @@ def main() -> int:
     print(f"index lookup alone: {total / seconds:,.0f} lookups/s ({seconds / total * 1e6:.2f} µs each; "
           f"{hits / total:.2f} stores contain a ping on average)")
     del points
+    figures.add(f"store index lookup alone ({args.stores:,} stores)", round(total / seconds), "lookups/s")
 
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-visits-") as work:
         store = RocksDBStore(Path(work) / "db")
@@ -159,9 +164,12 @@ def main() -> int:
               f"({seconds / total * 1e6:.2f} µs/ping) over {total:,} pings from {args.devices:,} devices")
         print(f"  visits confirmed {confirmations:,}, ended {visits:,}, open at the end {open_visits:,}; "
               f"counters {operator.stats()}")
+        figures.add(f"visits operator alone ({args.devices:,} devices)", round(total / seconds), "pings/s")
         print(f"  device records left: {len(state.scan(b'd', b'e')):,} (devices seen in the last gap + lateness)")
         store.close()
     print(f"peak RSS of this process: {peak_rss_mib():,.0f} MiB")
+    figures.add("visits benchmark: peak RSS", round(peak_rss_mib()), "MiB")
+    figures.write(args.json)
     return 0
 
 
