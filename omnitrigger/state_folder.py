@@ -38,7 +38,7 @@ import orjson
 from omnitrigger.state import StateError
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
 _ORDER = ("layout_version", "mode", "processes", "rule_shards", "operators", "pii_key_id", "recording",

@@ -7,8 +7,9 @@ of 5,000 keys wrong after a kill -9). So writes collect in memory during an
 epoch; `commit()` (called from the Bytewax `snapshot()`) writes them in one
 atomic batch as generation `g`, together with the values they replace, and
 returns `g` as the shard's snapshot. On resume, `rollback_to(g)` undoes every
-generation after `g`. Undo records of old generations are trimmed, in chunks, once they
-are `keep_generations` behind.
+generation after `g`. A generation's undo records are packed into a few
+values of up to 1 MiB (one RocksDB entry per key changed, not two); those of
+old generations are trimmed, in chunks, once they are `keep_generations` behind.
 
 Expiry is in event time, so it is deterministic: a value put with
 `expires_at_ms` is invisible to `get(key, now_ms)` once `now_ms` reaches it,
@@ -18,7 +19,7 @@ through an index ordered by expiry.
 Key layout (P = namespace, NUL, 2-byte shard):
     d P key              -> 8-byte expiry (0 = never) + value
     x P expiry key       -> b""           (expiry index)
-    u P gen n            -> undo record    (old value of one key)
+    u P gen chunk        -> undo records   (old values of the keys a generation changed, packed)
     m P name             -> shard metadata (current generation, undo floor)
 """
 
@@ -30,7 +31,8 @@ from collections.abc import Iterator
 from omnitrigger.state.store import KeyValueStore
 
 _U64 = struct.Struct(">Q")
-_UNDO_HEADER = struct.Struct(">IB")  # key length, has-old-value flag
+_UNDO_HEADER = struct.Struct(">IBI")  # key length, has-old-value flag, old value length
+_UNDO_CHUNK_BYTES = 1 << 20
 _GEN = b"gen"
 _UNDO_FLOOR = b"undo_floor"
 _EMPTY = b""
@@ -175,11 +177,24 @@ class ShardState:
         cache = self._cache
         unknown = [key for key in self._pending if key not in cache]
         read = dict(zip(unknown, self.store.get_many(unknown)))
-        for n, (full_key, value) in enumerate(self._pending.items()):
+        pack = _UNDO_HEADER.pack
+        chunks: list[bytes] = []
+        undo: list[bytes] = []
+        size = 0
+        for full_key, value in self._pending.items():
             old = cache[full_key] if full_key in cache else read[full_key]
-            header = _UNDO_HEADER.pack(len(full_key), old is not None)
-            batch[undo_prefix + n.to_bytes(4, "big")] = header + full_key + (old or _EMPTY)
+            record = (pack(len(full_key), 0, 0) + full_key if old is None
+                      else pack(len(full_key), 1, len(old)) + full_key + old)
+            undo.append(record)
+            size += len(record)
+            if size >= _UNDO_CHUNK_BYTES:
+                chunks.append(b"".join(undo))
+                undo, size = [], 0
             batch[full_key] = value
+        if undo:
+            chunks.append(b"".join(undo))
+        for n, chunk in enumerate(chunks):
+            batch[undo_prefix + n.to_bytes(4, "big")] = chunk
         batch[self._meta + _GEN] = _U64.pack(generation)
         floor = self._read_meta(_UNDO_FLOOR)
         trim_below = generation - self.keep_generations
@@ -225,10 +240,16 @@ class ShardState:
         end = self._undo + _U64.pack(current + 1)
         restore: dict[bytes, bytes | None] = {}
         undone: list[bytes] = []
-        for undo_key, record in self.store.scan(start, end, reverse=True):
-            key_length, has_old = _UNDO_HEADER.unpack_from(record)
-            full_key = record[5:5 + key_length]
-            restore[full_key] = record[5 + key_length:] if has_old else None
+        header = _UNDO_HEADER.size
+        for undo_key, chunk in self.store.scan(start, end, reverse=True):  # newest generation first
+            at = 0
+            while at < len(chunk):  # a generation changes a key once: order within a chunk does not matter
+                key_length, has_old, old_length = _UNDO_HEADER.unpack_from(chunk, at)
+                at += header
+                full_key = chunk[at:at + key_length]
+                at += key_length
+                restore[full_key] = chunk[at:at + old_length] if has_old else None
+                at += old_length
             undone.append(undo_key)
         # The undo records go in the same atomic batch as the values they restore: if they
         # outlived it (a crash before the delete_range below), a later rollback would

@@ -361,14 +361,17 @@ def test_store_shrinks_after_sweep(store: RocksDBStore) -> None:
     total_before = count_keys(store)
 
     state.sweep(1_000)
-    state.commit()
+    sweep_generation = state.commit()
     assert len(stored_data(state)) + len(stored_index(state)) == live_before - 250  # 100 values, 150 index entries
 
     for tick in range(keep + 1):
         state.put_meta(b"tick", b"%d" % tick)
         state.commit()
     total_after = count_keys(store)
-    assert total_after < total_before / 3
+    undo_generations = {int.from_bytes(key[len(state._undo):len(state._undo) + 8], "big")
+                        for key, _ in store.scan(state._undo, state._undo + b"\xff")}
+    assert undo_generations and min(undo_generations) > sweep_generation  # the sweep's undo records are trimmed
+    assert total_after < total_before - 240  # the 250 swept keys are gone (a few metadata keys came)
     store.compact()
     assert count_keys(store) == total_after
     # store.approximate_keys() is not asserted on: RocksDB's estimate-num-keys is not
