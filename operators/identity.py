@@ -62,6 +62,7 @@ class Identity(StageOperator):
         self.limits = dict(config.identifier_limits)
         self.blocked = BLOCKED_VALUES | {value.strip().lower() for value in config.blocked_identifiers}
         self.min_confidence = config.min_link_confidence
+        self._blocked_memo: dict[str, bool] = {}  # the same few device ids come again and again
         self.retention_ms = int(config.identifier_retention_s * 1000)
         clock = state.get_meta(_CLOCK)
         self.clock_ms = int(clock) if clock else 0
@@ -93,6 +94,10 @@ class Identity(StageOperator):
     # -- resolution -------------------------------------------------------------
 
     def _resolve(self, event: Event, ids: dict[str, Any]) -> tuple[str | None, list[Event], list[dict[str, Any]]]:
+        if len(ids) == 1:  # most events (a ping, a page view) carry one identifier: nothing to link
+            (kind, value), = ids.items()
+            if kind in _TYPE_CODE and type(value) is str and not self.is_blocked(value):
+                return self._customer_of((kind, value), event, set()), [], []
         refusals: list[dict[str, Any]] = []
         identifiers: list[Identifier] = []
         for kind in IDENTIFIER_TYPES:
@@ -150,8 +155,14 @@ class Identity(StageOperator):
         return anchor_customer, merges, refusals
 
     def is_blocked(self, value: str) -> bool:
-        lowered = value.strip().lower()
-        return lowered in self.blocked or bool(_ALL_ZEROS.match(lowered))
+        known = self._blocked_memo.get(value)
+        if known is None:
+            lowered = value.strip().lower()
+            known = lowered in self.blocked or bool(_ALL_ZEROS.match(lowered))
+            if len(self._blocked_memo) >= 100_000:
+                self._blocked_memo.clear()
+            self._blocked_memo[value] = known
+        return known
 
     def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
         """(customer id, last seen ms) of a live identifier, or None."""
