@@ -1,25 +1,97 @@
-"""Entry point of one process of a local replay cluster: `python -m omnitrigger.flows.cluster_worker SPEC PROC_ID ADDRESSES`.
+"""One process of a cluster, and the Bytewax wiring that places the input and the outputs on process 0.
 
-`omnitrigger replay --processes N` starts N of these; each runs the same
-dataflow with `bytewax.testing.cluster_main`, one worker per process
-(Bytewax workers are threads sharing the GIL, so processes are how it scales).
+`omnitrigger replay --processes N` and `omnitrigger run --processes N` start N
+of `python -m omnitrigger.flows.cluster_worker`, each reading its spec (JSON)
+on stdin: the same run, as process I of a cluster on 127.0.0.1. A process
+started by `--addresses ... --process-id I` on another machine runs the same
+code in the CLI's own process (omnitrigger/replay.py `run_worker`,
+omnitrigger/live.py `run_process`).
+
+Placement (omnitrigger/cluster.py says why process 0 is the sequencer's):
+- `PinnedSource` lists the source's one partition on process 0 only, so
+  Bytewax builds it there (otherwise it picks worker 0, which need not be the
+  sequencer's, and every input batch would cross the network);
+- `GatheredPartFiles` (replay) is one sink partition, on process 0: every
+  process's output records travel to it through Bytewax and land in process
+  0's parts/, so no folder is shared between machines and process 0 merges
+  them as a single process would.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from omnitrigger.flows.part_file_sink import _PartFiles
+from omnitrigger.records import Emitted
 
 
-def main(argv: list[str]) -> int:
-    from omnitrigger.replay import run_worker
+class PinnedSource(FixedPartitionedSource):
+    """`source`'s partitions, listed (so built) only where `here` is true."""
 
-    spec_file, proc_id, addresses = argv
-    run_worker(orjson.loads(Path(spec_file).read_bytes()), int(proc_id), addresses.split(";"))
+    def __init__(self, source: FixedPartitionedSource, here: bool) -> None:
+        self.source = source
+        self.here = here
+
+    def list_parts(self) -> list[str]:
+        return self.source.list_parts() if self.here else []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
+        return self.source.build_part(step_id, for_part, resume_state)
+
+
+class _GatheredPart(StatefulSinkPartition):
+    def __init__(self, parts_dir: Path) -> None:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        self.files = _PartFiles(parts_dir, 0)
+
+    def write_batch(self, values: list[list[Emitted]]) -> None:
+        self.files.write_batch(values)
+
+    def snapshot(self) -> None:
+        return None  # a resumed run appends; what it writes twice is merged away by the sort keys
+
+    def close(self) -> None:
+        self.files.close()
+
+
+class GatheredPartFiles(FixedPartitionedSink):
+    """Every output record of the cluster, written as part files by the one process where `here` is true."""
+
+    def __init__(self, parts_dir: Path, here: bool) -> None:
+        self.parts_dir = Path(parts_dir)
+        self.here = here
+
+    def list_parts(self) -> list[str]:
+        return ["outputs"] if self.here else []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _GatheredPart:
+        return _GatheredPart(self.parts_dir)
+
+
+def main() -> int:
+    from omnitrigger.cli import USER_ERRORS
+
+    spec = orjson.loads(sys.stdin.buffer.read())
+    try:
+        if spec["mode"] == "live":
+            from omnitrigger.live import run_process
+
+            run_process(spec)
+        else:
+            from omnitrigger.replay import run_worker
+
+            run_worker(spec)
+    except USER_ERRORS as error:
+        print(f"omnitrigger: error: {error}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -16,6 +16,18 @@ triggers topic and never sends a trigger_id that is already there (nor one
 it sent itself since). The tail only has to cover what one crash can
 re-emit: the epochs since the last committed snapshot.
 
+In a cluster every process has its own sink partition and producer and
+publishes what its own rules shards (and, on process 0, the sequencer) made,
+so no output crosses between processes. That keeps each trigger id once:
+an id is made by one rules shard (its customer's), and a shard stays on one
+process for the life of the state folder (the process count is fixed in
+layout.json); every process reads back the whole tail of every partition
+at start, whichever process sent what is there; and Bytewax commits an
+epoch's snapshot only once every process's sink has had that epoch's
+messages acknowledged, so a crash of any process loses none
+(tests/test_cluster.py restarts a two-process job that re-runs its whole
+backlog and finds each trigger id once).
+
 Headers: triggers carry `trigger_id`; dead letters carry `source_topic`,
 `source_partition`, `source_offset` and `reason` (the value is the dead
 letter record, with the source record's text, email and phone redacted).
@@ -212,7 +224,7 @@ class KafkaOutputSink(DynamicSink):
         if TRIGGERS in self.topics:
             known = read_trigger_ids(self.brokers, self.config, self.topics[TRIGGERS], self.config.kafka_dedup_tail)
             log.info("read back the triggers topic's tail", extra={"fields": {
-                "topic": self.topics[TRIGGERS], "trigger_ids": len(known)}})
+                "topic": self.topics[TRIGGERS], "trigger_ids": len(known), "worker": worker_index}})
         return _KafkaOutput(self.brokers, self.config, self.topics, known)
 
 

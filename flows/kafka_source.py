@@ -3,9 +3,12 @@
 One Bytewax partition on purpose, like the recording source: the sequencer
 is one shard key, so all input meets on one worker anyway, and reading
 every topic-partition in one place is what lets `EventTimeMerger` hand the
-records out in the replay's order (omnitrigger/live_input.py). Offsets live
+records out in the replay's order (omnitrigger/live_input.py). In a cluster
+the partition is built on process 0, the sequencer's (flows/cluster_worker.py
+`PinnedSource`), so the input never crosses the network. Offsets live
 in the Bytewax snapshot with the merge's seq counter, never in a consumer
-group, so a resume reads on from the last committed epoch.
+group, so a resume reads on from the last committed epoch (Bytewax hands the
+snapshot to whichever process builds the partition).
 
 Each Bytewax item is a micro-batch (a list) of Events and dead letters. When
 every partition is at its end and nothing is buffered, the batch is a

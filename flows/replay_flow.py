@@ -24,7 +24,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from omnitrigger.config import Config
 from omnitrigger.flows.stage import OperatorFactory, rules_builder, sequencer_builder
@@ -57,12 +57,18 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         to_rules = op.map("to_rules", split.falses, _rules_item)
         triggers = op.stateful_batch("rules", to_rules, rules_builder(state_path, config))
         outputs = op.merge("all_outputs", outputs, op.key_rm("unkey_rules", triggers))
+    if isinstance(sink, FixedPartitionedSink):  # a cluster's process 0 gathers every output (flows/cluster_worker.py)
+        outputs = op.key_on("to_writer", outputs, _writer_key)
     op.output("write", outputs, sink)
     return flow
 
 
 def _sequencer_key(_batch: Any) -> str:
     return SEQUENCER_KEY
+
+
+def _writer_key(_batch: Any) -> str:
+    return "outputs"
 
 
 def _is_output(item: tuple[Any, ...]) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from omnitrigger import __version__
+from omnitrigger.cluster import ClusterError, cluster_options, resolve_cluster
 from omnitrigger.config import ConfigError, load_config
 from omnitrigger.kafka_tools import KafkaSetupError
 from omnitrigger.live_cli import COMMANDS as LIVE_COMMANDS
@@ -23,7 +24,7 @@ from omnitrigger.replay import ReplayError, ReplayOptions, run_replay
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 
-USER_ERRORS = (ConfigError, KafkaSetupError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
+USER_ERRORS = (ClusterError, ConfigError, KafkaSetupError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
 
 _file = click.Path(dir_okay=False, path_type=Path)
 _dir = click.Path(file_okay=False, path_type=Path)
@@ -38,7 +39,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("recording_dir", type=_dir)
 @click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
-@click.option("--out", type=_file, required=True, help="Triggers, one JSON line each.")
+@click.option("--out", type=_file, help="Triggers, one JSON line each (required, except on a cluster's processes 1 and up).")
 @click.option("--dead-letter", type=_file, help="Records that broke their contract, with reason and source offset.")
 @click.option("--visits", type=_file, help="Confirmed store visits.")
 @click.option("--suppressed", type=_file, help="Triggers held back by policy, with the reason.")
@@ -48,20 +49,22 @@ def cli() -> None:
 @click.option("--events", type=_file, help="The cleaned, deduplicated events.")
 @click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
 @click.option("--state-dir", type=_dir, help="Keep state here, to resume an interrupted replay.")
-@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run as a local Bytewax cluster of this many processes.")
+@cluster_options
 @click.option("--stop-after", type=click.IntRange(min=0), help="Stop after this many records (resume later with --state-dir).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
            suppressed: Path | None, identities: Path | None, refused_links: Path | None, duplicates: Path | None, events: Path | None,
-           config_file: Path | None, state_dir: Path | None, processes: int, stop_after: int | None,
-           quiet: bool) -> None:
+           config_file: Path | None, state_dir: Path | None, processes: int | None, addresses: str | None,
+           hostfile: Path | None, process_id: int | None, stop_after: int | None, quiet: bool) -> None:
     """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
+    processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
+    if out is None and not process_id:
+        raise click.UsageError("Missing option '--out'.")
     summary = run_replay(ReplayOptions(
         recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
         suppressed=suppressed, identities=identities, refused_links=refused_links, duplicates=duplicates, events=events,
-        state_dir=state_dir, config=load_config(config_file), processes=processes, stop_after=stop_after,
-        progress=not quiet))
+        state_dir=state_dir, config=load_config(config_file), processes=processes, addresses=address_list,
+        process_id=process_id, stop_after=stop_after, progress=not quiet))
     click.echo("\n".join(summary.lines()))
 
 

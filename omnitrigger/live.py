@@ -9,17 +9,28 @@ checked (`kafka_tools.preflight`): an unreachable cluster or a missing topic
 is one line and exit 1 within `[kafka] preflight_timeout`, not Bytewax's
 silent hang. State folder layout (`--state-dir`):
 
-    layout.json          what fixes the layout (state format, [rules] shards, operators, PII key id,
-                         input topics); checked on reuse (omnitrigger/state_folder.py)
+    layout.json          what fixes the layout (state format, processes, [rules] shards, operators,
+                         PII key id, input topics; in a cluster, the process id); checked on reuse
+                         (omnitrigger/state_folder.py)
     recovery/            Bytewax's recovery store: input offsets, the seq counter, state generations
-    rocksdb/process-0/   operator state
+                         (part-0 alone; part-I as process I of a cluster)
+    rocksdb/process-I/   operator state
+
+As a cluster (omnitrigger/cluster.py): process 0 reads every input partition
+and runs the sequencer, the rules shards spread over all processes, and each
+process publishes the outputs its shards make. `--processes N` keeps
+layout.json over process-0/ ... process-N-1/, one folder as above each;
+`--addresses ... --process-id I` uses the --state-dir given as process I's.
 
 SIGTERM (and Ctrl-C) stop reading, let the records in flight reach the
 output topics and a snapshot commit, and exit 0; a restart resumes there.
+In a cluster process 0 drains so, and the other processes, once stopped
+too, end when it has.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -27,17 +38,18 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-
+from typing import Any
 
 from omnitrigger import jsonlog, metrics
+from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
 from omnitrigger.state_folder import (
-    check_or_write_layout, check_recovery_store, check_rocksdb_present, layout_record, open_rocksdb, raise_if_corrupted,
-    write_layout,
+    layout_record, open_rocksdb, prepare_local_cluster, prepare_process_folder, raise_if_corrupted,
 )
 from omnitrigger.stores import load_stores
+
 log = logging.getLogger("omnitrigger.live")
 
 
@@ -48,6 +60,9 @@ class LiveOptions:
     state_dir: Path
     config: Config = field(default_factory=Config)
     metrics_port: int | None = None  # None: [kafka] metrics_port
+    processes: int = 1  # a one-machine cluster of this many processes
+    addresses: list[str] | None = None  # or: run as process `process_id` of the cluster at these addresses
+    process_id: int | None = None
 
 
 def check_kafka(brokers: str, config: Config) -> dict[str, int]:
@@ -58,45 +73,104 @@ def check_kafka(brokers: str, config: Config) -> dict[str, int]:
     return partitions
 
 
-def prepare_state_dir(state_dir: Path, config: Config) -> None:
-    """Check a reused state folder fits this job and is readable (one line if not), or set up a new one.
+def prepare_state_dir(state_dir: Path, config: Config, processes: int = 1, role: Role | None = None) -> list[Path]:
+    """Check a reused state folder fits this job and is readable (one line if not), or set up a new one;
+    returns the folder of each process to run here (one; `processes` for a one-machine cluster).
 
-    The RocksDB store is opened here and stays open for the flow, so a damaged one fails before Kafka is read.
+    A process's RocksDB store is opened here and stays open for the flow, so a damaged one fails before
+    Kafka is read (a one-machine cluster's stores are checked here and opened by each process).
     """
-    from bytewax.recovery import init_db_dir
-
     from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
 
-    layout = layout_record("live", 1, config.rule_shards, [factory.name for factory in DEFAULT_OPERATORS],
+    what = "omnitrigger live"
+    processes = role.processes if role is not None else processes
+    layout = layout_record("live", processes, config.rule_shards, [factory.name for factory in DEFAULT_OPERATORS],
                            key_from_environment(), input_topics=input_topics(config))
-    if check_or_write_layout(state_dir, layout, what="omnitrigger live"):
-        check_rocksdb_present(state_dir, check_recovery_store(state_dir, 1))
-    else:
-        (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
-        init_db_dir(state_dir / "recovery", 1)
-        write_layout(state_dir, layout)
-    open_rocksdb(state_dir, state_dir / "rocksdb" / "process-0", keep_open=True)
+    if role is None and processes > 1:
+        return prepare_local_cluster(state_dir, layout, processes, what=what)
+    index = role.process_id if role is not None else 0
+    if role is not None:
+        layout["process_id"] = index
+    prepare_process_folder(state_dir, layout, index, processes, keep_open=True, what=what,
+                           sequencer_here=index == 0)
+    open_rocksdb(state_dir, state_dir / "rocksdb" / f"process-{index}", keep_open=True)
+    return [state_dir]
 
 
 def run_live(options: LiveOptions) -> None:
     """Run until SIGTERM. Raises the CLI's user errors (bad key, stores, brokers, topics) before starting."""
+    key_from_environment()
+    load_stores(options.stores)
+    config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))
+    role = _role(options)
+    partitions = check_kafka(options.brokers, config)
+    state_dir = Path(options.state_dir)
+    folders = prepare_state_dir(state_dir, config, options.processes, role)
+    port = config.kafka_metrics_port if options.metrics_port is None else options.metrics_port
+    if role is None and options.processes > 1:
+        _run_local_cluster(options, config, partitions, folders, port)
+    else:
+        run_process(_process_spec(options, config, partitions, state_dir, port, role))
+
+
+def _role(options: LiveOptions) -> Role | None:
+    if options.addresses is None:
+        if options.process_id is not None:
+            raise ClusterError("--process-id needs --addresses or --hostfile")
+        return None
+    if options.processes not in (1, len(options.addresses)):
+        raise ClusterError("--processes and --addresses exclude each other: the addresses give the process count")
+    if options.process_id is None:
+        raise ClusterError("--addresses needs --process-id (this process's place in the list, from 0)")
+    return Role(options.process_id, tuple(options.addresses))
+
+
+def _process_spec(options: LiveOptions, config: Config, partitions: dict[str, int], folder: Path, port: int,
+                  role: Role | None) -> dict[str, Any]:
+    return {"mode": "live", "brokers": options.brokers, "config": dataclasses.asdict(config),
+            "state_dir": str(folder.resolve()), "partitions": partitions, "metrics_port": port,
+            "cluster": role.to_spec() if role is not None else None}
+
+
+def _run_local_cluster(options: LiveOptions, config: Config, partitions: dict[str, int], folders: list[Path],
+                       port: int) -> None:
+    """`options.processes` child processes on 127.0.0.1, each run as that process of a cluster over machines
+    (process I serves its metrics on port + I); SIGTERM and Ctrl-C are passed on to every one of them."""
+    jsonlog.setup()
+    addresses = tuple(local_addresses(options.processes))
+    specs = [_process_spec(options, config, partitions, folder, port + index if port else 0, Role(index, addresses))
+             for index, folder in enumerate(folders)]
+    log.info("starting a cluster on this machine", extra={"fields": {
+        "processes": options.processes, "addresses": list(addresses), "state_dir": str(options.state_dir)}})
+
+    def on_signal(signum: int) -> None:
+        log.info("stop requested: passed on to every process", extra={"fields": {
+            "signal": signal.Signals(signum).name}})
+
+    codes = wait_children(start_children(specs), forward_signals=True, on_signal=on_signal)
+    if any(codes):
+        raise ClusterError(f"cluster process exit codes {codes}; see the log lines above (a restart with the "
+                           "same --state-dir resumes from the last snapshot)")
+    log.info("cluster stopped")
+
+
+def run_process(spec: dict[str, Any]) -> None:
+    """Run the flow in this process (alone, or as `spec["cluster"]`'s process of a cluster) until stopped."""
     from bytewax.recovery import RecoveryConfig
     from bytewax.testing import run_main
 
+    from omnitrigger.flows.cluster_worker import PinnedSource
     from omnitrigger.flows.kafka_sink import KafkaOutputSink
     from omnitrigger.flows.kafka_source import KafkaLiveSource, Shutdown
     from omnitrigger.flows.replay_flow import build_flow
     from omnitrigger.state import close_all_stores
 
-    key_from_environment()
-    load_stores(options.stores)
-    config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))
-    partitions = check_kafka(options.brokers, config)
-    state_dir = Path(options.state_dir)
-    prepare_state_dir(state_dir, config)
+    config = Config.from_dict(spec["config"])
+    state_dir = Path(spec["state_dir"])
+    role = Role.from_spec(spec["cluster"])
+    brokers = spec["brokers"]
     jsonlog.setup()
-    port = config.kafka_metrics_port if options.metrics_port is None else options.metrics_port
-    metrics.serve(port)
+    metrics.serve(spec["metrics_port"])
     metrics.watch_state_size(state_dir)
 
     shutdown = Shutdown()
@@ -114,22 +188,39 @@ def run_live(options: LiveOptions) -> None:
         if shutdown.requested.is_set():
             log.warning("second signal: stopping now (a restart resumes from the last snapshot)")
             os._exit(1)
-        log.info("stop requested", extra={"fields": {"signal": signal.Signals(signum).name}})
+        message = "stop requested"
+        if role is not None and not role.reads_input:
+            message += "; waiting for process 0 to drain the outputs and commit a snapshot (stop it too)"
+        log.info(message, extra={"fields": {"signal": signal.Signals(signum).name}})
         shutdown.requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
     topics = {kafka: contract for contract, kafka in input_topics(config).items()}
-    source = KafkaLiveSource(options.brokers, config, topics, partitions, shutdown)
-    sink = KafkaOutputSink(options.brokers, config, output_topics(config))
-    flow = build_flow(source, sink, config, state_dir / "rocksdb" / "process-0")
-    log.info("starting", extra={"fields": {"brokers": options.brokers, "state_dir": str(state_dir),
-                                           "input_topics": sorted(topics), "outputs": output_topics(config),
-                                           "metrics_port": port}})
+    source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown)
+    if role is not None:
+        source = PinnedSource(source, here=role.reads_input)
+    sink = KafkaOutputSink(brokers, config, output_topics(config))
+    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}")
+    fields: dict[str, Any] = {"brokers": brokers, "state_dir": str(state_dir), "input_topics": sorted(topics),
+                              "outputs": output_topics(config), "metrics_port": spec["metrics_port"]}
+    if role is not None:
+        fields.update(process_id=role.process_id, processes=role.processes, address=role.address,
+                      reads_input=role.reads_input, rule_shards=role.rule_shards(config.rule_shards))
+    log.info("starting", extra={"fields": fields})
+    epoch = timedelta(seconds=config.epoch_interval_s)
+    recovery = RecoveryConfig(state_dir / "recovery")
     try:
-        run_main(flow, epoch_interval=timedelta(seconds=config.epoch_interval_s),
-                 recovery_config=RecoveryConfig(state_dir / "recovery"))
+        if role is None:
+            run_main(flow, epoch_interval=epoch, recovery_config=recovery)
+        else:
+            run_cluster(flow, role, epoch_interval=epoch, recovery_config=recovery)
+    except ClusterError:
+        if role is not None and not role.reads_input and shutdown.requested.is_set():
+            log.info("shutdown complete: process 0 has drained and stopped the cluster")
+            return
+        raise
     except Exception as error:
         raise_if_corrupted(state_dir, error)
         raise

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from omnitrigger.cluster import cluster_options, resolve_cluster
 from omnitrigger.config import load_config
 
 _file = click.Path(dir_okay=False, path_type=Path)
@@ -20,13 +21,18 @@ _config = click.option("--config", "config_file", type=_file, help="TOML config 
 @_config
 @click.option("--state-dir", type=_dir, default=Path("omnitrigger-state"), show_default=True,
               help="State folder: offsets, snapshots and RocksDB state; a restart resumes from it.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Prometheus /metrics port (default: [kafka] metrics_port; 0: off).")
-def run(brokers: str, stores: Path, config_file: Path | None, state_dir: Path, metrics_port: int | None) -> None:
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Prometheus /metrics port (default: [kafka] metrics_port; 0: off; --processes N: port + I for process I).")
+@cluster_options
+def run(brokers: str, stores: Path, config_file: Path | None, state_dir: Path, metrics_port: int | None,
+        processes: int | None, addresses: str | None, hostfile: Path | None, process_id: int | None) -> None:
     """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
     from omnitrigger.live import LiveOptions, run_live
 
+    processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
     run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir, config=load_config(config_file),
-                         metrics_port=metrics_port))
+                         metrics_port=metrics_port, processes=processes, addresses=address_list,
+                         process_id=process_id))
 
 
 @click.command()

@@ -1,11 +1,19 @@
-"""Run a replay: lay out the state folder, run the dataflow (one process or a local cluster), merge outputs.
+"""Run a replay: lay out the state folder, run the dataflow (one process or a cluster), merge outputs.
 
-State folder layout (`--state-dir`, or a temporary folder):
+State folder layout (`--state-dir`, or a temporary folder) of one process:
     layout.json          what fixes the layout (state format, processes, [rules] shards, operators,
-                         PII key id, recording); checked on reuse (omnitrigger/state_folder.py)
-    recovery/            Bytewax's recovery store (snapshots: source offsets, state generations)
+                         PII key id, recording; in a cluster, the process id); checked on reuse
+                         (omnitrigger/state_folder.py)
+    recovery/            Bytewax's recovery store (snapshots: source offsets, state generations):
+                         part-0 alone; part-I as process I of a cluster
     rocksdb/process-N/   operator state of process N
-    parts/               per-worker output part files, merged into the output files at the end
+    parts/               output part files, merged into the output files at the end (in a cluster,
+                         process 0's gathers every process's outputs)
+
+`--processes N` (one machine) keeps layout.json (`cluster: "local"`) over process-0/ ...
+process-N-1/, each laid out as above; `--addresses ... --process-id I` (machines) uses
+the --state-dir given to each process as its folder. omnitrigger/cluster.py says
+which process does what.
 
 A replay that stops (`stop_after`, or a crash) resumes from the same state
 folder: Bytewax resumes the source from its committed offsets, RocksDB is
@@ -16,11 +24,7 @@ away by their sort keys.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from omnitrigger.cluster import Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
 from omnitrigger.outputs import count_by, read_stream, write_records
 from omnitrigger.pii import key_from_environment
@@ -39,8 +44,7 @@ from omnitrigger.records import (
 )
 from omnitrigger.operators.stage_chain import STATS
 from omnitrigger.state_folder import (
-    check_or_write_layout, check_recovery_store, check_rocksdb_present, layout_record, open_rocksdb, raise_if_corrupted,
-    write_layout,
+    layout_record, prepare_local_cluster, prepare_process_folder, raise_if_corrupted,
 )
 from omnitrigger.stores import load_stores
 
@@ -53,7 +57,7 @@ class ReplayError(Exception):
 class ReplayOptions:
     recording_dir: Path
     stores: Path
-    out: Path
+    out: Path | None  # None only in a cluster's process other than 0 (process 0 writes the outputs)
     dead_letter: Path | None = None
     visits: Path | None = None
     suppressed: Path | None = None
@@ -63,7 +67,9 @@ class ReplayOptions:
     events: Path | None = None
     state_dir: Path | None = None
     config: Config = field(default_factory=Config)
-    processes: int = 1
+    processes: int = 1  # a one-machine cluster of this many processes
+    addresses: list[str] | None = None  # or: run as process `process_id` of the cluster at these addresses
+    process_id: int | None = None
     stop_after: int | None = None
     progress: bool = False
     operators: tuple[str, ...] | None = None  # names from omnitrigger.operators.OPERATORS; None = the full flow
@@ -108,8 +114,10 @@ class ReplaySummary:
         return out
 
 
-def run_replay(options: ReplayOptions) -> ReplaySummary:
-    recording_files(Path(options.recording_dir))  # fail early, with one line, on an empty or missing folder
+def run_replay(options: ReplayOptions) -> ReplaySummary | ProcessDone:
+    role = _role(options)
+    if role is None or role.reads_input:  # in a cluster only process 0 reads the recording
+        recording_files(Path(options.recording_dir))  # fail early, with one line, on an empty or missing folder
     key_from_environment()
     load_stores(options.stores)
     if options.processes < 1:
@@ -117,14 +125,18 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
     temporary = options.state_dir is None
     state_dir = Path(tempfile.mkdtemp(prefix="omnitrigger-")) if temporary else Path(options.state_dir)
     try:
-        _prepare_state_dir(state_dir, options)
-        parts_dir = state_dir / "parts"
+        outputs_dir = _prepare_state_dir(state_dir, options, role)
+        parts_dir = outputs_dir / "parts"
         before = _stats(parts_dir)
         started = time.monotonic()
-        if options.processes == 1:
-            run_worker(_worker_spec(options, state_dir), proc_id=0, addresses=None)
+        if role is not None:
+            run_worker(_worker_spec(options, state_dir, role))
+            if not role.reads_input:
+                return ProcessDone(role.describe(options.config.rule_shards), time.monotonic() - started)
+        elif options.processes == 1:
+            run_worker(_worker_spec(options, state_dir, None))
         else:
-            _run_cluster(_worker_spec(options, state_dir), options.processes)
+            _run_cluster(options, state_dir)
         seconds = time.monotonic() - started
         return _finish(options, parts_dir, before, seconds)
     finally:
@@ -132,44 +144,76 @@ def run_replay(options: ReplayOptions) -> ReplaySummary:
             shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _prepare_state_dir(state_dir: Path, options: ReplayOptions) -> None:
-    """Check a reused state folder fits this replay and is readable (one line if not), or set up a new one."""
-    from bytewax.recovery import init_db_dir
+@dataclass
+class ProcessDone:
+    """What a process of a cluster other than 0 reports: process 0 gathers the outputs and writes the summary."""
 
+    role: str
+    seconds: float
+
+    def lines(self) -> list[str]:
+        return [f"{self.role}: done in {self.seconds:.2f} s; process 0 writes the outputs and the summary"]
+
+
+def _role(options: ReplayOptions) -> Role | None:
+    """This process's part in a cluster spread over machines (--addresses), or None (alone or --processes)."""
+    if options.addresses is None:
+        if options.process_id is not None:
+            raise ReplayError("--process-id needs --addresses or --hostfile")
+        return None
+    if options.processes not in (1, len(options.addresses)):
+        raise ReplayError("--processes and --addresses exclude each other: the addresses give the process count")
+    if options.process_id is None:
+        raise ReplayError("--addresses needs --process-id (this process's place in the list, from 0)")
+    return Role(options.process_id, tuple(options.addresses))
+
+
+def _prepare_state_dir(state_dir: Path, options: ReplayOptions, role: Role | None) -> Path:
+    """Check a reused state folder fits this replay and is readable (one line if not), or set up a new one;
+    returns the folder whose parts/ gathers the outputs (process 0's in a cluster)."""
     from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
 
     operators = list(options.operators) if options.operators is not None else [f.name for f in DEFAULT_OPERATORS]
-    layout = layout_record("replay", options.processes, options.config.rule_shards, operators,
+    processes = role.processes if role is not None else options.processes
+    layout = layout_record("replay", processes, options.config.rule_shards, operators,
                            key_from_environment(), recording=str(Path(options.recording_dir).resolve()))
-    if check_or_write_layout(state_dir, layout):
-        snapshots = check_recovery_store(state_dir, options.processes)
-        check_rocksdb_present(state_dir, snapshots)
-        for folder in sorted((state_dir / "rocksdb").glob("process-*")):
-            open_rocksdb(state_dir, folder, keep_open=options.processes == 1)  # one process: the flow reuses it
-        return
-    (state_dir / "recovery").mkdir(parents=True, exist_ok=True)
-    (state_dir / "parts").mkdir(parents=True, exist_ok=True)
-    init_db_dir(state_dir / "recovery", options.processes)
-    write_layout(state_dir, layout)
+    if role is not None:  # one process of a cluster spread over machines: this folder is its own
+        prepare_process_folder(state_dir, {**layout, "process_id": role.process_id}, role.process_id, processes,
+                               keep_open=True, sequencer_here=role.reads_input)
+        folder = state_dir
+    elif processes == 1:
+        prepare_process_folder(state_dir, layout, 0, 1, keep_open=True)  # the flow reuses the open store
+        folder = state_dir
+    else:
+        folder = prepare_local_cluster(state_dir, layout, processes)[0]
+    (folder / "parts").mkdir(exist_ok=True)
+    return folder
 
 
-def _worker_spec(options: ReplayOptions, state_dir: Path) -> dict[str, Any]:
+def _worker_spec(options: ReplayOptions, folder: Path, role: Role | None) -> dict[str, Any]:
     return {
+        "mode": "replay",
         "recording_dir": str(Path(options.recording_dir).resolve()),
-        "state_dir": str(state_dir.resolve()),
+        "state_dir": str(folder.resolve()),
         "config": dataclasses.asdict(options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))),
         "stop_after": options.stop_after,
         "emit_events": options.events is not None,
         "progress": options.progress,
         "operators": list(options.operators) if options.operators is not None else None,
+        "cluster": role.to_spec() if role is not None else None,
     }
 
 
-def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) -> None:
-    """Build and run the dataflow in this process (process `proc_id` of a cluster, or alone)."""
-    from bytewax.recovery import RecoveryConfig
-    from bytewax.testing import cluster_main, run_main
+def run_worker(spec: dict[str, Any]) -> None:
+    """Build and run the dataflow in this process: alone, or as `spec["cluster"]`'s process of a cluster.
 
+    In a cluster, process 0 reads the recording and gathers every output into its parts/ (through Bytewax,
+    so no folder is shared between machines); the others run rules shards.
+    """
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.testing import run_main
+
+    from omnitrigger.flows.cluster_worker import GatheredPartFiles, PinnedSource
     from omnitrigger.flows.part_file_sink import PartFileSink
     from omnitrigger.flows.recording_source import RecordingSource
     from omnitrigger.flows.replay_flow import build_flow
@@ -178,19 +222,23 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
 
     config = Config.from_dict(spec["config"])
     state_dir = Path(spec["state_dir"])
-    source = RecordingSource(Path(spec["recording_dir"]), config, stop_after=spec["stop_after"],
-                             progress=spec["progress"])
+    role = Role.from_spec(spec.get("cluster"))
+    source: Any = RecordingSource(Path(spec["recording_dir"]), config, stop_after=spec["stop_after"],
+                                  progress=spec["progress"])
+    sink: Any = PartFileSink(state_dir / "parts")
+    if role is not None:
+        source = PinnedSource(source, here=role.reads_input)
+        sink = GatheredPartFiles(state_dir / "parts", here=role.reads_input)
     operators = None if spec["operators"] is None else [OPERATORS[name] for name in spec["operators"]]
-    flow = build_flow(source, PartFileSink(state_dir / "parts"), config,
-                      state_dir / "rocksdb" / f"process-{proc_id}", operators=operators,
-                      emit_events=spec["emit_events"])
+    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}",
+                      operators=operators, emit_events=spec["emit_events"])
     recovery = RecoveryConfig(state_dir / "recovery")
     epoch = timedelta(seconds=config.epoch_interval_s)
     try:
-        if addresses is None:
+        if role is None:
             run_main(flow, epoch_interval=epoch, recovery_config=recovery)
         else:
-            cluster_main(flow, addresses, proc_id, epoch_interval=epoch, recovery_config=recovery)
+            run_cluster(flow, role, epoch_interval=epoch, recovery_config=recovery)
     except Exception as error:
         raise_if_corrupted(state_dir, error)
         raise
@@ -198,28 +246,13 @@ def run_worker(spec: dict[str, Any], proc_id: int, addresses: list[str] | None) 
         close_all_stores()
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _run_cluster(spec: dict[str, Any], processes: int) -> None:
-    """A Bytewax cluster of `processes` local processes, one worker each, on 127.0.0.1."""
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(processes)]
-    spec_file = Path(spec["state_dir"]) / "worker-spec.json"
-    spec_file.write_bytes(orjson.dumps(spec))
-    children = [
-        subprocess.Popen([sys.executable, "-m", "omnitrigger.flows.cluster_worker", str(spec_file), str(proc_id),
-                          ";".join(addresses)], env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        for proc_id in range(processes)
-    ]
-    codes = [child.wait() for child in children]
+def _run_cluster(options: ReplayOptions, state_dir: Path) -> None:
+    """A one-machine cluster: `options.processes` child processes on 127.0.0.1, one worker each, each run
+    exactly as that process of a cluster spread over machines, with its own folder state_dir/process-I."""
+    addresses = tuple(local_addresses(options.processes))
+    specs = [_worker_spec(options, state_dir / f"process-{index}", Role(index, addresses))
+             for index in range(options.processes)]
+    codes = wait_children(start_children(specs))
     if any(codes):
         raise ReplayError(f"cluster process exit codes {codes}; see the log lines above")
 

@@ -13,7 +13,10 @@ What it records (replay and live):
     layout_version   FORMAT_VERSION below: bump it whenever the RocksDB key layout,
                      the stage structure or the snapshot shape changes
     mode             "replay" or "live"
-    processes        replay: --processes (Bytewax routes keys by worker count); live: 1
+    processes        the processes of the run (--processes, or the number of --addresses):
+                     Bytewax routes keys by worker count
+    process_id       in a cluster, which process's folder this is (omnitrigger/cluster.py);
+                     `cluster: "local"` marks the top of a one-machine cluster's folder
     rule_shards      [rules] shards: which rules shard holds which customer
     operators        the operators in the flow, in order (replay can run a subset)
     pii_key_id       a fingerprint of OMNITRIGGER_PII_KEY (not the key): hashed ids are key-specific
@@ -31,7 +34,7 @@ import hashlib
 import hmac
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import orjson
 
@@ -41,8 +44,10 @@ from omnitrigger.state import StateError
 FORMAT_VERSION = 3
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
-_ORDER = ("layout_version", "mode", "processes", "rule_shards", "operators", "pii_key_id", "recording",
-          "input_topics")
+_ORDER = ("layout_version", "mode", "processes", "cluster", "process_id", "rule_shards", "operators", "pii_key_id",
+          "recording", "input_topics")
+
+_CLUSTER_KEYS = ("cluster", "process_id")
 
 _NAMES = {"processes": "--processes", "rule_shards": "[rules] shards", "input_topics": "input topics"}
 
@@ -62,18 +67,34 @@ def layout_record(mode: str, processes: int, rule_shards: int, operators: list[s
             "operators": list(operators), "pii_key_id": pii_key_id(pii_key), **extra}
 
 
-def _mismatch(key: str, made: Any, now: Any) -> str:
+def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: dict[str, Any]) -> str:
+    if key == "processes" and (existing.get("process_id") is not None or existing.get("cluster") is not None):
+        return f"with a cluster of {made} processes, not {now}; resume with the same cluster or use a fresh --state-dir"
+    if key in ("cluster", "process_id"):
+        return (f"for {_made_as(existing)}, not for {_made_as(layout)}; each process of a cluster keeps its own "
+                "state folder: resume as it was made or use a fresh --state-dir")
     if key == "layout_version":
-        return (f"state format {made}, and this omnitrigger uses state format {now}; "
+        return (f"with state format {made}, and this omnitrigger uses state format {now}; "
                 "use a fresh --state-dir (or the omnitrigger version that made it)")
     if key == "pii_key_id":
-        return (f"another OMNITRIGGER_PII_KEY (key id {made}, this one is {now}); "
+        return (f"with another OMNITRIGGER_PII_KEY (key id {made}, this one is {now}); "
                 "resume with the same key or use a fresh --state-dir")
     if key == "operators" and isinstance(made, list):
         made, now = ",".join(made), ",".join(now)
-        return f"operators {made}, not {now}; resume with the same operators or use a fresh --state-dir"
+        return f"with operators {made}, not {now}; resume with the same operators or use a fresh --state-dir"
     name = _NAMES.get(key, key)
-    return f"{name} {made!r}, not {now!r}; resume with the same settings or use a fresh --state-dir"
+    return f"with {name} {made!r}, not {now!r}; resume with the same settings or use a fresh --state-dir"
+
+
+def _made_as(layout: dict[str, Any]) -> str:
+    processes = layout.get("processes")
+    if layout.get("cluster") == "local":
+        return f"a one-machine cluster (--processes {processes})"
+    if layout.get("process_id") is not None:
+        return f"process {layout['process_id']} of a cluster of {processes} (--addresses/--hostfile)"
+    if processes == 1:
+        return "a single process"
+    return f"the --processes {processes} layout of an older omnitrigger"
 
 
 def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "omnitrigger") -> bool:
@@ -87,10 +108,13 @@ def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "
         except (orjson.JSONDecodeError, ValueError):
             raise StateFolderError(f"state folder {state_dir} has a corrupt layout.json; "
                                    "use a fresh --state-dir") from None
-        keys = [key for key in _ORDER if key in layout] + [key for key in layout if key not in _ORDER]
+        # The cluster keys are compared when either side has them: a cluster process's folder is not a single run's.
+        keys = [key for key in _ORDER if key in layout or (key in _CLUSTER_KEYS and key in existing)]
+        keys += [key for key in layout if key not in _ORDER]
         for key in keys:
-            if existing.get(key) != layout[key]:
-                raise StateFolderError(f"state folder {state_dir} was made with {_mismatch(key, existing.get(key), layout[key])}")
+            if existing.get(key) != layout.get(key):
+                detail = _mismatch(key, existing.get(key), layout.get(key), existing, layout)
+                raise StateFolderError(f"state folder {state_dir} was made {detail}")
         return True
     if state_dir.exists() and any(state_dir.iterdir()):
         raise StateFolderError(f"state folder {state_dir} is not empty and is not an {what} state folder")
@@ -103,11 +127,62 @@ def write_layout(state_dir: Path, layout: dict[str, Any]) -> None:
     (state_dir / "layout.json").write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
 
 
-def check_recovery_store(state_dir: Path, parts: int) -> int:
-    """Every partition of Bytewax's recovery store is there and reads as its SQLite; returns the snapshots held."""
+def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, processes: int, *, keep_open: bool,
+                           what: str = "omnitrigger", sequencer_here: bool = True) -> bool:
+    """Check a reused state folder of one process (its layout, recovery partition and RocksDB; one line if
+    they do not fit) or set up a new one; True when resuming.
+
+    It keeps Bytewax's recovery partition `index` of `processes` (a single process: part-0 of 1). Bytewax
+    finds the partitions in each process's recovery folder and resumes once the cluster has all of them.
+    `keep_open`: the RocksDB stores stay open for the flow this process runs.
+    """
+    from bytewax.recovery import init_db_dir
+
+    if check_or_write_layout(folder, layout, what):
+        snapshots = check_recovery_store(folder, [index])
+        if sequencer_here:  # the sequencer sees every batch: its process has RocksDB state once anything was snapshot
+            check_rocksdb_present(folder, snapshots)
+        for rocksdb in sorted((folder / "rocksdb").glob("process-*")):
+            open_rocksdb(folder, rocksdb, keep_open=keep_open)
+        return True
+    recovery = folder / "recovery"
+    recovery.mkdir(parents=True, exist_ok=True)
+    init_db_dir(recovery, processes)
+    for part in recovery.glob("part-*.sqlite3*"):
+        if part.name.split(".sqlite3")[0] != f"part-{index}":
+            part.unlink()  # another process's partition: it keeps its own
+    write_layout(folder, layout)
+    return False
+
+
+def prepare_local_cluster(state_dir: Path, layout: dict[str, Any], processes: int,
+                          what: str = "omnitrigger") -> list[Path]:
+    """A one-machine cluster's state folder: layout.json (`cluster: "local"`) over one folder a process,
+    process-I/, each laid out as process I of a cluster spread over machines would keep it."""
+    folders = [state_dir / f"process-{index}" for index in range(processes)]
+    if check_or_write_layout(state_dir, {**layout, "cluster": "local"}, what):
+        for index, folder in enumerate(folders):
+            if not (folder / "layout.json").is_file():
+                raise StateFolderError(f"state folder {state_dir} is damaged: {folder.name} has no layout.json "
+                                       "(deleted?); use a fresh --state-dir")
+            prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False,
+                                   what=what, sequencer_here=index == 0)
+        return folders
+    for index, folder in enumerate(folders):
+        prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False, what=what)
+    write_layout(state_dir, {**layout, "cluster": "local"})
+    return folders
+
+
+def check_recovery_store(state_dir: Path, parts: Iterable[int]) -> int:
+    """The recovery store partitions this process keeps are there and read as SQLite; returns the snapshots held.
+
+    One process keeps all of its run's partitions; a process of a cluster keeps one, part-I (Bytewax needs
+    every partition somewhere in the cluster, not each in every process).
+    """
     recovery = state_dir / "recovery"
     snapshots = 0
-    for part in range(parts):
+    for part in parts:
         path = recovery / f"part-{part}.sqlite3"
         if not path.is_file():
             raise StateFolderError(f"state folder {state_dir} is damaged: the recovery store has no {path.name} "

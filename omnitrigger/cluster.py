@@ -1,0 +1,357 @@
+"""Running as a Bytewax cluster: the addresses, which process does what, and how the processes are started.
+
+One Bytewax worker a process (workers are threads sharing the GIL, so
+processes are how the flow scales). `--addresses HOST:PORT,...` (or
+`--hostfile`) lists every process of the cluster, `--process-id I` says
+which one this is; `--processes N` is the one-machine shortcut that starts
+N such processes on 127.0.0.1 itself.
+
+Who does what. Bytewax sends a stateful key to worker
+`siphash13(key) % workers` (Rust's DefaultHasher, zero keys: `worker_of`
+below, checked against Bytewax in tests/test_cluster.py), so where the
+sequencer lands is known before the flow starts. omnitrigger numbers the
+processes so that process 0 is the sequencer's worker: Bytewax process
+`(I + worker_of("sequencer", N)) % N` runs as omnitrigger process I. So
+process 0 reads the input (the recording, or every Kafka input partition),
+runs the sequencer (dedup, identity, visits, history, clock) and, in a
+replay, receives every output record and writes the output files; the input
+never crosses the network. The rules shards (`rules-0000` ...) spread over
+all processes by the same hash, and their triggers cross the network to
+process 0 in a replay, or go to Kafka from the process that made them live.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+
+SEQUENCER_KEY = "sequencer"  # flows/replay_flow.py SEQUENCER_KEY: the one key every input batch goes to
+
+_MASK = (1 << 64) - 1
+_ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$")
+
+
+class ClusterError(Exception):
+    """The cluster cannot run as asked (a bad hostfile, an address this machine cannot listen on, a process
+    that left); the message is one line for the user."""
+
+
+# -- where Bytewax puts a key ------------------------------------------------------------------------
+
+
+def _rotl(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (64 - bits))) & _MASK
+
+
+def siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
+    """SipHash-1-3, the hash of Rust's `std::collections::hash_map::DefaultHasher` (zero keys for `::new()`)."""
+    v0, v1 = k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D
+    v2, v3 = k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573
+
+    def sip_round() -> None:
+        nonlocal v0, v1, v2, v3
+        v0 = (v0 + v1) & _MASK
+        v1 = _rotl(v1, 13) ^ v0
+        v0 = _rotl(v0, 32)
+        v2 = (v2 + v3) & _MASK
+        v3 = _rotl(v3, 16) ^ v2
+        v0 = (v0 + v3) & _MASK
+        v3 = _rotl(v3, 21) ^ v0
+        v2 = (v2 + v1) & _MASK
+        v1 = _rotl(v1, 17) ^ v2
+        v2 = _rotl(v2, 32)
+
+    whole = len(data) - len(data) % 8
+    for start in range(0, whole, 8):
+        word = int.from_bytes(data[start:start + 8], "little")
+        v3 ^= word
+        sip_round()
+        v0 ^= word
+    last = int.from_bytes(data[whole:], "little") | ((len(data) & 0xFF) << 56)
+    v3 ^= last
+    sip_round()
+    v0 ^= last
+    v2 ^= 0xFF
+    for _ in range(3):
+        sip_round()
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+def worker_of(key: str, workers: int) -> int:
+    """The Bytewax worker a stateful step sends `key` to (Rust hashes a str as its bytes and 0xFF)."""
+    return siphash13(key.encode() + b"\xff") % workers
+
+
+# -- addresses ---------------------------------------------------------------------------------------
+
+
+def parse_address(text: str) -> str | None:
+    """`HOST:PORT` (or `[IPv6]:PORT`) as given, or None when it is not one."""
+    match = _ADDRESS.match(text)
+    if match is None or not 1 <= int(match["port"]) <= 65535:
+        return None
+    return text
+
+
+def parse_addresses(text: str) -> list[str]:
+    """`--addresses`: HOST:PORT,HOST:PORT,... (ValueError with the reason, one line)."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise ValueError("no addresses given")
+    for item in items:
+        if parse_address(item) is None:
+            raise ValueError(f"{item!r} is not HOST:PORT")
+    _check_distinct(items)
+    return items
+
+
+def read_hostfile(path: Path) -> list[str]:
+    """`--hostfile`: one HOST:PORT a line, in process order; `#` starts a comment, blank lines are skipped."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a text file"
+        raise ClusterError(f"cannot read hostfile {path}: {reason}") from None
+    addresses = []
+    for number, line in enumerate(text.splitlines(), 1):
+        item = line.split("#", 1)[0].strip()
+        if not item:
+            continue
+        if parse_address(item) is None:
+            raise ClusterError(f"hostfile {path} line {number}: {item!r} is not HOST:PORT")
+        addresses.append(item)
+    if not addresses:
+        raise ClusterError(f"hostfile {path} lists no addresses")
+    try:
+        _check_distinct(addresses)
+    except ValueError as error:
+        raise ClusterError(f"hostfile {path}: {error}") from None
+    return addresses
+
+
+def _check_distinct(addresses: list[str]) -> None:
+    seen = set()
+    for address in addresses:
+        if address in seen:
+            raise ValueError(f"{address} is listed twice (one address a process)")
+        seen.add(address)
+
+
+def local_addresses(count: int) -> list[str]:
+    """`count` free ports on 127.0.0.1 for a one-machine cluster."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def check_can_listen(address: str, process_id: int) -> None:
+    """Fail with one line now if this process cannot listen on its address (Bytewax would panic on it)."""
+    match = _ADDRESS.match(address)
+    assert match is not None
+    host = match["v6"] or match["host"]
+    family = socket.AF_INET6 if match["v6"] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Rust's TcpListener::bind
+            sock.bind((host, int(match["port"])))
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ClusterError(f"process {process_id} cannot listen on its address {address} ({reason}); "
+                           "is it this machine's, and is the port free?") from None
+
+
+# -- this process's part -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Role:
+    """Process `process_id` of the cluster at `addresses` (process order: process I listens on addresses[I])."""
+
+    process_id: int
+    addresses: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.process_id < len(self.addresses):
+            raise ClusterError(f"--process-id {self.process_id} is out of range: the cluster has "
+                               f"{len(self.addresses)} addresses, so 0 to {len(self.addresses) - 1}")
+
+    @property
+    def processes(self) -> int:
+        return len(self.addresses)
+
+    @property
+    def address(self) -> str:
+        return self.addresses[self.process_id]
+
+    @property
+    def reads_input(self) -> bool:
+        """Process 0 reads the input, runs the sequencer and (replay) writes the outputs."""
+        return self.process_id == 0
+
+    @property
+    def worker(self) -> int:
+        """Bytewax's process id (and worker index) of this process."""
+        return (self.process_id + worker_of(SEQUENCER_KEY, self.processes)) % self.processes
+
+    def bytewax_addresses(self) -> list[str]:
+        """The addresses in Bytewax's process order (Bytewax process w listens on item w)."""
+        shift = worker_of(SEQUENCER_KEY, self.processes)
+        return [self.addresses[(worker - shift) % self.processes] for worker in range(self.processes)]
+
+    def rule_shards(self, shards: int) -> list[int]:
+        """The rules shards this process runs."""
+        from omnitrigger.operators.router import shard_key
+
+        return [shard for shard in range(shards) if worker_of(shard_key(shard), self.processes) == self.worker]
+
+    def describe(self, shards: int) -> str:
+        part = "the input, the sequencer and " if self.reads_input else ""
+        return (f"process {self.process_id} of {self.processes} ({self.address}): {part}rules shards "
+                f"{','.join(map(str, self.rule_shards(shards))) or 'none'}")
+
+    def to_spec(self) -> dict[str, Any]:
+        return {"process_id": self.process_id, "addresses": list(self.addresses)}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any] | None) -> Role | None:
+        return None if spec is None else cls(int(spec["process_id"]), tuple(spec["addresses"]))
+
+
+def run_cluster(flow: Any, role: Role, **options: Any) -> None:
+    """`bytewax.testing.cluster_main` (the function `python -m bytewax.run -a ... -i ...` calls) as `role`;
+    ClusterError when this process loses contact with another one."""
+    from bytewax.testing import cluster_main
+
+    check_can_listen(role.address, role.process_id)
+    try:
+        cluster_main(flow, role.bytewax_addresses(), role.worker, **options)
+    except BaseException as error:
+        if is_lost_peer(error):
+            raise ClusterError(f"process {role.process_id} of {role.processes} lost contact with the cluster: "
+                               "another process stopped or cannot be reached; start every process again with "
+                               "the same state folders to resume from the last snapshot") from None
+        raise
+
+
+def is_lost_peer(error: BaseException) -> bool:
+    """Bytewax panics (pyo3 PanicException) in every process when one process of the cluster goes away."""
+    return type(error).__name__ == "PanicException"
+
+
+# -- a one-machine cluster: N child processes --------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL it when the process that started it dies (kill -9 of the parent leaves no orphans)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+
+
+def start_children(specs: list[dict[str, Any]]) -> list[subprocess.Popen]:
+    """Start `python -m omnitrigger.flows.cluster_worker` once a spec (given on stdin, never written to disk:
+    the config can hold Kafka credentials), each in its own session so a Ctrl-C reaches them once, from us."""
+    children = []
+    for spec in specs:
+        child = subprocess.Popen([sys.executable, "-m", "omnitrigger.flows.cluster_worker"], stdin=subprocess.PIPE,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent,
+                                 start_new_session=True)
+        assert child.stdin is not None
+        child.stdin.write(orjson.dumps(spec))
+        child.stdin.close()
+        children.append(child)
+    return children
+
+
+def wait_children(children: list[subprocess.Popen], forward_signals: bool = False,
+                  on_signal: Callable[[int], None] | None = None) -> list[int]:
+    """Wait for every child; with `forward_signals`, SIGTERM and SIGINT are passed on to them as SIGTERM."""
+    previous: dict[int, Any] = {}
+    if forward_signals:
+        def forward(signum: int, _frame: object) -> None:
+            if on_signal is not None:
+                on_signal(signum)
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, forward)
+    try:
+        return [child.wait() for child in children]
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+# -- the command-line options (replay and run) -------------------------------------------------------
+
+
+def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--processes, --addresses, --hostfile, --process-id (resolved by `resolve_cluster`)."""
+    import click
+
+    options = [
+        click.option("--processes", type=click.IntRange(min=1),
+                     help="Run as a cluster of this many processes on this machine (default 1), one worker each."),
+        click.option("--addresses", help="Run as one process of a cluster over machines: every process's "
+                                         "HOST:PORT, in process order, comma-separated."),
+        click.option("--hostfile", type=click.Path(dir_okay=False, path_type=Path),
+                     help="The same as --addresses from a file: one HOST:PORT a line, # comments."),
+        click.option("--process-id", type=int, help="With --addresses or --hostfile: which process this is, from 0."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def resolve_cluster(processes: int | None, addresses: str | None, hostfile: Path | None,
+                    process_id: int | None) -> tuple[int, list[str] | None, int | None]:
+    """(processes, addresses, process_id) from the options; click.UsageError (exit 2) for a wrong combination or
+    value on the command line, ClusterError (exit 1) for a hostfile that cannot be read or is malformed."""
+    import click
+
+    if addresses is not None and hostfile is not None:
+        raise click.UsageError("--addresses and --hostfile exclude each other")
+    if addresses is None and hostfile is None:
+        if process_id is not None:
+            raise click.UsageError("--process-id needs --addresses or --hostfile (the addresses of every process)")
+        return processes or 1, None, None
+    given = "--addresses" if addresses is not None else "--hostfile"
+    if processes is not None:
+        raise click.UsageError(f"--processes and {given} exclude each other: --processes starts a cluster on this "
+                               f"machine, {given} lists the processes of a cluster over machines")
+    if process_id is None:
+        raise click.UsageError(f"{given} needs --process-id (which of the listed processes this one is, from 0)")
+    if addresses is not None:
+        try:
+            listed = parse_addresses(addresses)
+        except ValueError as error:
+            raise click.UsageError(f"--addresses: {error}") from None
+    else:
+        assert hostfile is not None
+        listed = read_hostfile(hostfile)
+    if not 0 <= process_id < len(listed):
+        raise click.UsageError(f"--process-id {process_id} is out of range: {given} lists {len(listed)} "
+                               f"process{'es' if len(listed) != 1 else ''}, so 0 to {len(listed) - 1}")
+    return len(listed), listed, process_id

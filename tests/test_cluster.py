@@ -1,0 +1,315 @@
+"""The flow as a Bytewax cluster: processes over addresses give a single process's outputs, live and replay.
+
+- Where Bytewax puts a key is predicted (omnitrigger/cluster.py `worker_of`),
+  so process 0 can be the sequencer's; checked against Bytewax itself.
+- A replay as two processes started like two machines would start them
+  (`--addresses A,B --process-id 0|1`, each its own --state-dir), stopped
+  half way and resumed, writes byte for byte what one process writes, on a
+  real-data recording; the identity state is on process 0 only.
+- `omnitrigger run --processes 2` through librdkafka's mock cluster publishes
+  the replay's trigger ids; killed with SIGKILL before its first snapshot and
+  restarted, it re-runs everything and its two sinks still send no trigger id
+  twice (each reads the triggers topic's tail back).
+- Wrong cluster options and state folders of another cluster are one line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from conftest import STREAM_FLAGS, replay, write_stores
+from geolife import write_stores_csv
+from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read_topic  # noqa: F401  (a fixture)
+from omnitrigger.cluster import Role, local_addresses, worker_of
+from omnitrigger.config import Config
+from omnitrigger.flows.replay_flow import SEQUENCER_KEY
+from omnitrigger.kafka_tools import output_topics, publish
+from omnitrigger.records import SUPPRESSED, TRIGGERS
+from omnitrigger.replay import _write_identities
+from recordings import omnichannel_recording
+from test_live import STREAMS, normalized, replay_streams, single_partition_recording
+
+CONFIG = Config()
+
+
+def omnitrigger(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omnitrigger", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "RUST_BACKTRACE": "0"})
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "omnitrigger", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "RUST_BACKTRACE": "0"})
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("omnitrigger: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+# -- placement -----------------------------------------------------------------------------------------
+
+_ROUTE_PROBE = """
+import sys
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, cluster_main
+
+keys = sys.argv[3].split(",")
+flow = Dataflow("probe")
+keyed = op.key_on("key", op.input("in", flow, TestingSource(keys)), lambda key: key)
+seen = op.stateful_map("where", keyed, lambda state, key: (state, print(f"{key} {sys.argv[1]}", flush=True)))
+op.inspect("end", seen, lambda *_: None)
+cluster_main(flow, sys.argv[2].split(";"), int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_keys_land_where_worker_of_says(tmp_path: Path, processes: int) -> None:
+    keys = [SEQUENCER_KEY] + [f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)]
+    probe = tmp_path / "probe.py"
+    probe.write_text(_ROUTE_PROBE)
+    addresses = ";".join(local_addresses(processes))
+    children = [subprocess.Popen([sys.executable, str(probe), str(worker), addresses, ",".join(keys)],
+                                 stdout=subprocess.PIPE, text=True) for worker in range(processes)]
+    seen = {}
+    for child in children:
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0
+        seen.update(line.split() for line in out.splitlines() if line.count(" ") == 1)
+    assert {key: int(worker) for key, worker in seen.items()} == {key: worker_of(key, processes) for key in keys}
+    role = Role(0, tuple(f"h{n}:1" for n in range(processes)))
+    assert role.worker == worker_of(SEQUENCER_KEY, processes)  # process 0 runs the sequencer
+    everyone = [Role(n, role.addresses) for n in range(processes)]
+    assert sorted(shard for member in everyone for shard in member.rule_shards(CONFIG.rule_shards)) == \
+        list(range(CONFIG.rule_shards))
+    assert all(member.bytewax_addresses()[member.worker] == member.address for member in everyone)
+
+
+# -- replay over two "machines" --------------------------------------------------------------------------
+
+
+def test_two_processes_over_addresses_write_the_single_process_outputs(tmp_path: Path, real_data: Path) -> None:
+    recording = tmp_path / "recording"
+    _, stores = omnichannel_recording(real_data, recording, users=40, receipts=200, trace_days=1)
+    stores_file = write_stores_csv(tmp_path / "stores.csv", stores)
+    _, alone = replay(tmp_path, recording, name="alone", stores=stores_file, config=CONFIG)
+    assert alone["triggers"] and alone["suppressed"] and alone["visits"]
+
+    addresses = ",".join(local_addresses(2))
+    out = tmp_path / "cluster"
+    flags = [arg for flag in STREAM_FLAGS for arg in (f"--{flag.replace('_', '-')}", str(out / f"{flag}.jsonl"))]
+
+    def process(process_id: int, *extra: str) -> list[str]:
+        outputs = ["--out", str(out / "triggers.jsonl"), *flags] if process_id == 0 else []
+        return ["replay", str(recording), "--stores", str(stores_file), *outputs, "--quiet",
+                "--addresses", addresses, "--process-id", str(process_id),
+                "--state-dir", str(tmp_path / f"state-{process_id}"), *extra]
+
+    for extra in (["--stop-after", "7000"], []):  # stopped half way, then resumed from both state folders
+        children = [start(*process(process_id, *extra)) for process_id in (0, 1)]
+        results = [child.communicate(timeout=120) for child in children]
+        for child, (stdout, stderr) in zip(children, results):
+            assert child.returncode == 0, stderr
+    summary, last = results[0][0], results[1][0]
+    assert "records read:" in summary and "triggers:" in summary
+    assert last.startswith("process 1 of 2 (") and "process 0 writes the outputs" in last
+
+    for flag in ("triggers", *STREAM_FLAGS):
+        assert (out / f"{flag}.jsonl").read_bytes() == alone[flag], flag
+    # The sequencer (identity state) ran in process 0; process 1 kept rules shards and one recovery partition.
+    assert _write_identities(tmp_path / "state-0" / "rocksdb", None)[0] == len(alone["identities"].splitlines())
+    assert _write_identities(tmp_path / "state-1" / "rocksdb", None) == (0, 0)
+    assert [path.name for path in (tmp_path / "state-1" / "recovery").glob("*.sqlite3")] == ["part-1.sqlite3"]
+    layout = orjson.loads((tmp_path / "state-1" / "layout.json").read_bytes())
+    assert layout["processes"] == 2 and layout["process_id"] == 1
+
+    # Reused as another process, in a cluster of another size, or alone: one line, nothing started.
+    swapped = process(0)
+    swapped[swapped.index("--state-dir") + 1] = str(tmp_path / "state-1")
+    assert_one_line_error(omnitrigger(*swapped), 1, "was made for process 1 of a cluster of 2",
+                          "not for process 0 of a cluster of 2")
+    bigger = process(1)
+    bigger[bigger.index("--addresses") + 1] = addresses + ",127.0.0.1:1"
+    assert_one_line_error(omnitrigger(*bigger), 1, "was made with a cluster of 2 processes, not 3")
+    alone_again = ["replay", str(recording), "--stores", str(stores_file), "--out", str(tmp_path / "x.jsonl"),
+                   "--state-dir", str(tmp_path / "state-0")]
+    assert_one_line_error(omnitrigger(*alone_again), 1, "was made with a cluster of 2 processes, not 1")
+    local = [*alone_again, "--processes", "2"]
+    assert_one_line_error(omnitrigger(*local), 1, "was made for process 0 of a cluster of 2",
+                          "not for a one-machine cluster")
+
+
+# -- live, two processes, through the mock cluster -------------------------------------------------------
+
+
+class ClusterJob(LiveJob):
+    """`omnitrigger run --processes 2`: one parent, two processes; their JSON log lines go to `log_path`."""
+
+    def __init__(self, brokers: str, stores: Path, state_dir: Path, config_path: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "omnitrigger", "run", "--brokers", brokers, "--stores", str(stores),
+             "--state-dir", str(state_dir), "--config", str(config_path), "--processes", "2"],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def messages(self, text: str) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines() if line.get("msg", "").startswith(text)]
+
+
+def job_config(path: Path, config: Config, epoch: str) -> Path:
+    path.write_text("\n".join([
+        "[replay]", "batch_size = 50", f'epoch_interval = "{epoch}"',
+        "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', "metrics_port = 0", "heartbeat_interval = 0.0",
+        f"merge_wait = {config.kafka_merge_wait_s}"]) + "\n")
+    return path
+
+
+def wait_until(condition: Any, job: LiveJob, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert job.process.poll() is None, job.log_path.read_text()[-3000:]
+        assert time.monotonic() < deadline, job.log_path.read_text()[-3000:]
+        time.sleep(0.3)
+
+
+def test_live_cluster_publishes_the_replays_trigger_ids_once_across_a_restart(tmp_path: Path,
+                                                                             mock_kafka: Any) -> None:  # noqa: F811
+    recording, stores = single_partition_recording(tmp_path, customers=200)
+    config = live_config("cluster.")
+    create_topics(mock_kafka, config)
+    brokers = mock_kafka.bootstrap_servers
+    publish(recording, brokers, config)
+    replayed = replay_streams(tmp_path, recording, stores)
+    want_ids = sorted(record["trigger_id"] for record in replayed[TRIGGERS])
+    assert len(want_ids) >= 100
+    outputs = output_topics(config)
+    state = tmp_path / "state"
+
+    def count(stream: str) -> int:
+        return len(read_topic(brokers, outputs[stream], timeout=5.0))
+
+    # First run: a 10-minute epoch, so nothing is snapshot; SIGKILL of the parent once every trigger is out
+    # takes its two processes with it, and the restart re-runs the whole backlog.
+    first = ClusterJob(brokers, stores, state, job_config(tmp_path / "slow.toml", config, "10m"), tmp_path / "1.log")
+    try:
+        wait_until(lambda: count(TRIGGERS) >= len(want_ids) and count(SUPPRESSED) >= len(replayed[SUPPRESSED]), first)
+    finally:
+        first.kill()
+    time.sleep(1.0)  # its processes die with it (PR_SET_PDEATHSIG); let them release the RocksDB locks
+    starting = [line for line in first.messages("starting") if "process_id" in line]
+    assert sorted(line["process_id"] for line in starting) == [0, 1]
+    assert [line["reads_input"] for line in sorted(starting, key=lambda line: line["process_id"])] == [True, False]
+    assert sorted(shard for line in starting for shard in line["rule_shards"]) == list(range(CONFIG.rule_shards))
+
+    second = ClusterJob(brokers, stores, state, job_config(tmp_path / "fast.toml", config, "0.2s"), tmp_path / "2.log")
+    try:
+        # The re-run sends the suppressed records again (at-least-once) but none of the triggers.
+        wait_until(lambda: count(SUPPRESSED) >= 2 * len(replayed[SUPPRESSED]), second)
+        time.sleep(1.5)
+        live = {stream: read_topic(brokers, topic, timeout=5.0) for stream, topic in outputs.items()}
+    finally:
+        second.process.send_signal(signal.SIGTERM)
+        code = second.process.wait(60)
+        second._log.close()
+    assert code == 0, second.log_path.read_text()[-3000:]
+    read_back = second.messages("read back the triggers topic's tail")
+    assert [line["trigger_ids"] for line in read_back] == [len(want_ids)] * 2  # each process's sink
+    assert len(second.messages("shutdown complete")) == 2
+
+    got_ids = sorted(message["value"]["trigger_id"] for message in live[TRIGGERS])
+    assert got_ids == want_ids, f"{len(got_ids)} trigger messages, {len(set(got_ids))} ids, replay {len(want_ids)}"
+    for stream in STREAMS:
+        got = {normalized(stream, message["value"], config.kafka_topic_prefix) for message in live[stream]}
+        want = {normalized(stream, record, config.kafka_topic_prefix) for record in replayed[stream]}
+        assert got == want, stream
+    layout = orjson.loads((state / "layout.json").read_bytes())
+    assert layout["mode"] == "live" and layout["processes"] == 2 and layout["cluster"] == "local"
+    assert orjson.loads((state / "process-1" / "layout.json").read_bytes())["process_id"] == 1
+
+
+# -- one line for what cannot run -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> dict[str, Path]:
+    recording = tmp_path / "recording"
+    recording.mkdir()
+    (recording / "consent.changes.jsonl").write_text(
+        '{"event_id": "c1", "ts": "2026-11-02T10:00:00.000Z", "ids": {"device_id": "d1"}, "channel": "push", '
+        '"status": "granted"}\n')
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("# the cluster\n127.0.0.1:2101  # process 0\n\n127.0.0.1:2102\n")
+    bad_hostfile = tmp_path / "bad-hosts"
+    bad_hostfile.write_text("127.0.0.1:2101\n# comment\nmachine-b\n")
+    empty_hostfile = tmp_path / "empty-hosts"
+    empty_hostfile.write_text("# nobody yet\n\n")
+    binary_hostfile = tmp_path / "binary-hosts"
+    binary_hostfile.write_bytes(b"\xff\xfe\x00\x01")
+    return {"rec": recording, "stores": write_stores(tmp_path / "stores.csv"), "tmp": tmp_path, "hosts": hostfile,
+            "bad_hosts": bad_hostfile, "empty_hosts": empty_hostfile, "binary_hosts": binary_hostfile}
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (["--addresses", "127.0.0.1:2101,127.0.0.1:2102", "--hostfile", "{hosts}", "--process-id", "0"], 2,
+     ["--addresses and --hostfile exclude each other"]),
+    (["--process-id", "0"], 2, ["--process-id needs --addresses or --hostfile"]),
+    (["--addresses", "127.0.0.1:2101,127.0.0.1:2102"], 2, ["--addresses needs --process-id"]),
+    (["--processes", "2", "--hostfile", "{hosts}", "--process-id", "0"], 2, ["--processes and --hostfile exclude"]),
+    (["--addresses", "127.0.0.1:2101,127.0.0.1:2102", "--process-id", "2"], 2,
+     ["--process-id 2 is out of range", "0 to 1"]),
+    (["--hostfile", "{hosts}", "--process-id", "-1"], 2, ["--process-id -1 is out of range"]),
+    (["--addresses", "127.0.0.1:2101,machine-b", "--process-id", "0"], 2, ["--addresses: 'machine-b' is not HOST:PORT"]),
+    (["--addresses", "127.0.0.1:99999", "--process-id", "0"], 2, ["'127.0.0.1:99999' is not HOST:PORT"]),
+    (["--addresses", "127.0.0.1:2101,127.0.0.1:2101", "--process-id", "0"], 2, ["127.0.0.1:2101 is listed twice"]),
+    (["--hostfile", "{tmp}/nowhere", "--process-id", "0"], 1, ["cannot read hostfile", "No such file"]),
+    (["--hostfile", "{bad_hosts}", "--process-id", "0"], 1, ["hostfile", "line 3: 'machine-b' is not HOST:PORT"]),
+    (["--hostfile", "{empty_hosts}", "--process-id", "0"], 1, ["lists no addresses"]),
+])
+def test_cluster_option_errors_are_one_line(small: dict[str, Path], args: list[str], code: int,
+                                            fragments: list[str]) -> None:
+    result = omnitrigger("replay", str(small["rec"]), "--stores", str(small["stores"]), "--out",
+                         str(small["tmp"] / "t.jsonl"), *[arg.format(**small) for arg in args])
+    assert_one_line_error(result, code, *fragments)
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (["--processes", "2", "--addresses", "127.0.0.1:2101,127.0.0.1:2102", "--process-id", "1"], 2,
+     ["--processes and --addresses exclude"]),
+    (["--hostfile", "{hosts}", "--process-id", "2"], 2, ["--process-id 2 is out of range", "0 to 1"]),
+    (["--addresses", "127.0.0.1:2101,:2102", "--process-id", "0"], 2, ["--addresses: ':2102' is not HOST:PORT"]),
+    (["--hostfile", "{binary_hosts}", "--process-id", "0"], 1, ["cannot read hostfile", "not a text file"]),
+])
+def test_run_takes_the_same_cluster_options(small: dict[str, Path], args: list[str], code: int,
+                                            fragments: list[str]) -> None:
+    result = omnitrigger("run", "--brokers", "127.0.0.1:1", "--stores", str(small["stores"]), "--state-dir",
+                         str(small["tmp"] / "s"), *[arg.format(**small) for arg in args])
+    assert_one_line_error(result, code, *fragments)
+
+
+def test_an_address_this_process_cannot_listen_on_is_one_line(small: dict[str, Path]) -> None:
+    def replay_as_process_0(first: str) -> subprocess.CompletedProcess:
+        return omnitrigger("replay", str(small["rec"]), "--stores", str(small["stores"]), "--out",
+                           str(small["tmp"] / "t.jsonl"), "--addresses", f"{first},127.0.0.1:1", "--process-id", "0")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert_one_line_error(replay_as_process_0(address), 1, f"cannot listen on its address {address}", "in use")
+    assert_one_line_error(replay_as_process_0("192.0.2.1:2101"), 1,  # TEST-NET-1: no machine's own address
+                          "process 0 cannot listen on its address 192.0.2.1:2101")
