@@ -224,7 +224,7 @@ class KafkaOutputSink(DynamicSink):
         if TRIGGERS in self.topics:
             known = read_trigger_ids(self.brokers, self.config, self.topics[TRIGGERS], self.config.kafka_dedup_tail)
             log.info("read back the triggers topic's tail", extra={"fields": {
-                "topic": self.topics[TRIGGERS], "trigger_ids": len(known), "worker": worker_index}})
+                "topic": self.topics[TRIGGERS], "trigger_ids": len(known)}})
         return _KafkaOutput(self.brokers, self.config, self.topics, known)
 
 

@@ -71,6 +71,9 @@ def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: d
     if key == "processes" and (existing.get("process_id") is not None or existing.get("cluster") is not None):
         return f"with a cluster of {made} processes, not {now}; resume with the same cluster or use a fresh --state-dir"
     if key in ("cluster", "process_id"):
+        if not any(key in existing for key in _CLUSTER_KEYS) and existing.get("processes") != 1:
+            return (f"for {_made_as(existing)}, not for {_made_as(layout)}; this omnitrigger keeps a folder a "
+                    "process: use a fresh --state-dir")
         return (f"for {_made_as(existing)}, not for {_made_as(layout)}; each process of a cluster keeps its own "
                 "state folder: resume as it was made or use a fresh --state-dir")
     if key == "layout_version":

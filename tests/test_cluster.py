@@ -36,6 +36,7 @@ from omnitrigger.flows.replay_flow import SEQUENCER_KEY
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.replay import _write_identities
+from omnitrigger.state_folder import StateFolderError, layout_record, prepare_local_cluster
 from recordings import omnichannel_recording
 from test_live import STREAMS, normalized, replay_streams, single_partition_recording
 
@@ -151,6 +152,22 @@ def test_two_processes_over_addresses_write_the_single_process_outputs(tmp_path:
     local = [*alone_again, "--processes", "2"]
     assert_one_line_error(omnitrigger(*local), 1, "was made for process 0 of a cluster of 2",
                           "not for a one-machine cluster")
+
+
+def test_a_one_machine_cluster_folder_is_one_folder_a_process_and_refuses_the_older_layout(tmp_path: Path) -> None:
+    layout = layout_record("replay", 2, 16, ["dedup"], b"k" * 32, recording="/r")
+    state = tmp_path / "state"
+    folders = prepare_local_cluster(state, layout, 2)
+    assert [sorted(path.name for path in (folder / "recovery").iterdir()) for folder in folders] == \
+        [["part-0.sqlite3"], ["part-1.sqlite3"]]
+    assert prepare_local_cluster(state, layout, 2) == folders  # resumes
+    with pytest.raises(StateFolderError, match="was made with a cluster of 2 processes, not 3"):
+        prepare_local_cluster(state, {**layout, "processes": 3}, 3)
+    older = {key: value for key, value in orjson.loads((state / "layout.json").read_bytes()).items() if key != "cluster"}
+    (state / "layout.json").write_bytes(orjson.dumps(older))  # as --processes 2 wrote it before this layout
+    with pytest.raises(StateFolderError, match="was made for the --processes 2 layout of an older omnitrigger, not "
+                                               "for a one-machine cluster .--processes 2.; .* use a fresh --state-dir"):
+        prepare_local_cluster(state, layout, 2)
 
 
 # -- live, two processes, through the mock cluster -------------------------------------------------------
