@@ -256,21 +256,24 @@ def is_lost_peer(error: BaseException) -> bool:
 # -- a one-machine cluster: N child processes --------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL it when the process that started it dies (kill -9 of the parent leaves no orphans)."""
+def _death_signal() -> Callable[[], None]:
+    """What the child runs between fork and exec: PR_SET_PDEATHSIG, so a kill -9 of the process that started it
+    takes it along (Linux; elsewhere nothing). prctl is looked up here, in the parent, not after the fork."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return lambda: None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
 
 
 def start_children(specs: list[dict[str, Any]]) -> list[subprocess.Popen]:
     """Start `python -m omnitrigger.flows.cluster_worker` once a spec (given on stdin, never written to disk:
     the config can hold Kafka credentials), each in its own session so a Ctrl-C reaches them once, from us."""
     children = []
+    die_with_parent = _death_signal()
     for spec in specs:
         child = subprocess.Popen([sys.executable, "-m", "omnitrigger.flows.cluster_worker"], stdin=subprocess.PIPE,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=_die_with_parent,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent,
                                  start_new_session=True)
         assert child.stdin is not None
         child.stdin.write(orjson.dumps(spec))
