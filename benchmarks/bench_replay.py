@@ -28,10 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from real_mix import REPO, build_scaled_mix  # noqa: E402
 from results import Figures  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 FLOOR_US = 10.0
 _RATE = re.compile(r"events/s: ([\d,]+) \(([\d,]+) records in ([\d.]+) s")
@@ -80,7 +83,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-replay-") as temp:
         work = Path(temp)
         started = time.perf_counter()
-        counts = build_scaled_mix(real_data, work, args.copies)
+        # Built by its own process: this one stays small, so the replays' peak RSS (wait4) is theirs alone
+        # (a child's maximum starts at its parent's size when it is forked).
+        made = subprocess.run([sys.executable, str(Path(__file__).resolve().parent / "real_mix.py"), str(work),
+                               "--copies", str(args.copies), "--shared", str(args.shared)],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            print(f"bench_replay: building the mix failed: {made.stderr.strip()[-300:]}", file=sys.stderr)
+            return 1
+        counts = orjson.loads(made.stdout)
         total = sum(value for key, value in counts.items() if key != "stores")
         print(f"recording: {total:,} records, {counts['stores']} stores ({args.copies} copies of the real-data mix), "
               f"built in {time.perf_counter() - started:.1f} s")
