@@ -4,6 +4,14 @@ Options follow DESIGN.md section 5: a bloom filter makes the common
 "key not there" lookup cost 0.34 µs instead of 3 µs, and writes go in one
 WriteBatch per snapshot. One store is opened per process and state folder,
 shared by every shard and worker thread of that process.
+
+Memory is bounded whatever the size of the state (benchmarks/bench_memory.py):
+one block cache of BLOCK_CACHE_BYTES holds the data blocks read and also the
+index and bloom filter blocks, which RocksDB otherwise keeps outside any
+bound, one set per table file, so they grow with the data; indexes and
+filters are partitioned so only their top level stays pinned and a state
+larger than the cache pages them in as it pages data. Memtables are at most
+MAX_WRITE_BUFFERS of WRITE_BUFFER_BYTES.
 """
 
 from __future__ import annotations
@@ -12,21 +20,52 @@ import threading
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+
+BLOCK_CACHE_BYTES = 256 << 20
+WRITE_BUFFER_BYTES = 32 << 20
+MAX_WRITE_BUFFERS = 2
+
+
+def describe_options() -> str:
+    """The memory settings, for a benchmark to print."""
+    return (f"block cache {BLOCK_CACHE_BYTES >> 20} MiB (LRU, index and filter blocks included, partitioned, "
+            f"top level and L0 pinned), memtables {MAX_WRITE_BUFFERS} x {WRITE_BUFFER_BYTES >> 20} MiB, "
+            "10-bit bloom filter, 1 background job")
 
 
 class RocksDBStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, bulk_load: bool = False) -> None:
+        """`bulk_load`: for a benchmark filling a new store fast (no compaction, no WAL until `compact`);
+        the files it writes have the same table format as the flow's."""
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
+        self._cache = Cache(BLOCK_CACHE_BYTES)  # must outlive the database
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
+        table.set_block_cache(self._cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_pin_top_level_index_and_filter(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
+        options.set_write_buffer_size(WRITE_BUFFER_BYTES)
+        options.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
         options.set_max_background_jobs(1)  # two cores: compaction must not starve the pipeline
-        self.path = path
-        self._db = Rdict(str(path), options)
         self._write_options = WriteOptions()
+        if bulk_load:
+            options.set_disable_auto_compactions(True)
+            options.set_write_buffer_size(256 << 20)
+            options.set_level_zero_slowdown_writes_trigger(1 << 30)
+            options.set_level_zero_stop_writes_trigger(1 << 30)
+            options.set_max_background_jobs(2)
+            self._write_options.disable_wal = True
+        self.path = path
+        # Naming the default column family makes rocksdict open an existing store with these options;
+        # otherwise it reloads the ones in the store's OPTIONS file, with a default 8 MiB block cache.
+        self._db = Rdict(str(path), options, column_families={"default": options})
 
     def get(self, key: bytes) -> bytes | None:
         return self._db.get(key)
