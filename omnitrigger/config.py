@@ -82,6 +82,7 @@ class Config:
     disabled_rules: tuple[str, ...] = ()  # the kill switch in the file; a control file can flip it while running
     rules_lateness_s: float = 10.0  # deadlines fire once the event-time clock (latest event time minus this) passes
     rule_shards: int = 16  # the rules stage's fixed shard keys; fixed for the life of a state folder
+    rule_timers_in_memory: int = 20_000  # per rules shard: the earliest pending deadlines kept in memory
     # [policy]
     channels: tuple[str, ...] = ("push", "email", "sms")  # the first channel with consent is used
     max_triggers_per_customer: int = 3
@@ -262,6 +263,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("rules", "disabled"): ("disabled_rules", _rule_names),
     ("rules", "allowed_lateness"): ("rules_lateness_s", parse_duration_s),
     ("rules", "shards"): ("rule_shards", _positive_int),
+    ("rules", "timers_in_memory"): ("rule_timers_in_memory", _positive_int),
     ("policy", "channels"): ("channels", _channels),
     ("policy", "max_triggers_per_customer"): ("max_triggers_per_customer", _positive_int),
     ("policy", "customer_cap_window"): ("customer_cap_window_s", parse_duration_s),

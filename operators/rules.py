@@ -28,6 +28,13 @@ State (namespace "rules", one per shard):
     P <customer> <product> -> purchase ts                             last purchase, kept 2 x lookback
     T <due: 8 bytes> <kind> <customer> <product> -> b""               timers (stale ones are ignored)
 plus the policy's C, F and G keys.
+
+Timers are ordered by their keys (due time first). In memory a shard keeps only the earliest ones, at
+most `[rules] timers_in_memory`, in a heap: every timer key below `_horizon` is in the heap, every
+later one only in the state. When the heap has fired everything below the horizon and the watermark
+is past it, the next timers are read from the state in key order; when schedules push the heap
+over its bound, its later half goes back to being state only. So deadlines fire in the same order
+as with every timer in memory, and memory does not grow with the number of pending deadlines.
 """
 
 from __future__ import annotations
@@ -84,9 +91,12 @@ class Rules(StageOperator):
         self._swept_at_ms = int(swept) if swept else 0
         self._out: list[Emitted] = []
         self._replaying = False  # applying a merged customer's history: state only, no new outputs for the past
-        # Timers live in state (T keys) and, for speed, in a heap rebuilt from them whenever the shard is built.
-        self._timers: list[bytes] = [key for key, _ in state.scan(b"T", b"U")]
-        heapq.heapify(self._timers)
+        # Timers live in state (T keys); the earliest, for speed, also in a bounded heap, rebuilt from them
+        # whenever the shard is built: it holds every timer key below `_horizon` (None: every timer).
+        self.timers_in_memory = config.rule_timers_in_memory
+        self._timers: list[bytes] = []
+        self._horizon: bytes | None = b"T"
+        self._load_timers()
 
     # -- dispatch -------------------------------------------------------------------
 
@@ -180,7 +190,10 @@ class Rules(StageOperator):
         self.state.put(_key(_PENDING_PREFIX[rule], customer, product), orjson.dumps([deadline, set_ms, evidence]))
         timer = _timer_key(deadline, rule, customer, product)
         self.state.put(timer, b"")
-        heapq.heappush(self._timers, timer)
+        if self._horizon is None or timer < self._horizon:
+            heapq.heappush(self._timers, timer)
+            if len(self._timers) > self.timers_in_memory:
+                self._shed_timers()
 
     def _cancel(self, rule: str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
                 channel: str | None) -> None:
@@ -201,7 +214,7 @@ class Rules(StageOperator):
             return
         self.watermark_ms = watermark_ms
         limit = b"T" + (watermark_ms + 1).to_bytes(8, "big")
-        while self._timers and self._timers[0] < limit:
+        while self._timers and self._timers[0] < limit or self._load_timers(limit):
             timer_key = heapq.heappop(self._timers)
             self.state.delete(timer_key)
             deadline = int.from_bytes(timer_key[1:9], "big")
@@ -219,6 +232,23 @@ class Rules(StageOperator):
             self.state.sweep(watermark_ms - _SWEEP_MARGIN_MS)
             self._swept_at_ms = watermark_ms
             self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
+
+    def _load_timers(self, limit: bytes = b"U") -> bool:
+        """With the heap empty and timers below `limit` left in the state only, read the next ones into it."""
+        if self._timers or self._horizon is None or self._horizon >= limit:
+            return False
+        batch = max(1, self.timers_in_memory // 2)
+        loaded = [key for key, _ in self.state.scan(self._horizon, b"U", limit=batch)]
+        self._timers = loaded  # in key order: a heap
+        self._horizon = loaded[-1] + b"\x00" if len(loaded) == batch else None
+        return bool(loaded) and loaded[0] < limit
+
+    def _shed_timers(self) -> None:
+        """Keep the earliest half of the heap; the rest stay in the state, read again when due."""
+        ordered = sorted(self._timers)
+        keep = max(1, self.timers_in_memory // 2)
+        self._horizon = ordered[keep]
+        self._timers = [key for key in ordered[:keep] if key < self._horizon]
 
     # -- in-store offer -------------------------------------------------------------------
 
