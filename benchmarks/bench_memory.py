@@ -386,6 +386,15 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
     print(f"  RocksDB options: {rocksdb_options(store)}")
     verdict = "MET" if peak * 2**20 < TARGET_BYTES else "NOT MET"
     print(f"target < 2 GiB resident: {verdict} (peak {peak:,.0f} MiB = {peak / 1024:.2f} GiB)", flush=True)
+    from results import Figures
+
+    figures = Figures("bench_memory", f"python benchmarks/bench_memory.py --customers {customers} "
+                                      f"--identifiers {identifiers} --deadlines {deadlines}")
+    state_size = f"{customers:,} customers, {identifiers:,} identifiers, {deadlines:,} pending deadlines"
+    figures.add(f"peak RSS with {state_size} in state (target < 2 GiB)", round(peak), "MiB")
+    figures.add(f"steady traffic over that state ({seconds / counts['events'] * 1e6:.0f} µs an event)",
+                round(counts["events"] / seconds), "events/s")
+    figures.write(args.json)
     if not args.no_count:
         count_state(store, config, customers, identifiers)
     store.close()
@@ -455,6 +464,7 @@ def main() -> int:
     parser.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()), help="where the temporary folder goes")
     parser.add_argument("--work", type=Path, help="keep the populated state here, and reuse it if it matches")
     parser.add_argument("--no-count", action="store_true", help="skip the final count of the state")
+    parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     parser.add_argument("--phase", choices=("populate", "measure"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 1 <= args.identifiers / args.customers <= 1 + len(OTHER_KINDS):
@@ -493,7 +503,8 @@ def main() -> int:
         for file in (work / "db").iterdir():
             (os.link if file.suffix == ".sst" else shutil.copy2)(file, run / file.name)
         measure_args = [f"--steady-events={args.steady_events}", f"--steady-hours={args.steady_hours}",
-                        f"--batch-size={args.batch_size}", *(["--no-count"] if args.no_count else [])]
+                        f"--batch-size={args.batch_size}", *(["--no-count"] if args.no_count else []),
+                        *([f"--json={args.json.resolve()}"] if args.json else [])]
         return subprocess.run([*child, "--phase", "measure", *measure_args]).returncode
     finally:
         if args.work is None:

@@ -1,7 +1,7 @@
 """Run every benchmark and write one table of their headline figures.
 
-    python benchmarks/run_all.py                    # the full set, about 25 minutes on 2 cores
-    python benchmarks/run_all.py --quick            # smaller sizes, about 6 minutes
+    python benchmarks/run_all.py                    # the full set, about 40 minutes on 2 cores
+    python benchmarks/run_all.py --quick            # smaller sizes, about 10 minutes
     python benchmarks/run_all.py --only replay stages --update-readme
 
 Each benchmark runs as its own process (so peak memory is its own) with
@@ -40,7 +40,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "live": (["--rate", "3000", "--duration", "60", "--steps", "2000,1000"],
              ["--rate", "2000", "--duration", "45", "--steps", ""]),
     "restart": (["--customers", "1000000", "--trials", "3"], ["--customers", "100000", "--trials", "1"]),
-    "memory": ([], []),
+    "memory": (["--customers", "10000000", "--identifiers", "20000000", "--deadlines", "1000000"], []),
     "identity": (["--identifiers", "1000000"], ["--identifiers", "200000", "--steady-events", "100000"]),
     "visits": ([], ["--devices", "20000"]),
 }
