@@ -5,11 +5,12 @@
     python benchmarks/run_all.py --only replay stages --update-readme
 
 Each benchmark runs as its own process (so peak memory is its own) with
-`--json`, and prints its figures as it goes. The table goes to
-benchmarks/RESULTS.md with the machine, the date and the commit it came from;
-`--update-readme` also puts it in README.md between the
-`<!-- benchmarks:start -->` and `<!-- benchmarks:end -->` markers. A
-benchmark that fails is listed as failed, and the others still run.
+`--json`, and prints its figures as it goes. Each benchmark's figures are
+kept in benchmarks/results.json with the date, commit and machine of its
+run, so `--only` re-runs some and keeps the others' last figures. The table
+goes to benchmarks/RESULTS.md; `--update-readme` also puts it in README.md
+between the `<!-- benchmarks:start -->` and `<!-- benchmarks:end -->`
+markers. A benchmark that fails is listed as failed, and the others still run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from results import machine  # noqa: E402
 
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+RESULTS_JSON = HERE / "results.json"
 
 # name -> (arguments of the full run, arguments of the quick run)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
@@ -62,18 +64,29 @@ def run_one(name: str, arguments: list[str], out_dir: Path) -> tuple[dict | None
     return orjson.loads(json_file.read_bytes()), seconds, ""
 
 
-def table(results: list[tuple[str, dict | None, float, str]], quick: bool) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
-    lines = [f"Made by `python benchmarks/run_all.py{' --quick' if quick else ''}` on "
-             f"{datetime.date.today().isoformat()} at commit {commit}, on: {machine()}.", "",
-             "| benchmark | figure | value |", "|---|---|---|"]
+def current_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip() or "unknown"
+
+
+def table(kept: dict[str, dict]) -> str:
+    """The Markdown table of every benchmark's last run, in BENCHMARKS order."""
+    runs = {(entry["date"], entry["commit"], entry["machine"]) for entry in kept.values()}
+    if len(runs) == 1:
+        (date, commit, on), = runs
+        header = [f"Made by `python benchmarks/run_all.py` on {date} at commit {commit}, on: {on}.", ""]
+    else:
+        header = ["Made by `python benchmarks/run_all.py`; each benchmark's date and commit are listed below it.", ""]
+    lines = [*header, "| benchmark | figure | value |", "|---|---|---|"]
     commands = []
-    for name, figures, seconds, failure in results:
-        if figures is None:
-            lines.append(f"| {name} | failed: {failure} | |")
+    for name in [name for name in BENCHMARKS if name in kept]:
+        entry = kept[name]
+        if entry.get("failure"):
+            lines.append(f"| {name} | failed: {entry['failure']} | |")
             continue
-        commands.append(f"- `{figures['command']}` ({seconds:.0f} s)")
+        figures = entry["figures"]
+        when = "" if len(runs) == 1 else f", {entry['date']} at {entry['commit']} on {entry['machine']}"
+        commands.append(f"- `{figures['command']}` ({entry['seconds']:.0f} s{when})")
         for row in figures["rows"]:
             value = row["value"]
             shown = f"{value:,}" if isinstance(value, int) else f"{value:,.2f}".rstrip("0").rstrip(".")
@@ -99,20 +112,24 @@ def main() -> int:
     parser.add_argument("--update-readme", action="store_true", help="also put the table in README.md")
     args = parser.parse_args()
     names = [name for name in BENCHMARKS if not args.only or name in args.only]
-    results = []
+    kept: dict[str, dict] = orjson.loads(RESULTS_JSON.read_bytes()) if RESULTS_JSON.is_file() and args.only else {}
+    stamp = {"date": datetime.date.today().isoformat(), "commit": current_commit(), "machine": machine()}
+    failed = False
     with tempfile.TemporaryDirectory(prefix="omnitrigger-run-all-") as temp:
         for name in names:
             full, quick = BENCHMARKS[name]
             figures, seconds, failure = run_one(name, quick if args.quick else full, Path(temp))
-            results.append((name, figures, seconds, failure))
-    text = table(results, args.quick)
+            kept[name] = {**stamp, "figures": figures, "seconds": seconds, "failure": failure}
+            failed = failed or figures is None
+            RESULTS_JSON.write_bytes(orjson.dumps(kept, option=orjson.OPT_INDENT_2))  # a kill keeps what ran
+    text = table(kept)
     (HERE / "RESULTS.md").write_text("# Latest benchmark results\n\n" + text)
     print("\n" + text)
     print("written to benchmarks/RESULTS.md")
     if args.update_readme:
         print("and to README.md" if update_readme(text) else
               f"README.md has no {START} ... {END} markers: not updated", flush=True)
-    return 1 if any(figures is None for _, figures, _, _ in results) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
