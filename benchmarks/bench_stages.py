@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 
 from geolife import write_stores_csv  # noqa: E402
+from real_mix import build_scaled_mix  # noqa: E402
 from recordings import omnichannel_recording  # noqa: E402
 from results import Figures  # noqa: E402
 
@@ -47,6 +48,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
+    parser.add_argument("--copies", type=int, default=1, help="copies of the real-data mix (benchmarks/real_mix.py)")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     real_data = args.shared / "data" / "real"
@@ -55,8 +57,12 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-stages-") as work:
         recording = Path(work) / "recording"
-        _, stores = omnichannel_recording(real_data, recording)
-        config = Config(stores_file=str(write_stores_csv(Path(work) / "stores.csv", stores)))
+        if args.copies == 1:
+            _, stores = omnichannel_recording(real_data, recording)
+            config = Config(stores_file=str(write_stores_csv(Path(work) / "stores.csv", stores)))
+        else:
+            build_scaled_mix(real_data, Path(work), args.copies)
+            config = Config(stores_file=str(Path(work) / "stores.csv"))
         cost: dict[str, float] = {}
         per_batch: dict[str, list[float]] = {}  # each stage's seconds for each 1,000-record batch
         started = time.perf_counter()
@@ -119,7 +125,8 @@ def main() -> int:
     print(f"  {'total':26s} {total / records * 1e6:9.1f} {records / total:10,.0f}   "
           f"({total / records * 1e6 / 10:.1f}x the 10 µs floor of DESIGN.md section 5)")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
-    figures = Figures("bench_stages", "python benchmarks/bench_stages.py")
+    figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
+                      + (f" --copies {args.copies}" if args.copies != 1 else ""))
     for name, seconds in cost.items():
         figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),

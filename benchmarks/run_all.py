@@ -36,7 +36,7 @@ RESULTS_JSON = HERE / "results.json"
 
 # name -> (arguments of the full run, arguments of the quick run)
 BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
-    "stages": ([], []),
+    "stages": (["--copies", "10"], []),
     "replay": (["--copies", "10", "--processes", "1", "2"], ["--copies", "2", "--processes", "1", "2"]),
     "peer": ([], ["--copies", "1"]),
     "live": (["--rate", "3000", "--duration", "60", "--steps", "2000,1000"],
