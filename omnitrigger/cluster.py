@@ -190,6 +190,19 @@ class Role:
             raise ClusterError(f"--process-id {self.process_id} is out of range: the cluster has "
                                f"{len(self.addresses)} addresses, so 0 to {len(self.addresses) - 1}")
 
+    @classmethod
+    def of(cls, addresses: list[str] | None, process_id: int | None, processes: int) -> "Role | None":
+        """This process's part in a cluster spread over machines (`--addresses`), or None (alone or `--processes`)."""
+        if addresses is None:
+            if process_id is not None:
+                raise ClusterError("--process-id needs --addresses or --hostfile")
+            return None
+        if processes not in (1, len(addresses)):
+            raise ClusterError("--processes and --addresses exclude each other: the addresses give the process count")
+        if process_id is None:
+            raise ClusterError("--addresses needs --process-id (this process's place in the list, from 0)")
+        return cls(process_id, tuple(addresses))
+
     @property
     def processes(self) -> int:
         return len(self.addresses)

@@ -102,7 +102,7 @@ def run_live(options: LiveOptions) -> None:
     key_from_environment()
     load_stores(options.stores)
     config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))
-    role = _role(options)
+    role = Role.of(options.addresses, options.process_id, options.processes)
     partitions = check_kafka(options.brokers, config)
     state_dir = Path(options.state_dir)
     folders = prepare_state_dir(state_dir, config, options.processes, role)
@@ -111,18 +111,6 @@ def run_live(options: LiveOptions) -> None:
         _run_local_cluster(options, config, partitions, folders, port)
     else:
         run_process(_process_spec(options, config, partitions, state_dir, port, role))
-
-
-def _role(options: LiveOptions) -> Role | None:
-    if options.addresses is None:
-        if options.process_id is not None:
-            raise ClusterError("--process-id needs --addresses or --hostfile")
-        return None
-    if options.processes not in (1, len(options.addresses)):
-        raise ClusterError("--processes and --addresses exclude each other: the addresses give the process count")
-    if options.process_id is None:
-        raise ClusterError("--addresses needs --process-id (this process's place in the list, from 0)")
-    return Role(options.process_id, tuple(options.addresses))
 
 
 def _process_spec(options: LiveOptions, config: Config, partitions: dict[str, int], folder: Path, port: int,

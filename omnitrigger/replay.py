@@ -115,7 +115,7 @@ class ReplaySummary:
 
 
 def run_replay(options: ReplayOptions) -> ReplaySummary | ProcessDone:
-    role = _role(options)
+    role = Role.of(options.addresses, options.process_id, options.processes)
     if role is None or role.reads_input:  # in a cluster only process 0 reads the recording
         recording_files(Path(options.recording_dir))  # fail early, with one line, on an empty or missing folder
     key_from_environment()
@@ -153,19 +153,6 @@ class ProcessDone:
 
     def lines(self) -> list[str]:
         return [f"{self.role}: done in {self.seconds:.2f} s; process 0 writes the outputs and the summary"]
-
-
-def _role(options: ReplayOptions) -> Role | None:
-    """This process's part in a cluster spread over machines (--addresses), or None (alone or --processes)."""
-    if options.addresses is None:
-        if options.process_id is not None:
-            raise ReplayError("--process-id needs --addresses or --hostfile")
-        return None
-    if options.processes not in (1, len(options.addresses)):
-        raise ReplayError("--processes and --addresses exclude each other: the addresses give the process count")
-    if options.process_id is None:
-        raise ReplayError("--addresses needs --process-id (this process's place in the list, from 0)")
-    return Role(options.process_id, tuple(options.addresses))
 
 
 def _prepare_state_dir(state_dir: Path, options: ReplayOptions, role: Role | None) -> Path:
