@@ -2,7 +2,7 @@
 
     python benchmarks/bench_memory.py                                    # quick: 1M / 2M / 100k
     python benchmarks/bench_memory.py --customers 10000000 --identifiers 20000000 --deadlines 1000000 \\
-        --tmp /work/tmp-bench     # about 15 min to populate (2.6 GiB of RocksDB), 4 min to measure
+        --tmp DIR                 # about 15 min to populate (2.6 GiB of RocksDB), 4 min to measure
 
 Three processes, so that each figure belongs to what it says:
 
