@@ -39,7 +39,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "stages": (["--copies", "10"], []),
     "replay": (["--copies", "10", "--processes", "1", "2"], ["--copies", "2", "--processes", "1", "2"]),
     "peer": ([], ["--copies", "1"]),
-    "live": (["--rate", "3000", "--duration", "60", "--steps", "2000,1000"],
+    # A fresh job at a rate it sustains here; steps down after an overload measure the overload's backlog.
+    "live": (["--rate", "2000", "--duration", "60", "--steps", ""],
              ["--rate", "2000", "--duration", "45", "--steps", ""]),
     "restart": (["--customers", "1000000", "--trials", "3"], ["--customers", "100000", "--trials", "1"]),
     "memory": (["--customers", "10000000", "--identifiers", "20000000", "--deadlines", "1000000"], []),
