@@ -183,6 +183,8 @@ class ShardState:
         size = 0
         for full_key, value in self._pending.items():
             old = cache[full_key] if full_key in cache else read[full_key]
+            if old == value:  # unchanged, or put and deleted within the epoch (a timer set and fired): no write
+                continue
             record = (pack(len(full_key), 0, 0) + full_key if old is None
                       else pack(len(full_key), 1, len(old)) + full_key + old)
             undo.append(record)
