@@ -239,6 +239,28 @@ def test_rollback_interrupted_after_its_write_leaves_no_stale_undo(tmp_path: Pat
         store.close()
 
 
+def test_a_commit_writes_nothing_for_keys_that_did_not_change(store: RocksDBStore) -> None:
+    """A key put and deleted within one epoch (a timer set and fired), or put again with its committed value,
+    costs no write and no undo record; the keys that did change still roll back."""
+    state = ShardState(store, "ops", 0)
+    commit(state, {b"kept": b"1"})
+    undo = prefix(b"u", state)
+    undo_before = scan_prefix(store, undo)
+    state.put(b"timer", b"")
+    state.delete(b"timer")
+    state.put(b"kept", b"1")
+    assert state.commit() == 2
+    assert scan_prefix(store, undo) == undo_before  # generation 2 changed nothing: no undo chunk for it
+    assert stored_data(state) == {b"kept": b"1"}
+
+    state.put(b"timer", b"")
+    state.delete(b"timer")
+    state.put(b"kept", b"2")
+    assert state.commit() == 3
+    state.rollback_to(1)
+    assert stored_data(state) == {b"kept": b"1"}
+
+
 def test_rollback_past_the_undo_floor_is_refused(store: RocksDBStore) -> None:
     """With keep_generations=2, rolling back further than the kept undo records raises StateError and changes nothing."""
     state = ShardState(store, "ops", 5, keep_generations=2)
