@@ -23,12 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 
-from geolife import write_stores_csv  # noqa: E402
 from real_mix import build_scaled_mix  # noqa: E402
-from recordings import omnichannel_recording  # noqa: E402
 from results import Figures  # noqa: E402
 
 from omnitrigger.config import Config  # noqa: E402
@@ -55,14 +52,13 @@ def main() -> int:
     if not real_data.is_dir():
         print(f"bench_stages: real data not found at {real_data} (use --shared)", file=sys.stderr)
         return 2
+    if not 1 <= args.copies <= 99:
+        print("bench_stages: --copies must be 1 to 99", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-stages-") as work:
         recording = Path(work) / "recording"
-        if args.copies == 1:
-            _, stores = omnichannel_recording(real_data, recording)
-            config = Config(stores_file=str(write_stores_csv(Path(work) / "stores.csv", stores)))
-        else:
-            build_scaled_mix(real_data, Path(work), args.copies)
-            config = Config(stores_file=str(Path(work) / "stores.csv"))
+        build_scaled_mix(real_data, Path(work), args.copies)  # one copy: the mix the real-data tests replay
+        config = Config(stores_file=str(Path(work) / "stores.csv"))
         cost: dict[str, float] = {}
         per_batch: dict[str, list[float]] = {}  # each stage's seconds for each 1,000-record batch
         started = time.perf_counter()
