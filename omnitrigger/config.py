@@ -48,14 +48,16 @@ def parse_duration_s(value: Any, name: str) -> float:
 class Config:
     # [contracts]
     max_record_bytes: int = 262_144
-    max_future_s: float = 86_400.0
+    max_depth: int = 32  # objects and arrays nested deeper are dead letters (too_deep); at most 200
+    max_future_s: float = 86_400.0  # past the stream's own clock (bare recorded lines)
+    max_clock_skew_s: float = 900.0  # past the record's Kafka timestamp (live, and kcat envelopes)
     # [dedup]
     dedup_retention_s: float = 7 * 86_400.0
     dedup_topics: tuple[str, ...] = ("pos.receipts", "web.events")
     # [replay]
     batch_size: int = 1000
     epoch_interval_s: float = 1.0
-    reference_time_ms: int | None = None  # "now" for the future-timestamp check of bare lines; None = wall clock
+    reference_time_ms: int | None = None  # an extra "now" bound for bare lines' future check; None = only the stream's clock
     progress_interval_s: float = 2.0
     # [state]
     keep_generations: int = 64
@@ -83,12 +85,15 @@ class Config:
     rules_lateness_s: float = 10.0  # deadlines fire once the event-time clock (latest event time minus this) passes
     rule_shards: int = 16  # the rules stage's fixed shard keys; fixed for the life of a state folder
     rule_timers_in_memory: int = 20_000  # per rules shard: the earliest pending deadlines kept in memory
+    purchase_grace_s: float = 300.0  # a deadline fires once the clock passes it plus this: a late till purchase still cancels
+    retraction_window_s: float = 86_400.0  # how long after a trigger a purchase made before it can still retract it
     # [policy]
     channels: tuple[str, ...] = ("push", "email", "sms")  # the first channel with consent is used
     max_triggers_per_customer: int = 3
     customer_cap_window_s: float = 86_400.0
     product_cap_window_s: float = 86_400.0
     control_file: str | None = None  # JSON {"disabled_rules": [...]}, re-read when it changes
+    require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
     kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
     kafka_input_topics: tuple[tuple[str, str], ...] = ()  # (contract topic, Kafka topic) overrides
@@ -105,6 +110,8 @@ class Config:
     kafka_preflight_timeout_s: float = 5.0  # brokers must answer the start-up check within this
     kafka_dedup_tail: int = 10_000  # triggers read back per partition at start, to drop re-sent trigger ids
     kafka_metrics_port: int = 9464  # Prometheus endpoint; 0 turns it off
+    kafka_metrics_bind: str = "0.0.0.0"  # the address the metrics endpoint listens on ("127.0.0.1": this machine only)
+    kafka_on_retention_gap: str = "fail"  # input deleted by retention before it was read: "fail" or "skip" past it
     kafka_client_properties: tuple[tuple[str, str], ...] = ()  # extra librdkafka settings (security, ...)
     # Set at run time, not from the file: the stores CSV the replay or job was started with.
     stores_file: str | None = None
@@ -126,6 +133,13 @@ def _tuples(value: Any) -> Any:
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _max_depth(value: Any, name: str) -> int:
+    """1..200: a stage that wraps a deeper body (the journal, an output) could reach orjson's 254-level limit."""
+    if type(value) is not int or not 1 <= value <= 200:
+        raise ConfigError(f"{name}: expected a whole number of levels from 1 to 200, got {value!r}")
     return value
 
 
@@ -187,6 +201,12 @@ def _channels(value: Any, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _boolean(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
 def _path(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name}: expected a file path, got {value!r}")
@@ -218,6 +238,19 @@ def _port(value: Any, name: str) -> int:
     return value
 
 
+def _bind_address(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", value):
+        raise ConfigError(f"{name}: expected an address to listen on, such as \"127.0.0.1\" or \"0.0.0.0\", got {value!r}")
+    return value
+
+
+def _retention_gap(value: Any, name: str) -> str:
+    if value not in ("fail", "skip"):
+        raise ConfigError(f"{name}: expected \"fail\" (refuse to start) or \"skip\" (go on past the lost input), "
+                          f"got {value!r}")
+    return value
+
+
 def _client_properties(value: Any, name: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ConfigError(f"{name}: expected a table of librdkafka settings, such as \"security.protocol\" = \"SSL\"")
@@ -235,7 +268,9 @@ def _timestamp_ms(value: Any, name: str) -> int:
 
 _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("contracts", "max_record_bytes"): ("max_record_bytes", _positive_int),
+    ("contracts", "max_depth"): ("max_depth", _max_depth),
     ("contracts", "max_future"): ("max_future_s", parse_duration_s),
+    ("contracts", "max_clock_skew"): ("max_clock_skew_s", parse_duration_s),
     ("dedup", "retention"): ("dedup_retention_s", parse_duration_s),
     ("dedup", "topics"): ("dedup_topics", _topics),
     ("replay", "batch_size"): ("batch_size", _positive_int),
@@ -264,11 +299,14 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("rules", "allowed_lateness"): ("rules_lateness_s", parse_duration_s),
     ("rules", "shards"): ("rule_shards", _positive_int),
     ("rules", "timers_in_memory"): ("rule_timers_in_memory", _positive_int),
+    ("rules", "purchase_grace"): ("purchase_grace_s", parse_duration_s),
+    ("rules", "retraction_window"): ("retraction_window_s", parse_duration_s),
     ("policy", "channels"): ("channels", _channels),
     ("policy", "max_triggers_per_customer"): ("max_triggers_per_customer", _positive_int),
     ("policy", "customer_cap_window"): ("customer_cap_window_s", parse_duration_s),
     ("policy", "product_cap_window"): ("product_cap_window_s", parse_duration_s),
     ("policy", "control_file"): ("control_file", _path),
+    ("policy", "require_location_consent"): ("require_location_consent", _boolean),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),
@@ -284,6 +322,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "preflight_timeout"): ("kafka_preflight_timeout_s", parse_duration_s),
     ("kafka", "dedup_tail"): ("kafka_dedup_tail", _positive_int),
     ("kafka", "metrics_port"): ("kafka_metrics_port", _port),
+    ("kafka", "metrics_bind"): ("kafka_metrics_bind", _bind_address),
+    ("kafka", "on_retention_gap"): ("kafka_on_retention_gap", _retention_gap),
     ("kafka", "client"): ("kafka_client_properties", _client_properties),
 }
 

@@ -60,7 +60,8 @@ VISITS = "visits"
 SUPPRESSED = "suppressed"
 IDENTITIES = "identities"
 REFUSED_LINKS = "refused_links"
-STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS)
+RETRACTIONS = "retractions"
+STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS, RETRACTIONS)
 
 # Topics of the events operators make for the operators after them (never read from Kafka).
 INTERNAL_TOPIC_PREFIX = "omnitrigger."

@@ -13,8 +13,10 @@ In live mode an idle source sends `Heartbeat(wall_ms)` (the stage turns it
 into a `HEARTBEAT_TOPIC` event); the clock then
 advances to the wall clock minus the lateness, so a deadline at 03:00
 fires at 03:00 plus the lateness without new traffic. At the end of a
-replay the clock moves to the last event time: deadlines after that stay
-pending (a resumed replay with more input fires them).
+replay no purchase can still arrive, so the clock moves past the last
+event time by `[rules] purchase_grace`: every deadline up to the last event
+time fires, as it would without the grace; later ones stay pending (a
+resumed replay with more input fires them).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class EventClock(StageOperator):
     def __init__(self, state: ShardState, config: Any) -> None:
         super().__init__(state, config)
         self.lateness_ms = int(config.rules_lateness_s * 1000)
+        self.grace_ms = int(config.purchase_grace_s * 1000)
         saved = state.get_meta(_CLOCK)
         self.max_ts_ms, self.watermark_ms = (int(part) for part in saved.split(b",")) if saved else (0, 0)
 
@@ -56,7 +59,7 @@ class EventClock(StageOperator):
 
     def on_eof(self, end_seq: int) -> OperatorResult:
         out: list[Event] = []
-        self._advance(end_seq, self.max_ts_ms, out)
+        self._advance(end_seq, self.max_ts_ms + self.grace_ms, out)
         self._save()
         return OperatorResult(out, [])
 

@@ -1,7 +1,9 @@
-"""Policy at fire time (DESIGN.md section 3), in order: the rule's kill switch, consent, frequency caps.
+"""Policy at fire time (DESIGN.md section 3), in order: the rule's kill switch, location consent (in-store
+offers), channel consent, frequency caps.
 
 A plain helper of the rules operator, sharing its shard state:
     C <customer>                   -> {channel: [status, ts_ms]}     the latest consent change per channel
+                                                                      (and per purpose: "location")
     F <customer>                   -> [ts_ms, ...]                    trigger times in the customer cap window
     G <customer> <rule> 0 <product> -> ts_ms                          the last trigger of this rule and product
 
@@ -22,6 +24,10 @@ import orjson
 from omnitrigger.state import ShardState
 
 CONTROL_CHECK_INTERVAL_S = 1.0
+#: A consent purpose, not a message channel: processing where the customer is.
+LOCATION = "location"
+#: The rule that uses location.
+LOCATION_RULE = "store_visit_offer"
 
 
 class Decision(NamedTuple):
@@ -38,6 +44,7 @@ class Policy:
         self.customer_window_ms = int(config.customer_cap_window_s * 1000)
         self.product_window_ms = int(config.product_cap_window_s * 1000)
         self.config_disabled = frozenset(config.disabled_rules)
+        self.require_location_consent = config.require_location_consent
         self.control_file = Path(config.control_file) if config.control_file else None
         self._control_disabled: frozenset[str] = frozenset()
         self._control_mtime: float | None = None
@@ -67,6 +74,9 @@ class Policy:
         if self.is_disabled(rule):
             return Decision(None, products, "rule_disabled")
         consents = self.consents(customer)
+        if rule == LOCATION_RULE and self.require_location_consent and \
+                consents.get(LOCATION, [None])[0] != "granted":  # the offer uses where the customer is
+            return Decision(None, products, "no_location_consent")
         channel = next((c for c in self.channels if consents.get(c, [None])[0] == "granted"), None)
         if channel is None:
             revoked = any(consents.get(c, [None])[0] == "revoked" for c in self.channels)

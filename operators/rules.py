@@ -8,10 +8,15 @@ Exactly as DESIGN.md section 3 defines them:
   store_visit_offer  at a confirmed visit of C to store S at v: the products C viewed in
                      [v - 24 h, v) and did not buy after that view, most recent first, at most 5.
 A purchase is a web purchase or a till receipt whose identifiers resolve to C, so buying in any
-channel cancels. Deadlines fire when the event-time clock (operators/clock.py) passes them; then
-the policy (operators/policy.py) decides: trigger, or suppressed with the reason. Cancellations
-are written to the suppressed stream too (reasons `purchased`, `removed_from_cart`), so a
-marketer can see why a reminder never went.
+channel cancels; a line with a quantity of zero or less, or a receipt of `"type": "return"`, is a
+return and cancels nothing. Deadlines fire when the event-time clock (operators/clock.py) passes
+them plus `[rules] purchase_grace` (5 min), so a purchase made before a deadline that reaches us a
+few minutes late (POS change-data-capture lags) still cancels it; a trigger's `ts` stays the
+deadline. Then the policy (operators/policy.py) decides: trigger, or suppressed with the reason.
+Cancellations are written to the suppressed stream too (reasons `purchased`, `removed_from_cart`),
+so a marketer can see why a reminder never went. A purchase made before a trigger's time that
+arrives after the trigger went out (within `[rules] retraction_window`, a day) gives a record on
+the retractions stream (`purchased_before_due`), so a sender can still cancel a queued message.
 
 One instance per rules shard; customers are spread over shards by a hash of their id. Every
 operation is ordered by event time rather than arrival (a purchase cancels only what was set
@@ -26,6 +31,7 @@ State (namespace "rules", one per shard):
     B <customer> <product> -> [deadline, view_ts, [evidence ids]]     pending browse_abandoned
     V <customer> <product> -> [view_ts, event id]                     last view, kept offer_lookback
     P <customer> <product> -> purchase ts                             last purchase, kept 2 x lookback
+    R <customer> <product> -> [trigger id, rule, ts]                  a trigger sent, kept retraction_window
     T <due: 8 bytes> <kind> <customer> <product> -> b""               timers (stale ones are ignored)
 plus the policy's C, F and G keys.
 
@@ -48,7 +54,9 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.policy import Policy
-from omnitrigger.records import MERGE_TOPIC, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event
+from omnitrigger.records import (
+    MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
+)
 from omnitrigger.state import ShardState
 
 CART = "cart_abandoned"
@@ -84,6 +92,8 @@ class Rules(StageOperator):
         self.delays_ms = {CART: int(config.cart_abandoned_after_s * 1000),
                           BROWSE: int(config.browse_abandoned_after_s * 1000)}
         self.lookback_ms = int(config.offer_lookback_s * 1000)
+        self.grace_ms = int(config.purchase_grace_s * 1000)
+        self.retraction_window_ms = int(config.retraction_window_s * 1000)
         self.max_products = config.offer_max_products
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
@@ -123,7 +133,8 @@ class Rules(StageOperator):
         if topic == "web.events":
             self._on_web(customer, body, ts_ms)
         elif topic == "pos.receipts":
-            self._on_purchase(customer, body["items"], ts_ms, _receipt_id(body), "pos")
+            if body.get("type") != "return":
+                self._on_purchase(customer, body["items"], ts_ms, _receipt_id(body), "pos")
         else:
             self.policy.on_consent(customer, body["channel"], body["status"], ts_ms)
 
@@ -156,18 +167,46 @@ class Rules(StageOperator):
         pending = self._pending(CART, customer, product)
         if pending is not None and pending[1] > ts_ms:
             return  # a late add older than the pending one does not move it back
+        if pending is not None and pending[0] <= ts_ms:  # due already, waiting out the grace: it stands
+            self._fire(CART, customer, product, pending)
+            pending = None
         evidence = (pending[2] if pending is not None else [])[-(_MAX_EVIDENCE - 1):] + [event_id]
         self._schedule(CART, customer, product, ts_ms, event_id, evidence)
 
     def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
                      channel: str | None) -> None:
-        for product in dict.fromkeys(item["product_id"] for item in items):
+        """Lines bought (a quantity above zero; the rest are returns) cancel what they were set before them,
+        and retract what already went out for them although they were bought before its time."""
+        bought = list(dict.fromkeys(item["product_id"] for item in items if _is_bought(item)))
+        for product in bought:
             key = _key(b"P", customer, product)
             last = self.state.get(key)
             if last is None or int(last) < ts_ms:
                 self.state.put(key, b"%d" % ts_ms, ts_ms + 2 * self.lookback_ms)
             for rule in (CART, BROWSE):
                 self._cancel(rule, customer, product, ts_ms, "purchased", evidence, channel)
+        if bought and not self._replaying:
+            self._retract(customer, bought, ts_ms, evidence, channel)
+
+    def _retract(self, customer: str, products: list[Any], ts_ms: int, evidence: str, channel: str | None) -> None:
+        """One retraction per trigger sent for these products whose time is after this purchase."""
+        by_trigger: dict[str, tuple[str, int, list[Any]]] = {}
+        for product in products:
+            key = _key(b"R", customer, product)
+            raw = self.state.get(key, ts_ms)
+            if raw is None:
+                continue
+            sent_id, rule, sent_ms = orjson.loads(raw)
+            if ts_ms < sent_ms:
+                self.state.delete(key)
+                by_trigger.setdefault(sent_id, (rule, sent_ms, []))[2].append(product)
+        for sent_id, (rule, sent_ms, bought) in sorted(by_trigger.items()):
+            record = {"retraction_id": xxhash.xxh3_128_hexdigest(f"{sent_id}\x1f{evidence}".encode())[:32],
+                      "trigger_id": sent_id, "rule": rule, "customer_id": customer, "products": bought,
+                      "purchase_channel": channel, "purchase_ts": iso(ts_ms), "purchase_ts_ms": ts_ms,
+                      "trigger_ts": iso(sent_ms), "trigger_ts_ms": sent_ms, "evidence": [evidence],
+                      "reason": "purchased_before_due", "emitted_at": iso(ts_ms)}
+            self._out.append(Emitted(RETRACTIONS, _sort_key(ts_ms, record["retraction_id"]), record))
 
     def _bought_since(self, customer: str, product: Any, ts_ms: int) -> bool:
         last = self.state.get(_key(b"P", customer, product))
@@ -183,7 +222,7 @@ class Rules(StageOperator):
                   evidence: list[str] | None = None) -> None:
         deadline = set_ms + self.delays_ms[rule]
         evidence = evidence or [event_id]
-        if deadline <= self.watermark_ms:  # the event came later than the allowed lateness: too late to remind
+        if deadline + self.grace_ms <= self.watermark_ms:  # later than the lateness and the grace: too late to remind
             if not self._replaying:
                 self._suppress(rule, customer, [product], deadline, "late_event", evidence, None)
             return
@@ -197,8 +236,9 @@ class Rules(StageOperator):
 
     def _cancel(self, rule: str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
                 channel: str | None) -> None:
+        """Cancel a pending deadline set at or before `ts_ms` and due after it (one due earlier stands)."""
         pending = self._pending(rule, customer, product)
-        if pending is None or pending[1] > ts_ms:
+        if pending is None or pending[1] > ts_ms or pending[0] <= ts_ms:
             return
         self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
         if self._replaying:
@@ -213,7 +253,8 @@ class Rules(StageOperator):
         if watermark_ms <= self.watermark_ms:
             return
         self.watermark_ms = watermark_ms
-        limit = b"T" + (watermark_ms + 1).to_bytes(8, "big")
+        due_ms = watermark_ms - self.grace_ms  # a deadline fires once the clock has passed it plus the grace
+        limit = b"T" + max(0, due_ms + 1).to_bytes(8, "big")
         while self._timers and self._timers[0] < limit or self._load_timers(limit):
             timer_key = heapq.heappop(self._timers)
             self.state.delete(timer_key)
@@ -223,15 +264,19 @@ class Rules(StageOperator):
             product = orjson.loads(timer_key[10 + _CUSTOMER_ID_LENGTH:])
             pending = self._pending(rule, customer, product)
             if pending is None or pending[0] != deadline:
-                continue  # moved, cancelled, or retired by a merge
-            self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
-            self._decide(rule, customer, [product], deadline, None, pending[2])
+                continue  # moved, cancelled, fired early, or retired by a merge
+            self._fire(rule, customer, product, pending)
         # Expired views, purchases and caps leave the disk too, once no decision can look at them any more:
         # every deadline up to the watermark has fired, and a late visit is never a day behind it.
         if watermark_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
             self.state.sweep(watermark_ms - _SWEEP_MARGIN_MS)
             self._swept_at_ms = watermark_ms
             self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
+
+    def _fire(self, rule: str, customer: str, product: Any, pending: list[Any]) -> None:
+        """A pending deadline is due: the policy decides, at the deadline's time (its timer, if any, is stale now)."""
+        self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
+        self._decide(rule, customer, [product], pending[0], None, pending[2])
 
     def _load_timers(self, limit: bytes = b"U") -> bool:
         """With the heap empty and timers below `limit` left in the state only, read the next ones into it."""
@@ -280,6 +325,9 @@ class Rules(StageOperator):
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
         self.policy.record_trigger(rule, customer, decision.products, ts_ms)
+        for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
+            self.state.put(_key(b"R", customer, product), orjson.dumps([record["trigger_id"], rule, ts_ms]),
+                           ts_ms + self.retraction_window_ms)
         self._out.append(Emitted(TRIGGERS, _sort_key(ts_ms, record["trigger_id"]), record))
 
     def _suppress(self, rule: str, customer: str, products: list[Any], ts_ms: int, reason: str,
@@ -305,7 +353,7 @@ class Rules(StageOperator):
         winner, loser = body["winner"], body["loser"]
         if role in ("retire", "both"):
             key = loser.encode()
-            for prefix in (b"A", b"B", b"V", b"P"):
+            for prefix in (b"A", b"B", b"V", b"P", b"R"):
                 for state_key, _ in self.state.scan(prefix + key, prefix + key + b"\xff"):
                     self.state.delete(state_key)
             self.policy.retire(loser)
@@ -324,6 +372,12 @@ def _key(prefix: bytes, customer: str, product: Any) -> bytes:
 
 def _timer_key(deadline: int, rule: str, customer: str, product: Any) -> bytes:
     return b"T" + deadline.to_bytes(8, "big") + _PENDING_PREFIX[rule] + customer.encode() + orjson.dumps(product)
+
+
+def _is_bought(item: dict[str, Any]) -> bool:
+    """A line item that is a sale: a quantity above zero (a negative one is a return, zero is nothing)."""
+    qty = item.get("qty")
+    return not isinstance(qty, (int, float)) or qty > 0
 
 
 def _receipt_id(body: dict[str, Any]) -> str:

@@ -186,7 +186,8 @@ def omnichannel_recording(real_data: Path, recording: Path, users: int = 114, re
     (counts, stores).
 
       * consent: every shopper grants push (two in three) or email (the rest) an hour before their first
-        event; every seventh revokes it half-way through their history;
+        event, and four in five grant location too; every seventh revokes the channel half-way through
+        their history;
       * GPS: the first `trace_days` days of each GeoLife user's real traces (Beijing) are moved, time of
         day kept, onto consecutive days of the clickstream's window and carried by the phone of a shopper
         who logs in (GeoLife user k -> the k-th such shopper); positions are unchanged;
@@ -210,6 +211,9 @@ def omnichannel_recording(real_data: Path, recording: Path, users: int = 114, re
         channel = "email" if i % 3 == 2 else "push"
         consents.append({"event_id": f"consent-{user}", "ts": first_seen[user] - 3_600_000, "channel": channel,
                          "status": "granted", "ids": {"device_id": f"dev-{user}-m"}})
+        if i % 5 != 4:  # four in five also let the app use where they are (in-store offers need it)
+            consents.append({"event_id": f"location-{user}", "ts": first_seen[user] - 3_600_000, "channel": "location",
+                             "status": "granted", "ids": {"device_id": f"dev-{user}-m"}})
         if i % 7 == 0:
             consents.append({"event_id": f"revoke-{user}", "ts": (first_seen[user] + last_seen[user]) // 2,
                              "channel": channel, "status": "revoked", "ids": {"device_id": f"dev-{user}-m"}})

@@ -19,7 +19,7 @@ MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_764_000_000_000
-CONFIG = Config(rules_lateness_s=0)
+CONFIG = Config(rules_lateness_s=0, purchase_grace_s=0)  # the base semantics; tests/test_trust.py has the grace
 
 
 class Shop:
@@ -182,6 +182,7 @@ def test_browse_abandoned_fires_a_day_after_the_first_view(shop: Shop) -> None:
 
 def test_store_visit_offer_lists_recent_unbought_views_most_recent_first(shop: Shop) -> None:
     anna = shop.consent(T0 - 2 * DAY, ANNA, "push").customer
+    shop.consent(T0 - 2 * DAY, ANNA, "location")
     shop.web("view_item", T0 - 25 * HOUR, ANNA, "OLD")  # outside [v - 24 h, v)
     for n in range(7):
         shop.web("view_item", T0 + n * MINUTE, ANNA, f"P{n}")

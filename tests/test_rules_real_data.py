@@ -40,6 +40,7 @@ class IndependentRules:
                       "browse_abandoned": int(config.browse_abandoned_after_s * 1000)}
         self.lookback = int(config.offer_lookback_s * 1000)
         self.lateness = int(config.rules_lateness_s * 1000)
+        self.grace = int(config.purchase_grace_s * 1000)
         self.pending: dict[tuple[str, str, Any], tuple[int, int, list[str]]] = {}
         self.deadlines: list[tuple[int, str, str, bytes, Any]] = []
         self.last_purchase: dict[tuple[str, Any], int] = {}
@@ -55,7 +56,8 @@ class IndependentRules:
         self.triggers: list[dict[str, Any]] = []
         self.suppressed: list[dict[str, Any]] = []
 
-    # the clock: the latest event time minus the lateness; deadlines fire in (time, rule, customer, product) order
+    # the clock: the latest event time minus the lateness; a deadline fires once the clock has passed it plus the
+    # purchase grace, in (time, rule, customer, product) order
     def clock(self, ts_ms: int) -> None:
         if ts_ms > self.max_ts:
             self.max_ts = ts_ms
@@ -63,7 +65,7 @@ class IndependentRules:
 
     def advance(self, watermark: int) -> None:
         self.watermark = max(self.watermark, watermark)
-        while self.deadlines and self.deadlines[0][0] <= self.watermark:
+        while self.deadlines and self.deadlines[0][0] <= self.watermark - self.grace:
             deadline, kind, customer, _, product = heapq.heappop(self.deadlines)
             for rule in ("cart_abandoned", "browse_abandoned"):
                 entry = self.pending.get((rule, customer, product))
@@ -73,7 +75,7 @@ class IndependentRules:
 
     def schedule(self, rule: str, customer: str, product: Any, ts: int, evidence: list[str]) -> None:
         deadline = ts + self.delay[rule]
-        if deadline <= self.watermark:
+        if deadline + self.grace <= self.watermark:
             self.suppressed.append({"rule": rule, "customer_id": customer, "ts_ms": deadline, "reason": "late_event",
                                     "products": [product]})
             return
@@ -82,7 +84,7 @@ class IndependentRules:
 
     def cancel(self, rule: str, customer: str, product: Any, ts: int, reason: str) -> None:
         entry = self.pending.get((rule, customer, product))
-        if entry is not None and entry[1] <= ts:
+        if entry is not None and entry[1] <= ts < entry[0]:  # set before it, due after it
             del self.pending[(rule, customer, product)]
             self.suppressed.append({"rule": rule, "customer_id": customer, "ts_ms": ts, "reason": reason,
                                     "products": [product]})
@@ -103,6 +105,10 @@ class IndependentRules:
         entry = self.pending.get(("cart_abandoned", customer, product))
         if entry is not None and entry[1] > ts:
             return
+        if entry is not None and entry[0] <= ts:  # due already (waiting out the grace): it fires as it stands
+            del self.pending[("cart_abandoned", customer, product)]
+            self.decide("cart_abandoned", customer, [product], entry[0], None, entry[2])
+            entry = None
         evidence = (entry[2] if entry else [])[-9:] + [event_id]
         self.schedule("cart_abandoned", customer, product, ts, evidence)
 
@@ -138,14 +144,17 @@ class IndependentRules:
         if current is None or current[1] <= ts:
             self.consent[customer][channel] = (status, ts)
 
-    # the policy: kill switch (none disabled here), consent, then caps
+    # the policy: kill switch (none disabled here), location consent for offers, channel consent, then caps
     def decide(self, rule: str, customer: str, products: list[Any], ts: int, store: str | None,
                evidence: list[str]) -> None:
         consent = self.consent[customer]
         channel = next((c for c in ("push", "email", "sms") if consent.get(c, ("",))[0] == "granted"), None)
         reason = None
-        if channel is None:
-            reason = "consent_revoked" if any(v[0] == "revoked" for v in consent.values()) else "no_consent"
+        if rule == "store_visit_offer" and consent.get("location", ("",))[0] != "granted":
+            reason = "no_location_consent"  # the offer uses where the customer is
+        elif channel is None:
+            reason = "consent_revoked" if any(consent.get(c, ("",))[0] == "revoked" for c in ("push", "email", "sms")) \
+                else "no_consent"
         elif sum(ts - 86_400_000 < t <= ts for t in self.fired[customer]) >= 3:
             reason = "customer_cap"
         else:
@@ -213,7 +222,8 @@ def test_triggers_equal_an_independent_computation_on_real_data(tmp_path: Path, 
             visit = confirmations.get((body["ids"]["device_id"], iso(ts)))
             if visit is not None and visit["customer_id"] is not None:
                 independent.visit(visit["customer_id"], visit, ts)
-    independent.advance(independent.max_ts)  # the end of a replay: the clock moves to the last event time
+    independent.advance(independent.max_ts + independent.grace)  # the end of a replay: every deadline up to the
+        # last event time fires
 
     def mine(record: dict[str, Any]) -> bool:
         return record["customer_id"] not in merged

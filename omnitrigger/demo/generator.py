@@ -86,6 +86,10 @@ class RecordingGenerator:
         t = START_MS + rng.randrange(0, 12 * 60) * MINUTE_MS
         self._add("consent.changes", t, {"event_id": self._event_id("cons"), "ts": iso(t),
                                          "ids": {"device_id": c.device_id}, "channel": "push", "status": "granted"})
+        if c.number % 5 != 4:  # four in five let the app use where they are: in-store offers need it
+            self._add("consent.changes", t, {"event_id": self._event_id("cons"), "ts": iso(t),
+                                             "ids": {"device_id": c.device_id}, "channel": "location",
+                                             "status": "granted"})
         if rng.random() < 0.15:  # changes their mind about push messages
             self._add("consent.changes", t + 30 * MINUTE_MS, {
                 "event_id": self._event_id("cons"), "ts": iso(t + 30 * MINUTE_MS), "ids": {"device_id": c.device_id},

@@ -1,0 +1,150 @@
+"""Facts about the customer that must not be lost or ignored (issue 14), each through a whole replay.
+
+Every test writes a small recording, replays it with `run_replay` on real RocksDB and reads the
+output files: returns are not purchases, a till purchase a few minutes late still cancels, a
+purchase that arrives after its reminder went out retracts it, and an in-store offer needs the
+customer's location consent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conftest import kcat_envelope, records, replay, write_lines
+from omnitrigger.config import Config
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+T0 = 1_764_000_000_000
+CONFIG = Config()
+
+
+def cart_shopper(recording: Path, *, receipts: list[dict[str, Any]], pings: list[dict[str, Any]] | None = None,
+                 consents: tuple[str, ...] = ("push",), web: list[dict[str, Any]] | None = None) -> None:
+    """Anna (cookie c1, loyalty card L1) adds P1 to her cart at T0; `receipts` are the till's records, in file order."""
+    write_lines(recording / "consent.changes.jsonl", [
+        {"event_id": f"k-{channel}", "ts": T0 - HOUR, "ids": {"cookie_id": "c1"}, "channel": channel,
+         "status": "granted"} for channel in consents])
+    write_lines(recording / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 - HOUR + 1, "ids": {"cookie_id": "c1", "loyalty_id": "L1"},
+         "source": "loyalty_card"}])
+    write_lines(recording / "web.events.jsonl", web if web is not None else [
+        {"event_id": "w-add", "type": "add_to_cart", "ts": T0, "channel": "web", "ids": {"cookie_id": "c1"},
+         "product_id": "P1"},
+        # Someone else, hours later: the clock passes every deadline.
+        {"event_id": "w-tick", "type": "view_item", "ts": T0 + 3 * HOUR, "channel": "web",
+         "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
+    write_lines(recording / "pos.receipts.jsonl", receipts)
+    if pings is not None:
+        write_lines(recording / "geo.pings.jsonl", pings)
+
+
+def receipt(number: int, ts_ms: int, loyalty: str, *items: tuple[str, int], **fields: Any) -> dict[str, Any]:
+    return {"terminal_id": "T1", "receipt_no": number, "ts": ts_ms, "store_id": "S1", "ids": {"loyalty_id": loyalty},
+            "items": [{"product_id": product, "qty": qty, "price": 9.9} for product, qty in items], **fields}
+
+
+def rules_and_reasons(files: dict[str, bytes]) -> tuple[list[str], list[tuple[str, str]]]:
+    return ([t["rule"] for t in records(files["triggers"])],
+            [(s["rule"], s["reason"]) for s in records(files["suppressed"])])
+
+
+# -- returns ------------------------------------------------------------------------------------------
+
+
+def test_a_returned_line_does_not_cancel_the_cart_reminder(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 10 * MINUTE, "L1", ("P1", -1))])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert rules_and_reasons(files) == (["cart_abandoned"], [])
+    [event] = [e for e in records(files["events"]) if e["topic"] == "pos.receipts"]
+    assert event["event"]["items"][0]["qty"] == -1  # the return is an event, not a dead letter
+
+
+def test_a_receipt_of_type_return_does_not_cancel(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 10 * MINUTE, "L1", ("P1", 1), type="return")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert rules_and_reasons(files) == (["cart_abandoned"], [])
+
+
+def test_a_sale_at_the_till_cancels(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 10 * MINUTE, "L1", ("P1", 1), type="sale")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert rules_and_reasons(files) == ([], [("cart_abandoned", "purchased")])
+
+
+# -- the purchase grace -----------------------------------------------------------------------------------
+
+
+def test_a_till_purchase_four_minutes_late_still_cancels(tmp_path: Path) -> None:
+    """Bought at minute 58, delivered after a receipt of minute 62: the 60-minute reminder waits out the 5-minute grace."""
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 62 * MINUTE, "L7", ("P7", 1)),
+                                             receipt(2, T0 + 58 * MINUTE, "L1", ("P1", 1))])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert rules_and_reasons(files) == ([], [("cart_abandoned", "purchased")])
+
+
+def test_without_the_grace_the_late_purchase_is_too_late(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 62 * MINUTE, "L7", ("P7", 1)),
+                                             receipt(2, T0 + 58 * MINUTE, "L1", ("P1", 1))])
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config(purchase_grace_s=0))
+    assert rules_and_reasons(files) == (["cart_abandoned"], [])
+
+
+def test_the_trigger_time_stays_the_deadline(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    [trigger] = records(files["triggers"])
+    assert trigger["ts_ms"] == T0 + HOUR
+
+
+def test_a_purchase_after_the_deadline_does_not_cancel(tmp_path: Path) -> None:
+    """Bought at minute 62, within the grace but after the reminder was due: the reminder stands (it converted)."""
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 62 * MINUTE, "L1", ("P1", 1))])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert rules_and_reasons(files) == (["cart_abandoned"], [])
+
+
+# -- location consent ---------------------------------------------------------------------------------------
+
+
+def store_visit(recording: Path, consents: tuple[str, ...]) -> None:
+    """Anna views P1 online, then her phone (device d1, linked to her cookie) dwells 3 minutes in store S1."""
+    pings = [{"event_id": f"g-{n}", "ts": T0 + 2 * HOUR + n * 30_000, "ids": {"device_id": "d1"}, "lat": 60.1690,
+              "lon": 24.9320, "accuracy_m": 10, "source": "gps"} for n in range(7)]
+    web = [{"event_id": "w-view", "type": "view_item", "ts": T0, "channel": "app", "ids": {"cookie_id": "c1",
+                                                                                            "device_id": "d1"},
+            "product_id": "P1"}]
+    cart_shopper(recording, receipts=[], pings=pings, consents=consents, web=web)
+
+
+def test_an_in_store_offer_needs_location_consent(tmp_path: Path) -> None:
+    store_visit(tmp_path / "rec", consents=("push",))
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    triggers, reasons = rules_and_reasons(files)
+    assert "store_visit_offer" not in triggers
+    assert ("store_visit_offer", "no_location_consent") in reasons
+
+
+def test_with_location_consent_the_offer_goes_out(tmp_path: Path) -> None:
+    store_visit(tmp_path / "rec", consents=("push", "location"))
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    [offer] = [t for t in records(files["triggers"]) if t["rule"] == "store_visit_offer"]
+    assert offer["products"] == ["P1"] and offer["channel"] == "push"  # location is a purpose, never a channel
+
+
+def test_a_revoked_location_consent_stops_the_offer(tmp_path: Path) -> None:
+    store_visit(tmp_path / "rec", consents=("push", "location"))
+    with (tmp_path / "rec" / "consent.changes.jsonl").open("ab") as handle:
+        import orjson
+        handle.write(orjson.dumps(kcat_envelope("consent.changes", 0, 9, {
+            "event_id": "k-off", "ts": T0 + HOUR, "ids": {"device_id": "d1"}, "channel": "location",
+            "status": "revoked"}, T0 + HOUR)) + b"\n")
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert ("store_visit_offer", "no_location_consent") in rules_and_reasons(files)[1]
+
+
+def test_location_consent_can_be_switched_off_in_the_config(tmp_path: Path) -> None:
+    store_visit(tmp_path / "rec", consents=("push",))
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config(require_location_consent=False))
+    assert "store_visit_offer" in rules_and_reasons(files)[0]
