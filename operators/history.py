@@ -20,6 +20,7 @@ State (namespace "history"):
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -32,6 +33,7 @@ from omnitrigger.state import ShardState
 JOURNALED_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
 _CLOCK = b"clock"
 _SWEEP_EVERY_MS = 3_600_000
+log = logging.getLogger("omnitrigger.history")
 
 
 class History(StageOperator):
@@ -55,8 +57,9 @@ class History(StageOperator):
                 out.append(event._replace(body={**event.body, "history": journal}))
                 continue
             if event.customer is not None and event.topic in JOURNALED_TOPICS:
-                self.state.put(_entry_key(event.customer, event.seq),
-                               orjson.dumps([event.topic, event.ts_ms, event.body]), event.ts_ms + self.retention_ms)
+                entry = _journal_entry(event)
+                if entry is not None:
+                    self.state.put(_entry_key(event.customer, event.seq), entry, event.ts_ms + self.retention_ms)
             out.append(event)
         self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
         if self.clock_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
@@ -83,6 +86,22 @@ class History(StageOperator):
             self.state.put(_entry_key(winner, seq), value, ts_ms + self.retention_ms)
             journal.append([seq, topic, ts_ms, body])
         return journal
+
+
+def _journal_entry(event: Event) -> bytes | None:
+    """The journal value of `event`, or None (logged) when it cannot be written.
+
+    The contract check keeps bodies far shallower than orjson's 254 levels
+    ([contracts] max_depth), so this is a last line of defence: an event the
+    journal cannot hold goes on without being journaled, rather than
+    stopping the flow on every resume.
+    """
+    try:
+        return orjson.dumps([event.topic, event.ts_ms, event.body])
+    except orjson.JSONEncodeError as error:
+        log.warning("event not journaled, it cannot be written as JSON",
+                    extra={"fields": {"seq": event.seq, "topic": event.topic, "error": str(error)}})
+        return None
 
 
 def _entry_key(customer: str, seq: int) -> bytes:

@@ -7,11 +7,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from omnitrigger.schemas.acceptor import compile_acceptor
-from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler
+from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler, depth_exceeds
 
 INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes")
 
 DAY_MS = 86_400_000
+#: Default `[contracts] max_depth`: events nest about 3 levels (body, items, item); a deeper record is a dead letter.
+DEFAULT_MAX_DEPTH = 32
+#: The most `[contracts] max_depth` may be: orjson writes at most 254 levels, and the journal wraps a body in 3 more.
+MAX_DEPTH_LIMIT = 200
 EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events
 LATEST_TS_MS = 32_503_680_000_000  # 3000-01-01: keeps datetime arithmetic in range
 # RFC 3339 date-time; Python's fromisoformat alone also takes other ISO 8601 forms (week dates, basic format).
@@ -42,24 +46,36 @@ def parse_event_time(value: Any) -> int:
 
 
 class Contracts:
-    """Compiled validators for the input topics, plus the event-time rules."""
+    """Compiled validators for the input topics, plus the event-time rules and the nesting-depth limit."""
 
-    def __init__(self, max_future_ms: int = DAY_MS) -> None:
+    def __init__(self, max_future_ms: int = DAY_MS, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
         compiler = SchemaCompiler()
         self._checks = {topic: compiler.compile_file(f"{topic}.schema.json") for topic in INPUT_TOPICS}
         # The fast yes/no answer first; the closure validator only runs to say why a record is invalid.
         self._accepts = {topic: compile_acceptor(f"{topic}.schema.json", compiler) for topic in INPUT_TOPICS}
         self.max_future_ms = max_future_ms
+        if not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+            raise ValueError(f"max_depth must be 1..{MAX_DEPTH_LIMIT}, got {max_depth}")
+        self.max_depth = max_depth
 
-    def check(self, topic: str, body: Any, reference_ms: int) -> int:
+    def check(self, topic: str, body: Any, reference_ms: int, raw: bytes | None = None) -> int:
         """Validate `body` against `topic`'s contract and return its event time in ms.
 
         `reference_ms` is "now" for the record: its Kafka timestamp, or the
         replay's start. An event time further than `max_future_ms` past it is
         a dead letter: a clock that far off would poison every window.
+
+        A body nested deeper than `max_depth` (unknown fields may hold
+        anything) is a `too_deep` dead letter, so no later stage can hit a
+        serialiser's or Python's recursion limit on it. `raw`, the bytes the
+        body was decoded from, makes that check nearly free: a record with
+        no more brackets than `max_depth` cannot nest deeper (counting bytes
+        123 "{" and 91 "[": an int is a faster needle than a bytes one).
         """
         if type(body) is not dict:
             raise ContractViolation("not_an_object", f"expected a JSON object, got {type(body).__name__}")
+        if (raw is None or raw.count(123) + raw.count(91) > self.max_depth) and depth_exceeds(body, self.max_depth):
+            raise ContractViolation("too_deep", f"objects and arrays nest more than max_depth {self.max_depth} levels")
         if not self._accepts[topic](body):
             self._checks[topic](body)
         ts_ms = parse_event_time(body["ts"])

@@ -121,6 +121,30 @@ class SchemaCompiler:
         return self._compiled_refs[cache_key]
 
 
+def depth_exceeds(value: Any, limit: int) -> bool:
+    """True when `value` nests objects and arrays more than `limit` levels deep (a scalar is 0, `{}` is 1).
+
+    Level by level and without recursion, so any depth is safe to ask about,
+    and it stops at `limit + 1` levels: an ordinary event costs a few type checks.
+    """
+    if type(value) is not dict and type(value) is not list:
+        return False
+    level: list[Any] = [value]
+    depth = 1
+    while level:
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            for item in (container.values() if type(container) is dict else container):
+                kind = type(item)
+                if kind is dict or kind is list:
+                    below.append(item)
+        level = below
+        depth += 1
+    return False
+
+
 def _all_of(checks: list[Check]) -> Check:
     if not checks:
         return _accept
