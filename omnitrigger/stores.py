@@ -38,6 +38,12 @@ def load_stores(path: Path) -> list[Store]:
         if missing:
             raise StoresError(f"{path}: header must have store_id,name,lat,lon[,radius_m]; missing {', '.join(sorted(missing))}")
         for line_no, row in enumerate(reader, start=2):
+            header = reader.fieldnames or []
+            extra = row.get(None) or []  # type: ignore[call-overload]
+            fields = len(header) - sum(1 for name in header if row.get(name) is None) + len(extra)
+            if extra or any(row.get(name) is None for name in ("store_id", "name", "lat", "lon")):
+                raise StoresError(f"{path} line {line_no}: {fields} fields, the header has {len(header)}"
+                                  " (a decimal comma, or a name with a comma and no quotes?)")
             try:
                 record = {"store_id": row["store_id"], "name": row["name"],
                           "lat": _number(row["lat"], "lat"), "lon": _number(row["lon"], "lon")}
@@ -51,6 +57,8 @@ def load_stores(path: Path) -> list[Store]:
             seen.add(record["store_id"])
             stores.append(Store(record["store_id"], record["name"], record["lat"], record["lon"],
                                 record.get("radius_m", DEFAULT_RADIUS_M)))
+    if not stores:
+        raise StoresError(f"{path}: no stores (the file has a header and no rows): visits need at least one store")
     return stores
 
 

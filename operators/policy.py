@@ -10,11 +10,13 @@ A plain helper of the rules operator, sharing its shard state:
 The kill switch is `[rules] disabled` in the config plus, when
 `[policy] control_file` is set, that JSON file's `disabled_rules`, re-read
 whenever it changes (checked at most once a second), so on-call can stop a
-misbehaving rule without a restart.
+misbehaving rule without a restart (`ControlFile`: every change logged,
+a file naming an unknown rule refused).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +26,7 @@ import orjson
 from omnitrigger.state import ShardState
 
 CONTROL_CHECK_INTERVAL_S = 1.0
+log = logging.getLogger("omnitrigger.policy")
 #: A consent purpose, not a message channel: processing where the customer is.
 LOCATION = "location"
 #: The rule that uses location.
@@ -37,7 +40,8 @@ class Decision(NamedTuple):
 
 
 class Policy:
-    def __init__(self, state: ShardState, config: Any) -> None:
+    def __init__(self, state: ShardState, config: Any, rules: frozenset[str]) -> None:
+        """`rules`: every rule name there is (a control file naming another is refused)."""
         self.state = state
         self.channels = config.channels
         self.max_per_customer = config.max_triggers_per_customer
@@ -45,10 +49,7 @@ class Policy:
         self.product_window_ms = int(config.product_cap_window_s * 1000)
         self.config_disabled = frozenset(config.disabled_rules)
         self.require_location_consent = config.require_location_consent
-        self.control_file = Path(config.control_file) if config.control_file else None
-        self._control_disabled: frozenset[str] = frozenset()
-        self._control_mtime: float | None = None
-        self._control_checked = 0.0
+        self._control_reader = ControlFile.at(config.control_file, rules) if config.control_file else None
 
     # -- consent ------------------------------------------------------------------
 
@@ -124,21 +125,78 @@ class Policy:
         return raw is not None and ts_ms - self.product_window_ms < int(raw) <= ts_ms
 
     def _control(self) -> frozenset[str]:
-        if self.control_file is None:
-            return frozenset()
+        return self._control_reader.disabled() if self._control_reader is not None else frozenset()
+
+
+class ControlFile:
+    """The kill switch's control file, `{"disabled_rules": [...]}`, shared by every rules shard of a process.
+
+    Re-read at most once a second when its modification time changes. A
+    change is logged once with what changed; a file that is not JSON, not
+    that shape, or names a rule that does not exist is refused with one
+    error line and the last good setting stays (a typo must not silently
+    switch nothing off). `current()` says which rules it switches off now.
+    """
+
+    _by_path: dict[str, "ControlFile"] = {}
+
+    @classmethod
+    def at(cls, path: str, rules: frozenset[str]) -> "ControlFile":
+        if path not in cls._by_path:
+            cls._by_path[path] = cls(Path(path), rules)
+        return cls._by_path[path]
+
+    def __init__(self, path: Path, rules: frozenset[str]) -> None:
+        self.path = path
+        self.rules = rules
+        self._disabled: frozenset[str] = frozenset()
+        self._mtime: float | None = None
+        self._checked = -CONTROL_CHECK_INTERVAL_S
+        self._missing_reported = False
+
+    def disabled(self) -> frozenset[str]:
         now = time.monotonic()
-        if now - self._control_checked < CONTROL_CHECK_INTERVAL_S:
-            return self._control_disabled
-        self._control_checked = now
+        if now - self._checked >= CONTROL_CHECK_INTERVAL_S:
+            self._checked = now
+            self._reload()
+        return self._disabled
+
+    def _reload(self) -> None:
         try:
-            mtime = self.control_file.stat().st_mtime
-            if mtime != self._control_mtime:
-                document = orjson.loads(self.control_file.read_bytes())
-                self._control_disabled = frozenset(document.get("disabled_rules", []))
-                self._control_mtime = mtime
-        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
-            pass  # a half-written or missing control file keeps the last good setting
-        return self._control_disabled
+            mtime = self.path.stat().st_mtime
+        except OSError as error:
+            if not self._missing_reported:
+                log.error("kill-switch control file unreadable; keeping the last setting",
+                          extra={"fields": {"path": str(self.path), "error": error.strerror,
+                                 "disabled_rules": sorted(self._disabled)}})
+                self._missing_reported = True
+            return
+        self._missing_reported = False
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            document = orjson.loads(self.path.read_bytes())
+            names = document["disabled_rules"]
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise TypeError("disabled_rules is not a list of rule names")
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as error:
+            log.error("kill-switch control file refused: expected {\"disabled_rules\": [rule names]}; keeping the "
+                      "last setting", extra={"fields": {"path": str(self.path), "error": str(error)[:200],
+                                             "disabled_rules": sorted(self._disabled)}})
+            return
+        unknown = sorted(set(names) - self.rules)
+        if unknown:
+            log.error("kill-switch control file refused: unknown rule names; keeping the last setting",
+                      extra={"fields": {"path": str(self.path), "unknown": unknown, "rules": sorted(self.rules),
+                             "disabled_rules": sorted(self._disabled)}})
+            return
+        disabled = frozenset(names)
+        if disabled != self._disabled:
+            log.warning("kill switch changed", extra={"fields": {
+                "path": str(self.path), "disabled_rules": sorted(disabled),
+                "switched_off": sorted(disabled - self._disabled), "switched_on": sorted(self._disabled - disabled)}})
+        self._disabled = disabled
 
 
 def _product_key(customer: str, rule: str, product: Any) -> bytes:

@@ -88,7 +88,7 @@ class Rules(StageOperator):
 
     def __init__(self, state: ShardState, config: Any) -> None:
         super().__init__(state, config)
-        self.policy = Policy(state, config)
+        self.policy = Policy(state, config, frozenset(RULES))
         self.delays_ms = {CART: int(config.cart_abandoned_after_s * 1000),
                           BROWSE: int(config.browse_abandoned_after_s * 1000)}
         self.lookback_ms = int(config.offer_lookback_s * 1000)

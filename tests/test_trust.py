@@ -148,3 +148,64 @@ def test_location_consent_can_be_switched_off_in_the_config(tmp_path: Path) -> N
     store_visit(tmp_path / "rec", consents=("push",))
     _, files = replay(tmp_path, tmp_path / "rec", config=Config(require_location_consent=False))
     assert "store_visit_offer" in rules_and_reasons(files)[0]
+
+
+# -- also found, tried as a new user would ------------------------------------------------------------------
+
+
+def test_a_control_file_naming_an_unknown_rule_is_refused_and_logged(tmp_path: Path, caplog) -> None:
+    import logging
+
+    import orjson
+
+    cart_shopper(tmp_path / "rec", receipts=[])
+    control = tmp_path / "control.json"
+    control.write_bytes(orjson.dumps({"disabled_rules": ["cart_abandon"]}))  # a typo
+    with caplog.at_level(logging.WARNING, logger="omnitrigger.policy"):
+        _, files = replay(tmp_path, tmp_path / "rec", name="typo", config=Config(control_file=str(control)))
+    assert rules_and_reasons(files)[0] == ["cart_abandoned"]  # nothing was switched off, and it says so
+    [refusal] = {record.getMessage() for record in caplog.records if record.levelno == logging.ERROR}
+    assert "unknown rule names" in refusal
+    assert any(record.fields.get("unknown") == ["cart_abandon"] for record in caplog.records
+               if record.levelno == logging.ERROR)
+
+    other = tmp_path / "control-ok.json"
+    other.write_bytes(orjson.dumps({"disabled_rules": ["cart_abandoned"]}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="omnitrigger.policy"):
+        _, files = replay(tmp_path, tmp_path / "rec", name="ok", config=Config(control_file=str(other)))
+    assert rules_and_reasons(files) == ([], [("cart_abandoned", "rule_disabled")])
+    assert [record.fields["switched_off"] for record in caplog.records
+            if record.getMessage() == "kill switch changed"] == [["cart_abandoned"]]
+
+
+def test_a_stores_file_with_a_decimal_comma_or_no_rows_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cart_shopper(tmp_path / "rec", receipts=[])
+    for name, text, says in [
+            ("comma.csv", "store_id,name,lat,lon,radius_m\nS001,Kamppi,60,169,24.932,300\n", "line 2: 6 fields"),
+            ("empty.csv", "store_id,name,lat,lon,radius_m\n", "no stores")]:
+        (tmp_path / name).write_text(text)
+        result = subprocess.run([sys.executable, "-m", "omnitrigger", "replay", str(tmp_path / "rec"), "--stores",
+                                 str(tmp_path / name), "--out", str(tmp_path / "t.jsonl")],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("omnitrigger: error: "), result.stderr
+        assert says in result.stderr
+
+
+def test_the_demo_does_not_name_an_output_folder_it_deletes(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "omnitrigger", "demo"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMNITRIGGER_PII_KEY": "demo-test-key-0123456789"})
+    assert result.returncode == 0, result.stderr
+    assert "outputs in" not in result.stdout and "--keep DIR" in result.stdout
+    kept = subprocess.run([sys.executable, "-m", "omnitrigger", "demo", "--keep", str(tmp_path / "kept")],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMNITRIGGER_PII_KEY": "demo-test-key-0123456789"})
+    assert f"outputs in {tmp_path / 'kept' / 'out'}" in kept.stdout and (tmp_path / "kept" / "out").is_dir()
