@@ -51,8 +51,8 @@ class MessageDecoder:
                                         f"{len(value)} bytes exceeds max_record_bytes {self.max_record_bytes}")
             body = _loads(value, "invalid_payload_json")
             ts_ms = self.contracts.check(contract_topic, body,
-                                         kafka_ts if kafka_ts > 0 else int(time.time() * 1000))
-            self.pseudonymizer.protect(body)
+                                         kafka_ts if kafka_ts > 0 else int(time.time() * 1000), value)
+            self.pseudonymizer.protect(body, value)
         except ContractViolation as violation:
             raw: bytes | str = value if value is not None else b""
             try:

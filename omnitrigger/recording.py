@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from omnitrigger.pii import Pseudonymizer, key_from_environment
+from omnitrigger.pii import Pseudonymizer, key_from_environment, redact_detail, redact_key, redact_text
 from omnitrigger.records import DEAD_LETTERS, Emitted, Event
 from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
 
@@ -50,7 +50,10 @@ class LineDecoder:
     """Turns one recorded line into an Event or a dead letter, never an exception.
 
     Email and phone are hashed here, right after the contract check, and
-    redacted from a dead letter's raw record: nothing downstream sees them raw.
+    redacted by pattern from the rest of the record; a dead letter's raw
+    record, Kafka key and detail are redacted too: nothing downstream sees
+    them raw. Any nesting depth and any line up to `max_record_bytes` (not
+    counting its line terminator) decodes in time linear in its length.
     """
 
     def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int,
@@ -71,14 +74,17 @@ class LineDecoder:
         key = None
         reference_ms = self.reference_ms
         try:
-            if len(line) > self.max_record_bytes:
-                raise ContractViolation("record_too_large", f"{len(line)} bytes exceeds max_record_bytes {self.max_record_bytes}")
+            size = len(line) - (2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0)
+            if size > self.max_record_bytes:
+                raise ContractViolation("record_too_large", f"{size} bytes exceeds max_record_bytes {self.max_record_bytes}")
             try:
                 value = orjson.loads(line)
             except orjson.JSONDecodeError:
                 value = _loads(line.strip(), "invalid_json")  # says why; an empty line is its own reason
             if type(value) is dict and "payload" in value and "topic" in value and "offset" in value:
-                topic = str(value["topic"])
+                envelope_topic = value["topic"]
+                # A string, as kcat writes it; anything else (a hand-made line) keeps the file's topic.
+                topic = envelope_topic if type(envelope_topic) is str else file_topic
                 partition = _as_int(value.get("partition"), 0)
                 offset = _as_int(value.get("offset"), line_no)
                 key = value.get("key")
@@ -90,8 +96,8 @@ class LineDecoder:
                 if payload is None:
                     raise ContractViolation("empty_payload", "the envelope's payload is null")
                 value = _loads(payload.encode(), "invalid_payload_json") if isinstance(payload, str) else payload
-            ts_ms = self.contracts.check(file_topic, value, reference_ms)
-            self.pseudonymizer.protect(value)
+            ts_ms = self.contracts.check(file_topic, value, reference_ms, line)
+            self.pseudonymizer.protect(value, line)
         except ContractViolation as violation:
             record = _dead_letter(violation, self.pseudonymizer.redact_raw(raw), topic, partition, offset,
                                   source_file, key)
@@ -100,6 +106,7 @@ class LineDecoder:
 
 
 def _loads(data: bytes, reason: str) -> Any:
+    """`data` parsed, or the ContractViolation that says why not (nesting past orjson's limit is `too_deep`)."""
     if not data:
         raise ContractViolation("empty_line", "the line is empty")
     try:
@@ -109,6 +116,9 @@ def _loads(data: bytes, reason: str) -> Any:
             data.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise ContractViolation("invalid_utf8", f"byte {bad.start} is not valid UTF-8") from None
+        if str(error).startswith("depth limit exceeded"):
+            raise ContractViolation("too_deep", "objects and arrays nest more than JSON decoding allows "
+                                                "(1,024 levels)") from None
         raise ContractViolation(reason, str(error)[:200]) from None
 
 
@@ -118,16 +128,21 @@ def _as_int(value: Any, default: int) -> int:
 
 def _dead_letter(violation: ContractViolation, raw: bytes | str, topic: str, partition: int, offset: int,
                  source_file: str | None, key: Any) -> dict[str, Any]:
+    """The dead-letter record; `raw` is already redacted, and the topic, detail and key are masked here.
+
+    The detail can echo a rejected value and the key is often a customer's phone: both are masked by
+    pattern (`pii.redact_detail`, `pii.redact_key`), so a dead letter holds no raw email or phone.
+    """
     record: dict[str, Any] = {
         "reason": violation.reason,
-        "detail": violation.detail,
-        "topic": topic,
+        "detail": redact_detail(violation.detail),
+        "topic": redact_text(topic),
         "partition": partition,
         "offset": offset,
         "source_file": source_file,
     }
     if key is not None:
-        record["key"] = key
+        record["key"] = redact_key(key)
     if isinstance(raw, str):
         record["raw"] = raw
     else:

@@ -22,7 +22,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from omnitrigger.config import Config
+from omnitrigger.config import Config, ConfigError, load_config
 from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.replay import ReplayOptions, run_replay
@@ -71,6 +71,14 @@ def with_literal(body: dict[str, Any], name: str, literal: bytes) -> bytes:
 def envelope(topic: str, partition: int, offset: int, payload: Any, kafka_ts: int = REFERENCE_MS) -> bytes:
     """A `kcat -C -J` line."""
     return orjson.dumps(kcat_envelope(topic, partition, offset, payload, kafka_ts))
+
+
+def nested(levels: int) -> Any:
+    """A value of `levels` nested objects and arrays, alternating, around one string."""
+    value: Any = "leaf"
+    for level in range(levels):
+        value = {"n": value} if level % 2 else [value]
+    return value
 
 
 # -- the bad-input corpus --------------------------------------------------------
@@ -124,6 +132,12 @@ def bad_corpus() -> list[Bad]:
         Bad("payload_not_json", "web.events", envelope("web.events", 1, 17, "this is {not json"),
             "invalid_payload_json", source=(1, 17), raw=b"this is {not json"),
         Bad("payload_null", "web.events", envelope("web.events", 1, 18, None), "empty_payload", source=(1, 18)),
+        # Issue 13, defect 1: 253 levels in an unknown field stopped the flow in the journal (orjson writes 254).
+        Bad("nested_253_deep", "web.events", orjson.dumps(web_event(917, extra=nested(253))), "too_deep"),
+        Bad("nested_33_deep", "geo.pings", orjson.dumps(geo_ping(918, extra=nested(32))), "too_deep"),
+        # Past the 1,024 levels orjson reads: too deep as well, not "invalid JSON".
+        Bad("nested_5000_deep", "web.events", with_literal(web_event(919), "extra", b"[" * 5000 + b"]" * 5000),
+            "too_deep"),
     ]
 
 
@@ -220,6 +234,58 @@ def test_unknown_fields_are_kept(tmp_path: Path) -> None:
     events, letters = read_all(write_recording(tmp_path / "rec", {"web.events": [orjson.dumps(body)]}))
     assert letters == []
     assert [event.body for event in events] == [body]
+
+
+def test_nesting_depth_limit_is_max_depth_levels_with_or_without_the_raw_bytes() -> None:
+    """The body counts as a level; with `raw` the bracket count decides cheaply, without it the walk does."""
+    contracts = Contracts()
+    assert contracts.max_depth == Config().max_depth == 32
+    fits, too_deep = web_event(1, extra=nested(31)), web_event(1, extra=nested(32))
+    for raw in (None, True):
+        assert contracts.check("web.events", fits, REFERENCE_MS, orjson.dumps(fits) if raw else None)
+        with pytest.raises(ContractViolation, match="more than max_depth 32 levels") as refused:
+            contracts.check("web.events", too_deep, REFERENCE_MS, orjson.dumps(too_deep) if raw else None)
+        assert refused.value.reason == "too_deep"
+    brackets_in_strings = web_event(1, note="{[" * 100)  # the count over-counts; the walk then clears it
+    assert contracts.check("web.events", brackets_in_strings, REFERENCE_MS, orjson.dumps(brackets_in_strings))
+    assert violation_reason("web.events", web_event(1, extra=nested(100_000))) == "too_deep"
+
+
+def test_max_depth_comes_from_the_config_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "omnitrigger.toml"
+    config_file.write_text("[contracts]\nmax_depth = 4\n")
+    config = load_config(config_file)
+    assert config.max_depth == 4
+    contracts = Contracts(max_depth=config.max_depth)
+    assert contracts.check("web.events", web_event(1, extra=nested(3)), REFERENCE_MS)  # the body is a level
+    with pytest.raises(ContractViolation, match="max_depth 4"):
+        contracts.check("web.events", web_event(1, extra=nested(4)), REFERENCE_MS)
+    for bad in ("0", "201", '"deep"'):
+        config_file.write_text(f"[contracts]\nmax_depth = {bad}\n")
+        with pytest.raises(ConfigError, match="contracts.max_depth: expected a whole number of levels from 1 to 200"):
+            load_config(config_file)
+
+
+@pytest.mark.parametrize("terminator", [b"\n", b"\r\n"], ids=["lf", "crlf"])
+def test_the_line_terminator_does_not_count_toward_max_record_bytes(tmp_path: Path, terminator: bytes) -> None:
+    """Issue 13, defect 12: a record of exactly max_record_bytes was refused for its newline."""
+
+    def exactly(n: int, size: int) -> bytes:
+        body = web_event(n)
+        line = orjson.dumps({**body, "pad": "x" * (size - len(orjson.dumps(body)) - len(',"pad":""'))})
+        assert len(line) == size
+        return line
+
+    recording = tmp_path / "rec"
+    recording.mkdir()
+    (recording / "web.events.jsonl").write_bytes(  # the last line has no terminator at all
+        exactly(1, 1000) + terminator + exactly(2, 1001) + terminator + exactly(3, 1000))
+    reader = RecordingReader(recording, Contracts(), max_record_bytes=1000, reference_ms=REFERENCE_MS)
+    items = reader.read_batch(10)
+    reader.close()
+    assert [type(item) for item in items] == [Event, Emitted, Event]
+    assert items[1].record["reason"] == "record_too_large"
+    assert items[1].record["detail"] == "1001 bytes exceeds max_record_bytes 1000"
 
 
 # -- Contracts.check: conditional fields and event time -------------------------------------
