@@ -30,7 +30,9 @@ class _RecordingPartition(StatefulSourcePartition):
         self.reader = RecordingReader(
             recording_dir, Contracts(max_future_ms=int(config.max_future_s * 1000)),
             max_record_bytes=config.max_record_bytes, reference_ms=config.reference_time_ms,
-            position=resume_state, pseudonymizer=Pseudonymizer(key_from_environment(), config.default_country_code))
+            position=resume_state, pseudonymizer=Pseudonymizer(key_from_environment(), config.default_country_code),
+            max_clock_skew_ms=int(config.max_clock_skew_s * 1000), topic_prefix=config.kafka_topic_prefix,
+            topic_overrides=dict(config.kafka_input_topics))
         self.batch_size = config.batch_size
         self.stop_at_seq = stop_after
         self.progress = progress

@@ -49,7 +49,6 @@ class Config:
     # [contracts]
     max_record_bytes: int = 262_144
     max_depth: int = 32  # objects and arrays nested deeper are dead letters (too_deep); at most 200
-    max_depth: int = 32  # objects and arrays nested deeper are dead letters (too_deep); at most 200
     max_future_s: float = 86_400.0  # past the stream's own clock (bare recorded lines)
     max_clock_skew_s: float = 900.0  # past the record's Kafka timestamp (live, and kcat envelopes)
     # [dedup]
@@ -134,13 +133,6 @@ def _tuples(value: Any) -> Any:
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
-    return value
-
-
-def _max_depth(value: Any, name: str) -> int:
-    """1..200: a stage that wraps a deeper body (the journal, an output) could reach orjson's 254-level limit."""
-    if type(value) is not int or not 1 <= value <= 200:
-        raise ConfigError(f"{name}: expected a whole number of levels from 1 to 200, got {value!r}")
     return value
 
 
@@ -276,7 +268,6 @@ def _timestamp_ms(value: Any, name: str) -> int:
 
 _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("contracts", "max_record_bytes"): ("max_record_bytes", _positive_int),
-    ("contracts", "max_depth"): ("max_depth", _max_depth),
     ("contracts", "max_depth"): ("max_depth", _max_depth),
     ("contracts", "max_future"): ("max_future_s", parse_duration_s),
     ("contracts", "max_clock_skew"): ("max_clock_skew_s", parse_duration_s),

@@ -39,6 +39,7 @@ class MessageDecoder:
         self.contracts = line_decoder.contracts
         self.pseudonymizer = line_decoder.pseudonymizer
         self.max_record_bytes = line_decoder.max_record_bytes
+        self.max_clock_skew_ms = line_decoder.max_clock_skew_ms
 
     def decode(self, contract_topic: str, kafka_topic: str, partition: int, offset: int, value: bytes | None,
                key: bytes | None, kafka_ts: int, last_ts: int) -> tuple[int, Event | Emitted]:
@@ -50,8 +51,11 @@ class MessageDecoder:
                 raise ContractViolation("record_too_large",
                                         f"{len(value)} bytes exceeds max_record_bytes {self.max_record_bytes}")
             body = _loads(value, "invalid_payload_json")
+            # A Kafka timestamp is the producer's clock: an event time past it by more than max_clock_skew
+            # is a device clock that would move the event-time clock for everyone.
             ts_ms = self.contracts.check(contract_topic, body,
-                                         kafka_ts if kafka_ts > 0 else int(time.time() * 1000), value)
+                                         kafka_ts if kafka_ts > 0 else int(time.time() * 1000), value,
+                                         max_future_ms=self.max_clock_skew_ms if kafka_ts > 0 else None)
             self.pseudonymizer.protect(body, value)
         except ContractViolation as violation:
             raw: bytes | str = value if value is not None else b""

@@ -16,8 +16,9 @@ resumes where it stopped. Nothing here imports bytewax.
 from __future__ import annotations
 
 import base64
+import gzip
 import heapq
-import time
+import logging
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,24 +27,64 @@ import orjson
 from omnitrigger.pii import Pseudonymizer, key_from_environment, redact_detail, redact_key, redact_text
 from omnitrigger.records import DEAD_LETTERS, Emitted, Event
 from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
+from omnitrigger.schemas.contracts import LATEST_TS_MS
 
 Position = dict[str, Any]
+log = logging.getLogger("omnitrigger.recording")
 
 
 class RecordingError(Exception):
     """The recording folder itself is unusable (missing, empty, unreadable)."""
 
 
-def recording_files(recording_dir: Path) -> dict[str, Path]:
-    """The `<topic>.jsonl` files of a recording, by topic; a clear error if there are none."""
+RECORDING_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+def recording_files(recording_dir: Path, topic_prefix: str = "",
+                    topic_overrides: dict[str, str] | None = None) -> dict[str, Path]:
+    """The recorded topic files of a recording, by contract topic; a clear error if there are none.
+
+    A file is `<topic>.jsonl` or `<topic>.jsonl.gz`, where the topic is the
+    contract's name (`pos.receipts`), the Kafka name with `[kafka]
+    topic_prefix` (`prod.pos.receipts`), or a `[kafka] input_topics`
+    override (`clickstream`): the names `omnitrigger record` writes and
+    kcat users give. `skipped_files` names the files that are none of these.
+    """
+    known, _ = _scan(recording_dir, topic_prefix, topic_overrides)
+    return known
+
+
+def skipped_files(recording_dir: Path, topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> list[str]:
+    """The files of a recording that no input topic reads (a misspelt name is skipped, so say which)."""
+    return _scan(recording_dir, topic_prefix, topic_overrides)[1]
+
+
+def _scan(recording_dir: Path, topic_prefix: str, topic_overrides: dict[str, str] | None) -> tuple[dict[str, Path], list[str]]:
     if not recording_dir.is_dir():
         raise RecordingError(f"recording folder not found: {recording_dir}")
-    files = {path.name[: -len(".jsonl")]: path for path in sorted(recording_dir.glob("*.jsonl"))}
-    known = {topic: path for topic, path in files.items() if topic in INPUT_TOPICS}
+    names: dict[str, str] = {}
+    for topic in INPUT_TOPICS:
+        kafka_name = (topic_overrides or {}).get(topic, topic)
+        for name in {topic, kafka_name, topic_prefix + kafka_name}:
+            names[name] = topic
+    known: dict[str, Path] = {}
+    skipped: list[str] = []
+    for path in sorted(recording_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        suffix = next((suffix for suffix in RECORDING_SUFFIXES if path.name.endswith(suffix)), None)
+        topic = names.get(path.name[: -len(suffix)]) if suffix else None
+        if topic is None:
+            skipped.append(path.name)
+            continue
+        if topic in known:
+            raise RecordingError(f"two files for topic {topic} in {recording_dir}: {known[topic].name} and {path.name}")
+        known[topic] = path
     if not known:
         raise RecordingError(
-            f"no recorded topics in {recording_dir}: expected files named <topic>.jsonl for {', '.join(INPUT_TOPICS)}")
-    return known
+            f"no recorded topics in {recording_dir}: expected files named <topic>.jsonl (or .jsonl.gz) for "
+            f"{', '.join(INPUT_TOPICS)}" + (f"; found {', '.join(skipped[:10])}" if skipped else ""))
+    return dict(sorted(known.items(), key=lambda item: item[1].name)), skipped
 
 
 class LineDecoder:
@@ -56,23 +97,31 @@ class LineDecoder:
     counting its line terminator) decodes in time linear in its length.
     """
 
-    def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int,
-                 pseudonymizer: Pseudonymizer) -> None:
+    def __init__(self, contracts: Contracts, max_record_bytes: int, reference_ms: int | None,
+                 pseudonymizer: Pseudonymizer, max_clock_skew_ms: int | None = None) -> None:
+        """`reference_ms`: an extra "now" for bare lines (None: only the stream clock); `max_clock_skew_ms`:
+        how far an event time may pass its Kafka timestamp (None: the contracts' `max_future_ms`)."""
         self.contracts = contracts
         self.pseudonymizer = pseudonymizer
         self.max_record_bytes = max_record_bytes
         self.reference_ms = reference_ms
+        self.max_clock_skew_ms = contracts.max_future_ms if max_clock_skew_ms is None else max_clock_skew_ms
 
     def decode(self, line: bytes, file_topic: str, line_no: int, source_file: str | None,
-               last_ts: int) -> tuple[int, str, int, int, Any, bool]:
+               last_ts: int, stream_clock_ms: int | None = None) -> tuple[int, str, int, int, Any, bool]:
         """(merge time, topic, partition, offset, body or dead-letter record, is an event).
 
-        A plain tuple, not an object: this runs once for every record of a replay.
+        A plain tuple, not an object: this runs once for every record of a replay. An envelope's
+        event time is judged against its Kafka timestamp (`max_clock_skew_ms`), a bare line's
+        against `stream_clock_ms` and `reference_ms`, the earlier of those given (`max_future_ms`).
         """
         topic, partition, offset = file_topic, 0, line_no
         raw: bytes | str = line
         key = None
         reference_ms = self.reference_ms
+        if stream_clock_ms is not None:
+            reference_ms = stream_clock_ms if reference_ms is None else min(reference_ms, stream_clock_ms)
+        max_future_ms = None
         try:
             size = len(line) - (2 if line.endswith(b"\r\n") else 1 if line.endswith(b"\n") else 0)
             if size > self.max_record_bytes:
@@ -91,12 +140,14 @@ class LineDecoder:
                 kafka_ts = value.get("ts")
                 if type(kafka_ts) is int and kafka_ts > 0:
                     reference_ms = kafka_ts
+                    max_future_ms = self.max_clock_skew_ms
                 payload = value["payload"]
                 raw = payload if isinstance(payload, str) else line.strip()
                 if payload is None:
                     raise ContractViolation("empty_payload", "the envelope's payload is null")
                 value = _loads(payload.encode(), "invalid_payload_json") if isinstance(payload, str) else payload
-            ts_ms = self.contracts.check(file_topic, value, reference_ms, line)
+            ts_ms = self.contracts.check(file_topic, value, LATEST_TS_MS if reference_ms is None else reference_ms,
+                                         line, max_future_ms=max_future_ms)
             self.pseudonymizer.protect(value, line)
         except ContractViolation as violation:
             record = _dead_letter(violation, self.pseudonymizer.redact_raw(raw), topic, partition, offset,
@@ -159,7 +210,7 @@ class _FileCursor:
     def __init__(self, topic: str, path: Path, byte_pos: int, line_no: int, last_ts: int) -> None:
         self.topic = topic
         self.name = path.name
-        self.handle: BinaryIO = path.open("rb")
+        self.handle: BinaryIO = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[assignment]
         self.handle.seek(byte_pos)
         self.byte_pos = byte_pos  # start of the next line not yet emitted
         self.line_no = line_no
@@ -172,25 +223,41 @@ class _FileCursor:
 
 
 class RecordingReader:
-    """Reads a recording in merged event-time order, resumable from `position()`."""
+    """Reads a recording in merged event-time order, resumable from `position()`.
+
+    The stream's own clock (`clock_ms`, the latest merge time handed out)
+    bounds bare lines: a line more than `max_future` past it that nothing
+    around it supports is a `timestamp_in_future` dead letter (see
+    `_unsupported`), so one wrong clock can neither move the flow's
+    event-time clock for everyone nor hold back the rest of its file.
+    """
 
     def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
                  reference_ms: int | None = None, position: Position | None = None,
-                 pseudonymizer: Pseudonymizer | None = None) -> None:
-        """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset)."""
-        files = recording_files(Path(recording_dir))
+                 pseudonymizer: Pseudonymizer | None = None, max_clock_skew_ms: int = 900_000,
+                 topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> None:
+        """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset);
+        `topic_prefix` and `topic_overrides` are `[kafka]`'s, for files named as the Kafka topics."""
+        files, skipped = _scan(Path(recording_dir), topic_prefix, topic_overrides)
+        if skipped:
+            log.warning("recording files skipped: no input topic has these names (expected <topic>.jsonl or "
+                        ".jsonl.gz, the topic with or without [kafka] topic_prefix): %s", ", ".join(skipped),
+                        extra={"fields": {"recording": str(recording_dir), "skipped": skipped}})
         position = position or {"seq": 0, "files": {}}
-        self.decoder = LineDecoder(contracts, max_record_bytes,
-                                   reference_ms if reference_ms is not None else int(time.time() * 1000),
-                                   pseudonymizer or Pseudonymizer(key_from_environment()))
+        self.decoder = LineDecoder(contracts, max_record_bytes, reference_ms,
+                                   pseudonymizer or Pseudonymizer(key_from_environment()), max_clock_skew_ms)
+        self.max_future_ms = contracts.max_future_ms
         self.next_seq: int = position["seq"]
+        self.clock_ms: int | None = position.get("clock")  # the latest event time handed out
+        if self.clock_ms is None and position["files"]:  # a position saved before the clock was kept
+            self.clock_ms = max(saved[2] for saved in position["files"].values()) or None
         self.total_bytes = sum(path.stat().st_size for path in files.values())
         self._cursors: list[_FileCursor] = []
         self._heap: list[tuple[int, str, int, int, int, int, Any, bool]] = []
-        for index, (topic, path) in enumerate(files.items()):
+        for topic, path in files.items():
             byte_pos, line_no, last_ts = position["files"].get(path.name, (0, 0, 0))
-            cursor = _FileCursor(topic, path, byte_pos, line_no, last_ts)
-            self._cursors.append(cursor)
+            self._cursors.append(_FileCursor(topic, path, byte_pos, line_no, last_ts))
+        for index in range(len(self._cursors)):
             self._advance(index)
 
     def _advance(self, index: int) -> None:
@@ -199,10 +266,50 @@ class RecordingReader:
         line = cursor.read_line()
         if line is None:
             return
-        merge_ts, topic, partition, offset, body, is_event = self.decoder.decode(
-            line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
+        decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
+        if decoded[5] and (self.clock_ms is None or decoded[0] > self.clock_ms + self.max_future_ms):
+            reference_ms = self._unsupported(index, decoded[0])
+            if reference_ms is not None:  # judged again against that clock: a bare line becomes a dead letter
+                decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts,
+                                              stream_clock_ms=reference_ms)
+        merge_ts, topic, partition, offset, body, is_event = decoded
         cursor.last_ts = merge_ts
         heapq.heappush(self._heap, (merge_ts, topic, partition, offset, index, len(line), body, is_event))
+
+    def _unsupported(self, index: int, ts_ms: int) -> int | None:
+        """The stream clock to judge a line at `ts_ms` against, if its own file does not support a jump that far.
+
+        The line is ahead of the clock by more than `max_future` (or the
+        clock has not started). It is a real gap in the data if the next
+        events of its own file (up to 16 lines ahead) all stay within
+        `max_future` of it: the file carries on from there. If one of them
+        comes back earlier, the line (or the short run it starts) is a lone
+        spike: a wrong clock. A line with no events after it holds nothing
+        back: it waits on the merge heap until every other file has passed
+        it, so it is the input's last word and is taken as it is (a
+        recording may end with one record days later to move the clock on).
+        """
+        earliest = self._earliest_ahead(self._cursors[index])
+        if earliest is None or earliest >= ts_ms - self.max_future_ms:
+            return None
+        return earliest if self.clock_ms is None else max(self.clock_ms, earliest)
+
+    def _earliest_ahead(self, cursor: _FileCursor, lines: int = 16) -> int | None:
+        """The earliest event time in the next `lines` lines of `cursor`'s file (None: no event among them)."""
+        handle = cursor.handle
+        here = handle.tell()
+        earliest: int | None = None
+        try:
+            for ahead in range(1, lines + 1):
+                line = handle.readline()
+                if not line:
+                    break
+                merge_ts, *_, is_event = self.decoder.decode(line, cursor.topic, cursor.line_no + ahead, cursor.name, 0)
+                if is_event and (earliest is None or merge_ts < earliest):
+                    earliest = merge_ts
+            return earliest
+        finally:
+            handle.seek(here)
 
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
@@ -217,15 +324,34 @@ class RecordingReader:
                          else Emitted(DEAD_LETTERS, (seq, 0), body))
             seq += 1
             cursor.emitted_ts = merge_ts
+            if is_event and (self.clock_ms is None or merge_ts > self.clock_ms):
+                self.clock_ms = merge_ts
             cursor.byte_pos += line_len
             cursor.line_no += 1
             self._advance(index)
         self.next_seq = seq
         return batch
 
+    def read_lines(self, max_records: int) -> list[tuple[str, bytes, int]]:
+        """Like `read_batch`, but each record as (file topic, the line as recorded, merge time): what
+        `omnitrigger publish` sends, in the replay's order and paced by the replay's clock."""
+        out: list[tuple[str, bytes, int]] = []
+        heap = self._heap
+        while heap and len(out) < max_records:
+            merge_ts, _, _, _, index, line_len, _, _ = heap[0]
+            cursor = self._cursors[index]
+            handle = cursor.handle
+            here = handle.tell()
+            handle.seek(cursor.byte_pos)
+            line = handle.read(line_len)
+            handle.seek(here)
+            self.read_batch(1)
+            out.append((cursor.topic, line, merge_ts))
+        return out
+
     def position(self) -> Position:
         """Where to resume: per file the byte offset, line number and merge time of the next unread line."""
-        return {"seq": self.next_seq,
+        return {"seq": self.next_seq, "clock": self.clock_ms,
                 "files": {c.name: (c.byte_pos, c.line_no, c.emitted_ts) for c in self._cursors}}
 
     def bytes_done(self) -> int:

@@ -58,12 +58,14 @@ class Contracts:
             raise ValueError(f"max_depth must be 1..{MAX_DEPTH_LIMIT}, got {max_depth}")
         self.max_depth = max_depth
 
-    def check(self, topic: str, body: Any, reference_ms: int, raw: bytes | None = None) -> int:
+    def check(self, topic: str, body: Any, reference_ms: int, raw: bytes | None = None, *,
+              max_future_ms: int | None = None) -> int:
         """Validate `body` against `topic`'s contract and return its event time in ms.
 
         `reference_ms` is "now" for the record: its Kafka timestamp, or the
-        replay's start. An event time further than `max_future_ms` past it is
-        a dead letter: a clock that far off would poison every window.
+        stream's own clock in a replay of bare lines. An event time further
+        than `max_future_ms` (default: the configured `max_future`) past it
+        is a dead letter: a clock that far off would poison every window.
 
         A body nested deeper than `max_depth` (unknown fields may hold
         anything) is a `too_deep` dead letter, so no later stage can hit a
@@ -78,10 +80,11 @@ class Contracts:
             raise ContractViolation("too_deep", f"objects and arrays nest more than max_depth {self.max_depth} levels")
         if not self._accepts[topic](body):
             self._checks[topic](body)
+        max_future_ms = self.max_future_ms if max_future_ms is None else max_future_ms
         ts_ms = parse_event_time(body["ts"])
-        if ts_ms > reference_ms + self.max_future_ms:
+        if ts_ms > reference_ms + max_future_ms:
             raise ContractViolation(
                 "timestamp_in_future",
-                f"{body['ts']!r} is more than {self.max_future_ms // 1000} s after the record's reference time",
+                f"{body['ts']!r} is more than {max_future_ms // 1000} s after the record's reference time",
                 ("ts",))
         return ts_ms

@@ -209,3 +209,30 @@ def test_the_demo_does_not_name_an_output_folder_it_deletes(tmp_path: Path) -> N
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMNITRIGGER_PII_KEY": "demo-test-key-0123456789"})
     assert f"outputs in {tmp_path / 'kept' / 'out'}" in kept.stdout and (tmp_path / "kept" / "out").is_dir()
+
+
+def test_recording_files_compressed_prefixed_or_misnamed(tmp_path: Path, caplog) -> None:
+    """`.jsonl.gz` is read, `prod.pos.receipts.jsonl` is pos.receipts with `topic_prefix = "prod."`, and files no
+    topic reads are named in one warning, not skipped without a word."""
+    import gzip
+    import logging
+
+    cart_shopper(tmp_path / "plain", receipts=[receipt(1, T0 + 10 * MINUTE, "L1", ("P1", 1))])
+    _, expected = replay(tmp_path, tmp_path / "plain", name="plain", config=CONFIG)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for path in (tmp_path / "plain").iterdir():
+        data = path.read_bytes()
+        if path.name == "web.events.jsonl":
+            (renamed / "web.events.jsonl.gz").write_bytes(gzip.compress(data))
+        elif path.name == "pos.receipts.jsonl":
+            (renamed / "prod.pos.receipts.jsonl").write_bytes(data)
+        else:
+            (renamed / path.name).write_bytes(data)
+    (renamed / "pos_receipts.jsonl").write_bytes(b"")
+    (renamed / "notes.txt").write_text("recorded on Monday")
+    with caplog.at_level(logging.WARNING, logger="omnitrigger.recording"):
+        _, files = replay(tmp_path, renamed, name="renamed", config=Config(kafka_topic_prefix="prod."))
+    assert files == expected
+    [warning] = {record.getMessage() for record in caplog.records if record.name == "omnitrigger.recording"}
+    assert "notes.txt" in warning and "pos_receipts.jsonl" in warning
