@@ -278,7 +278,11 @@ class Pseudonymizer:
     def hash(self, kind: str, normalised: str) -> str:
         return hmac.new(self._key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()[:32]
 
-    def protect_value(self, kind: str, value: Any) -> str:
+    def protect_value(self, kind: str, value: Any) -> Any:
+        """The keyed hash of a normalised email or phone; a blank value (empty, whitespace, null) stays as it
+        is (there is nothing personal in it, and identity ignores it as blocked), anything else unusable INVALID."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return value
         if not isinstance(value, str):
             return INVALID
         normalised = normalise_email(value) if kind == "email" else normalise_phone(value, self.country_code)

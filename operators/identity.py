@@ -14,6 +14,8 @@ blocked value (empty, 0, -1, null, anonymous, all zeros, the configured
 list), and every link of an `identity.links` record below
 `min_link_confidence` are refused and written to the `refused_links`
 stream with the reason; the identifiers themselves still resolve, apart.
+A blank or null value (`"phone": ""`) is a blocked value too: the event is
+processed without it, and `stats()` counts such values by type.
 
 Customer ids are `cus_` + a hash of the identifier and input position that
 first created the customer, so they are the same on every replay of the
@@ -31,6 +33,7 @@ Email and phone arrive already hashed (omnitrigger/pii.py).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,10 +48,12 @@ from omnitrigger.state import ShardState
 IDENTIFIER_TYPES = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")
 _TYPE_CODE = {"auth_id": b"a", "loyalty_id": b"l", "email": b"e", "phone": b"p", "cookie_id": b"k", "device_id": b"d"}
 _CODE_TYPE = {code[0]: kind for kind, code in _TYPE_CODE.items()}
-BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "unknown", "anonymous", "!invalid"})
+BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "unknown", "anonymous", "!invalid",
+                            "n/a", "na", "-", "?", "nan"})
 _ALL_ZEROS = re.compile(r"^[0\W_]+$")  # 0000, 00000000-0000-0000-0000-000000000000 (a zeroed advertising id)
 _REFRESH_MS = 86_400_000  # an identifier's last-seen time is rewritten at most once a day
 _CLOCK = b"clock"
+_IGNORED = b"ignored"
 _SWEEP_EVERY_MS = 3_600_000
 
 Identifier = tuple[str, str]
@@ -63,6 +68,8 @@ class Identity(StageOperator):
         self.blocked = BLOCKED_VALUES | {value.strip().lower() for value in config.blocked_identifiers}
         self.min_confidence = config.min_link_confidence
         self._blocked_memo: dict[str, bool] = {}  # the same few device ids come again and again
+        saved = state.get_meta(_IGNORED)
+        self.ignored: Counter[str] = Counter(orjson.loads(saved) if saved else {})  # blocked values by type
         self.retention_ms = int(config.identifier_retention_s * 1000)
         clock = state.get_meta(_CLOCK)
         self.clock_ms = int(clock) if clock else 0
@@ -86,6 +93,8 @@ class Identity(StageOperator):
             for sub, refusal in enumerate(refusals):
                 emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
         self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
+        if self.ignored:
+            self.state.put_meta(_IGNORED, orjson.dumps(self.ignored))
         if self.clock_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
             self.state.sweep(self.clock_ms)
             self._swept_at_ms = self.clock_ms
@@ -101,11 +110,12 @@ class Identity(StageOperator):
         refusals: list[dict[str, Any]] = []
         identifiers: list[Identifier] = []
         for kind in IDENTIFIER_TYPES:
-            value = ids.get(kind)
-            if value is None:
+            if kind not in ids:
                 continue
-            identifier = (kind, value if type(value) is str else str(value))
-            if self.is_blocked(identifier[1]):
+            value = ids[kind]
+            identifier = (kind, value if type(value) is str else "null" if value is None else str(value))
+            if self.is_blocked(identifier[1]):  # blank, null or a placeholder: ignored, counted and reported
+                self.ignored[kind] += 1
                 refusals.append(self._refusal("blocked_value", event, [identifier]))
             else:
                 identifiers.append(identifier)
@@ -153,6 +163,10 @@ class Identity(StageOperator):
                                     {"winner": winner, "loser": loser}, winner))
             anchor_customer = winner
         return anchor_customer, merges, refusals
+
+    def stats(self) -> dict[str, int]:
+        """Run totals for the summary: identifier values ignored as blank or blocked, by type."""
+        return {f"ignored_{kind}": count for kind, count in self.ignored.items()}
 
     def is_blocked(self, value: str) -> bool:
         known = self._blocked_memo.get(value)

@@ -62,7 +62,7 @@ _DEVICE = b"d"
 _DEVICE_END = b"e"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 COUNTERS = ("late_pings", "reordered_pings", "inaccurate_pings", "excluded_source_pings", "visits_confirmed",
-            "visits_ended")
+            "visits_ended", "no_device_pings")
 
 # Fields of an open visit, in its state list.
 STORE, VISIT_ID, START, LAST, PINGS, CONFIRMED_AT, PREV, CUSTOMER = range(8)
@@ -119,7 +119,10 @@ class Visits(StageOperator):
                 if self._timers and self._timers[0][0] < ts - self.lateness_ms:
                     self._fire_timers(ts - self.lateness_ms, event.seq, emitted, first)
             body = event.body
-            if body["source"] in self.excluded_sources:
+            device = body["ids"].get("device_id")
+            if type(device) is not str or not device.strip():  # blank or null: no device to follow
+                counts["no_device_pings"] += 1
+            elif body["source"] in self.excluded_sources:
                 counts["excluded_source_pings"] += 1
             elif body["accuracy_m"] > self.max_accuracy_m:
                 counts["inaccurate_pings"] += 1

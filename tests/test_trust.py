@@ -236,3 +236,56 @@ def test_recording_files_compressed_prefixed_or_misnamed(tmp_path: Path, caplog)
     assert files == expected
     [warning] = {record.getMessage() for record in caplog.records if record.name == "omnitrigger.recording"}
     assert "notes.txt" in warning and "pos_receipts.jsonl" in warning
+
+
+# -- blank identifiers ----------------------------------------------------------------------------------------
+
+
+def test_a_receipt_with_an_empty_phone_is_a_purchase_not_a_dead_letter(tmp_path: Path) -> None:
+    for name, blank in [("empty", ""), ("null", None), ("spaces", "   "), ("n_a", "N/A")]:
+        rec = tmp_path / f"rec-{name}"
+        sale = receipt(1, T0 + 10 * MINUTE, "L1", ("P1", 1))
+        sale["ids"]["phone"] = blank
+        cart_shopper(rec, receipts=[sale])
+        summary, files = replay(tmp_path, rec, name=name, config=CONFIG)
+        assert records(files["dead_letter"]) == [], name
+        assert rules_and_reasons(files) == ([], [("cart_abandoned", "purchased")]), name
+        [refusal] = records(files["refused_links"])
+        assert refusal["reason"] == "blocked_value" and refusal["identifiers"][0][0] == "phone", refusal
+
+
+def test_an_add_to_cart_with_an_empty_cookie_still_counts(tmp_path: Path) -> None:
+    web = [{"event_id": "w-add", "type": "add_to_cart", "ts": T0, "channel": "web",
+            "ids": {"cookie_id": "c1", "device_id": ""}, "product_id": "P1"},
+           {"event_id": "w-tick", "type": "view_item", "ts": T0 + 3 * HOUR, "channel": "web",
+            "ids": {"cookie_id": "c9"}, "product_id": "P9"}]
+    cart_shopper(tmp_path / "rec", receipts=[], web=web)
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert records(files["dead_letter"]) == []
+    assert rules_and_reasons(files)[0] == ["cart_abandoned"]
+
+
+def test_blank_placeholders_never_link_two_customers(tmp_path: Path) -> None:
+    """Two shoppers who both typed "N/A" (or nothing) for a phone stay two customers."""
+    rec = tmp_path / "rec"
+    write_lines(rec / "pos.receipts.jsonl", [
+        {**receipt(n, T0 + n * MINUTE, f"L{n}", ("P1", 1)), "ids": {"loyalty_id": f"L{n}", "phone": blank}}
+        for n, blank in enumerate(["N/A", "N/A", "", " ", None])])
+    _, files = replay(tmp_path, rec, config=CONFIG)
+    identities = records(files["identities"])
+    assert len({identity["customer_id"] for identity in identities}) == 5
+    assert {identity["type"] for identity in identities} == {"loyalty_id"}
+
+
+def test_a_wrong_type_is_still_a_dead_letter_and_raw_keeps_empty_values(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    numeric = receipt(1, T0, "L1", ("P1", 1))
+    numeric["ids"]["phone"] = 358401234567
+    broken = receipt(2, T0, "L2", ("P1", 1))
+    broken["ids"]["phone"] = ""
+    del broken["store_id"]
+    write_lines(rec / "pos.receipts.jsonl", [numeric, broken])
+    _, files = replay(tmp_path, rec, config=CONFIG)
+    letters = records(files["dead_letter"])
+    assert [letter["reason"] for letter in letters] == ["wrong_type", "missing_field"]
+    assert '"phone":""' in letters[1]["raw"]
