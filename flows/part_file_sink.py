@@ -1,51 +1,118 @@
-"""Bytewax sink writing each output stream to per-worker part files, merged after the run.
+"""Bytewax sink writing each output stream to a part file, merged after the run (omnitrigger/outputs.py).
 
-Lines are `[seq, sub, record]`: the sort key travels with the record, so
-`omnitrigger.outputs.merge_parts` can put every stream in one deterministic
-order whatever worker wrote it, and drop what a resumed run wrote twice.
+Lines are `[seq, sub, record]`: the sort key travels with the record, so the
+merge can put every stream in one deterministic order whatever stage wrote
+it. One partition, "outputs", built on one process (`here`; in a cluster,
+process 0, so every process's records travel to it through Bytewax and no
+folder is shared between machines), one part file a stream.
+
+The partition is stateful: its snapshot is each part's (lines, bytes,
+crc32) after the epoch's records were written and flushed. Built again on
+resume, it cuts every part back to the committed snapshot's size and goes on
+from that count and checksum, because Bytewax re-emits exactly what came
+after that snapshot: the part files hold each record once (bar the
+end-of-input records a `--stop-after` run writes at each stop), with no torn
+tail, and a part that is missing or shorter than its snapshot is refused.
+`parts/manifest.json` follows each snapshot and is marked closed at the end.
 """
 
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from omnitrigger.outputs import MANIFEST, PartFileError, PartState, part_name, write_manifest
 from omnitrigger.records import Emitted
 
+PARTITION = "outputs"
 
-class _PartFiles(StatelessSinkPartition):
-    def __init__(self, parts_dir: Path, worker_index: int) -> None:
-        self.parts_dir = parts_dir
-        self.worker_index = worker_index
+
+class _PartFiles(StatefulSinkPartition):
+    """The part files of one run, resumed at `resume_state` ({part name: (lines, bytes, crc32)}; None: new)."""
+
+    def __init__(self, parts_dir: Path, worker_index: int = 0, resume_state: dict[str, PartState] | None = None) -> None:
+        self.parts_dir = Path(parts_dir)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.states: dict[str, PartState] = dict(resume_state or {})
         self._files: dict[str, BinaryIO] = {}
+        self._changed = False
+        # The manifest first: it never claims more than the parts hold, even if we die while cutting them back.
+        write_manifest(self.parts_dir, self.states, closed=False)
+        for path in self.parts_dir.glob("*.w*.jsonl"):
+            if path.name not in self.states:
+                path.unlink()  # written after the last committed snapshot, or by a run that never committed one
+        for name, (_lines, size, _crc) in self.states.items():
+            path = self.parts_dir / name
+            try:
+                actual = path.stat().st_size
+            except FileNotFoundError:
+                raise PartFileError(f"state folder {self.parts_dir.parent} is damaged: part file {path} is missing "
+                                    "(deleted?); replay again with a fresh --state-dir") from None
+            if actual < size:
+                raise PartFileError(f"state folder {self.parts_dir.parent} is damaged: part file {path} has "
+                                    f"{actual:,} bytes of the {size:,} written (cut short?); "
+                                    "replay again with a fresh --state-dir")
+            if actual > size:
+                os.truncate(path, size)  # the killed run's records after the snapshot: re-emitted now
 
-    def _file(self, stream: str) -> BinaryIO:
-        handle = self._files.get(stream)
+    def _file(self, stream: str) -> tuple[str, BinaryIO]:
+        name = part_name(stream)
+        handle = self._files.get(name)
         if handle is None:
-            handle = (self.parts_dir / f"{stream}.w{self.worker_index}.jsonl").open("ab")
-            self._files[stream] = handle
-        return handle
+            handle = (self.parts_dir / name).open("ab")
+            self._files[name] = handle
+            self.states.setdefault(name, (0, 0, 0))
+        return name, handle
 
     def write_batch(self, items: list[list[Emitted]]) -> None:
+        lines: dict[str, list[bytes]] = {}
         for emitted_list in items:
             for emitted in emitted_list:
                 seq, sub = emitted.sort_key
-                self._file(emitted.stream).write(orjson.dumps([seq, sub, emitted.record]) + b"\n")
+                lines.setdefault(emitted.stream, []).append(orjson.dumps([seq, sub, emitted.record]) + b"\n")
+        for stream, stream_lines in lines.items():
+            name, handle = self._file(stream)
+            data = b"".join(stream_lines)
+            handle.write(data)
+            count, size, crc = self.states[name]
+            self.states[name] = (count + len(stream_lines), size + len(data), zlib.crc32(data, crc))
         for handle in self._files.values():
             handle.flush()
+        self._changed = self._changed or bool(lines)
+
+    def snapshot(self) -> dict[str, PartState]:
+        """Each part's (lines, bytes, crc32) with every record of the epoch written (flushed to the OS)."""
+        if self._changed:
+            write_manifest(self.parts_dir, self.states, closed=False)
+            self._changed = False
+        return dict(self.states)
 
     def close(self) -> None:
         for handle in self._files.values():
+            handle.flush()
+            os.fsync(handle.fileno())
             handle.close()
+        self._files.clear()
+        write_manifest(self.parts_dir, self.states, closed=True, sync=True)
 
 
-class PartFileSink(DynamicSink):
-    def __init__(self, parts_dir: Path) -> None:
+class PartFileSink(FixedPartitionedSink):
+    """Every output record of the run, written as part files in `parts_dir` by the one process where `here`."""
+
+    def __init__(self, parts_dir: Path, here: bool = True) -> None:
         self.parts_dir = Path(parts_dir)
+        self.here = here
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _PartFiles:
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        return _PartFiles(self.parts_dir, worker_index)
+    def list_parts(self) -> list[str]:
+        return [PARTITION] if self.here else []
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _PartFiles:
+        return _PartFiles(self.parts_dir, 0, resume_state)
+
+
+__all__ = ["MANIFEST", "PartFileSink"]

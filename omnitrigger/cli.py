@@ -1,8 +1,9 @@
 """The `omnitrigger` command: replay a recording, or run the bundled demo.
 
 Every user error (a wrong flag, a missing file, a state folder that does not
-fit) ends in one line on stderr and a non-zero exit, never a traceback:
-exit 2 for usage errors, 1 for the rest.
+fit, an unwritable output, a full disk) ends in one line on stderr and a
+non-zero exit, never a traceback: exit 2 for usage errors, 1 for the rest;
+a replay stopped by Ctrl-C or SIGTERM exits 130 or 143 (128 + the signal).
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from omnitrigger.cluster import ClusterError, cluster_options, resolve_cluster
 from omnitrigger.config import ConfigError, load_config
 from omnitrigger.kafka_tools import KafkaSetupError
 from omnitrigger.live_cli import COMMANDS as LIVE_COMMANDS
+from omnitrigger.outputs import OutputError
 from omnitrigger.pii import PiiKeyError
 from omnitrigger.recording import RecordingError
-from omnitrigger.replay import ReplayError, ReplayOptions, run_replay
+from omnitrigger.replay import ReplayError, ReplayInterrupted, ReplayOptions, run_replay
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 
-USER_ERRORS = (ClusterError, ConfigError, KafkaSetupError, PiiKeyError, RecordingError, ReplayError, StateError, StoresError)
+USER_ERRORS = (ClusterError, ConfigError, KafkaSetupError, OutputError, PiiKeyError, RecordingError, ReplayError,
+               StateError, StoresError)
 
 _file = click.Path(dir_okay=False, path_type=Path)
 _dir = click.Path(file_okay=False, path_type=Path)
@@ -78,7 +81,7 @@ def demo(keep: Path | None) -> None:
         run_demo(keep)
         return
     with tempfile.TemporaryDirectory(prefix="omnitrigger-demo-") as work:
-        run_demo(Path(work))
+        run_demo(Path(work), kept=False)
 
 
 for _command in LIVE_COMMANDS:  # run, record, publish: omnitrigger/live_cli.py
@@ -96,10 +99,13 @@ def main() -> None:
     except click.ClickException as error:
         click.echo(f"omnitrigger: error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
+    except ReplayInterrupted as error:
+        click.echo(f"omnitrigger: error: {error}", err=True)
+        sys.exit(error.exit_code)
     except USER_ERRORS as error:
         click.echo(f"omnitrigger: error: {error}", err=True)
         sys.exit(1)
-    except click.Abort:
-        click.echo("omnitrigger: interrupted", err=True)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("omnitrigger: error: interrupted (SIGINT)", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)

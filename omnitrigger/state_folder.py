@@ -21,23 +21,40 @@ What it records (replay and live):
     operators        the operators in the flow, in order (replay can run a subset)
     pii_key_id       a fingerprint of OMNITRIGGER_PII_KEY (not the key): hashed ids are key-specific
     recording        replay: the recording folder; live: input_topics, the topics read
+    part_files       replay: PART_FILES_VERSION, the format of the output part files
+                     (checked and cut back to the snapshot on resume: omnitrigger/outputs.py)
 
 Config that does not fix the layout (retention, caps, batch size, ...) may
 change between runs. Before the dataflow starts, the Bytewax recovery store
 (SQLite) and the RocksDB folders are opened and checked, so a corrupted or
 missing store is one line too, not a traceback from inside a worker.
+
+A run first claims its folder (`claim_folder`): it must be ours, empty or
+missing (then made, mode 0700: nobody else reads the state), writable (a
+read-only or unwritable folder is said to be so, with its path, not called
+damaged), and not locked by another process (`omnitrigger.lock`, an flock
+held for the whole run; the loser is told who holds it). A new folder is set
+up under a marker file, `setup-in-progress`, and gets its layout.json last
+and atomically, so a crash during the first set-up leaves a folder the next
+run sets up again.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import hmac
+import os
+import re
+import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import orjson
 
+from omnitrigger.outputs import fsync_folder, write_atomic
 from omnitrigger.state import StateError
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
@@ -48,6 +65,20 @@ _ORDER = ("layout_version", "mode", "processes", "cluster", "process_id", "rule_
           "recording", "input_topics")
 
 _CLUSTER_KEYS = ("cluster", "process_id")
+
+#: The format of a replay's output part files (flows/part_file_sink.py), recorded in its layout.json.
+PART_FILES_VERSION = 2
+
+#: The lock file every run holds (flock) on its state folder, with the holder's pid in it.
+LOCK_FILE = "omnitrigger.lock"
+
+#: Present while a new folder is being set up; a folder that has it was never run, so it is set up again.
+SETUP_MARKER = "setup-in-progress"
+
+_held_locks: dict[Path, int] = {}
+
+_NO_SPACE = "No space left on device"
+_UNWRITABLE = re.compile(r"Permission denied|Read-only file system|Operation not permitted")
 
 _NAMES = {"processes": "--processes", "rule_shards": "[rules] shards", "input_topics": "input topics"}
 
@@ -82,6 +113,9 @@ def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: d
     if key == "pii_key_id":
         return (f"with another OMNITRIGGER_PII_KEY (key id {made}, this one is {now}); "
                 "resume with the same key or use a fresh --state-dir")
+    if key == "part_files":
+        return ("by an older omnitrigger, whose output part files carry no counts or checksums; "
+                "replay again with a fresh --state-dir")
     if key == "operators" and isinstance(made, list):
         made, now = ",".join(made), ",".join(now)
         return f"with operators {made}, not {now}; resume with the same operators or use a fresh --state-dir"
@@ -119,15 +153,138 @@ def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "
                 detail = _mismatch(key, existing.get(key), layout.get(key), existing, layout)
                 raise StateFolderError(f"state folder {state_dir} was made {detail}")
         return True
-    if state_dir.exists() and any(state_dir.iterdir()):
+    if state_dir.exists() and _entries(state_dir) - {SETUP_MARKER}:
         raise StateFolderError(f"state folder {state_dir} is not empty and is not an {what} state folder")
     state_dir.mkdir(parents=True, exist_ok=True)
     return False
 
 
 def write_layout(state_dir: Path, layout: dict[str, Any]) -> None:
-    """Written last, once the folder is set up: a folder without it is refused as not ours (never half-used)."""
-    (state_dir / "layout.json").write_bytes(orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+    """Written last, once the folder is set up, whole or not at all (a temporary file renamed)."""
+    write_atomic(state_dir / "layout.json", orjson.dumps(layout, option=orjson.OPT_INDENT_2))
+
+
+# -- claiming a folder: ours, writable, locked; a set-up a crash cut short is redone -----------------------
+
+
+def _entries(folder: Path) -> set[str]:
+    """What the folder holds, bar our lock file (which a loser of the lock race may have just created)."""
+    return {entry.name for entry in folder.iterdir()} - {LOCK_FILE}
+
+
+def not_writable(folder: Path, error: OSError | str) -> StateFolderError:
+    reason = error if isinstance(error, str) else (error.strerror or str(error))
+    return StateFolderError(f"state folder {folder} is not writable ({reason}); its state is kept: give this user "
+                            "write access to it (or mount it read-write) and run the same command again")
+
+
+def check_writable(folder: Path) -> None:
+    """Write (and remove) a file in `folder`, and in the folders and files beneath it that the flow writes;
+    StateFolderError (not writable, with the path) when any refuses."""
+    folders = [folder] + [path for path in (folder / "recovery", folder / "parts", folder / "rocksdb")
+                          if path.is_dir()]
+    folders += sorted(path for path in (folder / "rocksdb").glob("process-*") if path.is_dir())
+    for path in folders:
+        probe = path / f".write-test-{os.getpid()}"
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
+        except FileExistsError:
+            probe.unlink(missing_ok=True)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise no_space(folder) from None
+            raise not_writable(path, error) from None
+    for path in [*folder.glob("recovery/part-*.sqlite3*"), folder / "layout.json"]:
+        if path.is_file() and not os.access(path, os.W_OK):
+            raise not_writable(path, "permission denied")
+
+
+def no_space(folder: Path) -> StateFolderError:
+    from omnitrigger.outputs import free_bytes, mib
+
+    return StateFolderError(f"no space left on the disk of state folder {folder} ({mib(free_bytes(folder))} free); "
+                            "free some space and run the same command again: it resumes from the last snapshot")
+
+
+def lock_folder(folder: Path) -> None:
+    """Hold `folder`'s lock (flock on omnitrigger.lock) until `release_locks` or the process ends; StateFolderError
+    with the holder's pid when another process holds it. Taking a lock this process holds already is a no-op."""
+    key = folder.resolve()
+    if key in _held_locks:
+        return
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise not_writable(folder, error) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        raise StateFolderError(f"state folder {folder} is in use by another omnitrigger process{pid}: it holds "
+                               f"{folder / LOCK_FILE}; wait until it ends, or use another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks[key] = fd
+
+
+def release_locks() -> None:
+    """Let go of every state folder lock this process holds (at the end of a run)."""
+    for fd in _held_locks.values():
+        os.close(fd)
+    _held_locks.clear()
+
+
+def claim_folder(folder: Path, what: str = "omnitrigger") -> bool:
+    """Make sure `folder` is ours (or empty, or missing: made, mode 0700), writable, and locked by this process,
+    and undo a set-up a crash cut short; True when the folder is new (to be set up)."""
+    if folder.exists():
+        if not folder.is_dir():
+            raise StateFolderError(f"state folder {folder} is not a folder")
+        try:
+            entries = _entries(folder)
+        except OSError as error:
+            raise StateFolderError(f"state folder {folder} cannot be read ({error.strerror or error})") from None
+        if entries and "layout.json" not in entries and SETUP_MARKER not in entries:
+            raise StateFolderError(f"state folder {folder} is not empty and is not an {what} state folder")
+    else:
+        try:
+            folder.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                raise no_space(folder.parent) from None
+            raise StateFolderError(f"state folder {folder} cannot be made ({error.strerror or error})") from None
+        entries = set()
+    check_writable(folder)
+    lock_folder(folder)
+    if SETUP_MARKER in _entries(folder):  # a first set-up that did not finish: nothing ran here yet, so redo it
+        for entry in folder.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        entries = set()
+    if "layout.json" in _entries(folder):
+        return False
+    os.chmod(folder, 0o700)  # new: the state (and the outputs on their way) are the user's alone
+    return True
+
+
+def _begin_setup(folder: Path) -> None:
+    """Mark `folder` as being set up: until `_end_setup`, a crash leaves a folder the next run sets up again."""
+    (folder / SETUP_MARKER).touch()
+    fsync_folder(folder)
+
+
+def _end_setup(folder: Path) -> None:
+    (folder / SETUP_MARKER).unlink()
+    fsync_folder(folder)
 
 
 def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, processes: int, *, keep_open: bool,
@@ -135,12 +292,15 @@ def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, pro
     """Check a reused state folder of one process (its layout, recovery partition and RocksDB; one line if
     they do not fit) or set up a new one; True when resuming.
 
-    It keeps Bytewax's recovery partition `index` of `processes` (a single process: part-0 of 1). Bytewax
-    finds the partitions in each process's recovery folder and resumes once the cluster has all of them.
-    `keep_open`: the RocksDB stores stay open for the flow this process runs.
+    The folder is locked for this process first (`lock_folder`). A new folder is set up under a marker
+    file and gets layout.json last, atomically: a crash part way leaves a folder the next run sets up
+    again, never one it refuses. It keeps Bytewax's recovery partition `index` of `processes` (a single
+    process: part-0 of 1). Bytewax finds the partitions in each process's recovery folder and resumes once
+    the cluster has all of them. `keep_open`: the RocksDB stores stay open for the flow this process runs.
     """
     from bytewax.recovery import init_db_dir
 
+    claim_folder(folder, what)
     if check_or_write_layout(folder, layout, what):
         snapshots = check_recovery_store(folder, [index])
         if sequencer_here:  # the sequencer sees every batch: its process has RocksDB state once anything was snapshot
@@ -148,6 +308,7 @@ def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, pro
         for rocksdb in sorted((folder / "rocksdb").glob("process-*")):
             open_rocksdb(folder, rocksdb, keep_open=keep_open)
         return True
+    _begin_setup(folder)
     recovery = folder / "recovery"
     recovery.mkdir(parents=True, exist_ok=True)
     init_db_dir(recovery, processes)
@@ -155,6 +316,7 @@ def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, pro
         if part.name.split(".sqlite3")[0] != f"part-{index}":
             part.unlink()  # another process's partition: it keeps its own
     write_layout(folder, layout)
+    _end_setup(folder)
     return False
 
 
@@ -163,6 +325,7 @@ def prepare_local_cluster(state_dir: Path, layout: dict[str, Any], processes: in
     """A one-machine cluster's state folder: layout.json (`cluster: "local"`) over one folder a process,
     process-I/, each laid out as process I of a cluster spread over machines would keep it."""
     folders = [state_dir / f"process-{index}" for index in range(processes)]
+    claim_folder(state_dir, what)
     if check_or_write_layout(state_dir, {**layout, "cluster": "local"}, what):
         for index, folder in enumerate(folders):
             if not (folder / "layout.json").is_file():
@@ -171,9 +334,11 @@ def prepare_local_cluster(state_dir: Path, layout: dict[str, Any], processes: in
             prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False,
                                    what=what, sequencer_here=index == 0)
         return folders
+    _begin_setup(state_dir)
     for index, folder in enumerate(folders):
         prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False, what=what)
     write_layout(state_dir, {**layout, "cluster": "local"})
+    _end_setup(state_dir)
     return folders
 
 
@@ -222,6 +387,10 @@ def open_rocksdb(state_dir: Path, path: Path, keep_open: bool) -> None:
             store.close()
     except Exception as error:  # rocksdict raises a bare Exception("Corruption: ...", "IO error: ...")
         text = _first_line(error)
+        if _UNWRITABLE.search(text):
+            raise not_writable(path, text) from None
+        if _NO_SPACE in text:
+            raise no_space(state_dir) from None
         if "lock" in text.lower():
             raise StateFolderError(f"state folder {state_dir} is in use by another omnitrigger process "
                                    f"({text})") from None
@@ -242,11 +411,34 @@ def corruption_in(error: BaseException) -> str | None:
 
 
 def raise_if_corrupted(state_dir: Path, error: BaseException) -> None:
-    """Turn a RocksDB corruption found while the flow ran (a damaged block read) into one line."""
+    """Turn what stopped the flow into one line when it is about the state folder: a RocksDB corruption found
+    while running (a damaged block read), a full disk, a folder that turned read-only, a damaged part file."""
+    from omnitrigger.outputs import PartFileError
+
     detail = corruption_in(error)
     if detail is not None:
         raise StateFolderError(f"state folder {state_dir} is damaged: RocksDB reported a corruption while reading "
                                f"state ({detail}); use a fresh --state-dir") from None
+    for cause in _chain(error):
+        if isinstance(cause, PartFileError):
+            raise PartFileError(str(cause)) from None
+        text = str(cause)
+        if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or _NO_SPACE in text:
+            raise no_space(state_dir) from None
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise not_writable(Path(cause.filename).parent if cause.filename else state_dir, cause) from None
+        if _UNWRITABLE.search(text) and "IO error" in text:
+            raise not_writable(state_dir, _first_line(cause)) from None
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what caused it, in order (Bytewax wraps what a step raised)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _first_line(error: BaseException) -> str:

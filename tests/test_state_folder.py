@@ -27,7 +27,7 @@ from omnitrigger.demo.generator import RecordingGenerator
 from omnitrigger.live import prepare_state_dir
 from omnitrigger.replay import ReplayOptions, run_replay
 from omnitrigger.state import RocksDBStore, close_all_stores
-from omnitrigger.state_folder import FORMAT_VERSION, StateFolderError
+from omnitrigger.state_folder import FORMAT_VERSION, StateFolderError, release_locks
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +142,13 @@ def test_live_refuses_a_replay_folder_and_other_rule_shards(made: dict[str, Path
         prepare_state_dir(live_state, Config())
     finally:
         close_all_stores()
-    with pytest.raises(StateFolderError, match=r"was made with \[rules\] shards 16, not 32"):
-        prepare_state_dir(live_state, Config(rule_shards=32))
-    with pytest.raises(StateFolderError, match="was made with input topics"):
-        prepare_state_dir(live_state, Config(kafka_topic_prefix="other."))
+    try:
+        with pytest.raises(StateFolderError, match=r"was made with \[rules\] shards 16, not 32"):
+            prepare_state_dir(live_state, Config(rule_shards=32))
+        with pytest.raises(StateFolderError, match="was made with input topics"):
+            prepare_state_dir(live_state, Config(kafka_topic_prefix="other."))
+    finally:
+        release_locks()  # the live job holds its folder's lock for as long as it runs; here the test is the job
 
 
 # -- a damaged store --------------------------------------------------------------------------------------
@@ -219,6 +222,7 @@ def test_live_run_with_a_damaged_store_is_one_line(tmp_path: Path, mock_kafka: A
         prepare_state_dir(state, config)
     finally:
         close_all_stores()
+        release_locks()
     rocksdb_files(state, "MANIFEST-*")[-1].write_bytes(os.urandom(100))
     stores = tmp_path / "stores.csv"
     RecordingGenerator().write_stores(stores)
