@@ -10,12 +10,25 @@ event as `history`: the rules, whichever shard holds the winner, replay it
 into the winner's state and retire the loser (DESIGN.md section 4). The
 shape's ceiling is the identity stage: one shard, one core.
 
-Entries expire `history_retention_s` after their event time (the longest
-rule window is 24 hours; consents matter for longer); a merge carries at
-most the latest `history_max_events`.
+The journal holds rule facts, not raw events: of each event only the
+fields a rule reads (type, products and quantities, event id, channel,
+till and receipt number; no identifiers, no unknown fields). A fact is
+kept `history_retention_s` (30 days) after its event time, or longer when a
+rule's deadline may still depend on it (`[rules] browse_abandoned_after =
+"40d"`: a view and the purchases after it are kept until that deadline
+and the purchase grace have passed), so on a merge every pending deadline
+and the facts it needs move to the winner whatever their age. A merge
+carries at most the latest `history_max_events`.
+
+Consent is a fact of the identifiers, not of the journal: the latest change
+per channel (and purpose) of each customer is kept as long as identifiers
+are (`[identity] retention`), merged into the winner's on a merge (the
+latest change wins) and attached to the merge event as `consents`, so an
+opt-out of any age is in force after any merge.
 
 State (namespace "history"):
-    h <customer id> NUL <seq: 8 bytes> -> [topic, ts_ms, body]
+    h <customer id> NUL <seq: 8 bytes> -> [topic, ts_ms, fact]
+    k <customer id>                    -> {channel: [status, ts_ms]}
 """
 
 from __future__ import annotations
@@ -41,7 +54,11 @@ class History(StageOperator):
 
     def __init__(self, state: ShardState, config: Any) -> None:
         super().__init__(state, config)
-        self.retention_ms = int(config.history_retention_s * 1000)
+        # Long enough for every deadline a fact can set or cancel, plus the grace and the clock's lateness.
+        longest_deadline_s = max(config.cart_abandoned_after_s, config.browse_abandoned_after_s)
+        needed_s = longest_deadline_s + config.purchase_grace_s + config.rules_lateness_s + 3600
+        self.retention_ms = int(max(config.history_retention_s, needed_s) * 1000)
+        self.consent_retention_ms = int(config.identifier_retention_s * 1000)
         self.max_events = config.history_max_events
         clock = state.get_meta(_CLOCK)
         self.clock_ms = int(clock) if clock else 0
@@ -53,9 +70,13 @@ class History(StageOperator):
             if event.ts_ms > self.clock_ms:
                 self.clock_ms = event.ts_ms
             if event.topic == MERGE_TOPIC:
-                journal = self._move(event.body["loser"], event.body["winner"])
-                out.append(event._replace(body={**event.body, "history": journal}))
+                winner, loser = event.body["winner"], event.body["loser"]
+                journal = self._move(loser, winner)
+                consents = self._merge_consents(loser, winner)
+                out.append(event._replace(body={**event.body, "history": journal, "consents": consents}))
                 continue
+            if event.customer is not None and event.topic == "consent.changes":
+                self._on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)
             if event.customer is not None and event.topic in JOURNALED_TOPICS:
                 entry = _journal_entry(event)
                 if entry is not None:
@@ -66,6 +87,31 @@ class History(StageOperator):
             self.state.sweep(self.clock_ms)
             self._swept_at_ms = self.clock_ms
         return OperatorResult(out, [])
+
+    def consents(self, customer: str) -> dict[str, list[Any]]:
+        """The customer's latest consent change per channel and purpose: {channel: [status, ts_ms]}."""
+        raw = self.state.get(b"k" + customer.encode(), self.clock_ms)
+        return orjson.loads(raw) if raw else {}
+
+    def _on_consent(self, customer: str, channel: str, status: str, ts_ms: int,
+                    consents: dict[str, list[Any]] | None = None) -> None:
+        consents = self.consents(customer) if consents is None else consents
+        current = consents.get(channel)
+        if current is None or current[1] <= ts_ms:
+            consents[channel] = [status, ts_ms]
+            latest = max(change[1] for change in consents.values())
+            self.state.put(b"k" + customer.encode(), orjson.dumps(consents, option=orjson.OPT_SORT_KEYS),
+                           latest + self.consent_retention_ms)
+
+    def _merge_consents(self, loser: str, winner: str) -> dict[str, list[Any]]:
+        """Move the loser's consents into the winner's (latest change per channel wins); returns the loser's."""
+        lost = self.consents(loser)
+        if lost:
+            self.state.delete(b"k" + loser.encode())
+            kept = self.consents(winner)
+            for channel, (status, ts_ms) in sorted(lost.items()):
+                self._on_consent(winner, channel, status, ts_ms, kept)
+        return lost
 
     def journal(self, customer: str) -> list[list[Any]]:
         """The customer's live journal, oldest first: [seq, topic, ts_ms, body] each."""
@@ -88,8 +134,23 @@ class History(StageOperator):
         return journal
 
 
+def rule_fact(topic: str, body: dict[str, Any]) -> dict[str, Any]:
+    """What a rule reads of an event (operators/rules.py `_on_fact`): the journal keeps only this."""
+    if topic == "web.events":
+        fact = {key: body[key] for key in ("event_id", "type", "channel", "product_id") if key in body}
+    elif topic == "pos.receipts":
+        fact = {key: body[key] for key in ("terminal_id", "receipt_no", "type") if key in body}
+    elif topic == "consent.changes":
+        return {key: body[key] for key in ("event_id", "channel", "status") if key in body}
+    else:
+        return body  # a visit confirmation: omnitrigger's own record
+    if "items" in body:
+        fact["items"] = [{"product_id": item["product_id"], "qty": item.get("qty")} for item in body["items"]]
+    return fact
+
+
 def _journal_entry(event: Event) -> bytes | None:
-    """The journal value of `event`, or None (logged) when it cannot be written.
+    """The journal value of `event` (its rule fact), or None (logged) when it cannot be written.
 
     The contract check keeps bodies far shallower than orjson's 254 levels
     ([contracts] max_depth), so this is a last line of defence: an event the
@@ -97,7 +158,7 @@ def _journal_entry(event: Event) -> bytes | None:
     stopping the flow on every resume.
     """
     try:
-        return orjson.dumps([event.topic, event.ts_ms, event.body])
+        return orjson.dumps([event.topic, event.ts_ms, rule_fact(event.topic, event.body)])
     except orjson.JSONEncodeError as error:
         log.warning("event not journaled, it cannot be written as JSON",
                     extra={"fields": {"seq": event.seq, "topic": event.topic, "error": str(error)}})

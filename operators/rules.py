@@ -358,6 +358,8 @@ class Rules(StageOperator):
                     self.state.delete(state_key)
             self.policy.retire(loser)
         if role in ("absorb", "both"):
+            # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).
+            self.policy.merge_consents(winner, body.get("consents", {}))
             self._replaying = True
             for _seq, topic, ts_ms, event_body in body.get("history", []):
                 # a past visit confirmation is not replayed: its offer was decided when it happened

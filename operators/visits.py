@@ -10,6 +10,12 @@ The definition (DESIGN.md section 3), per device, over the pings kept:
   * it is confirmed at the first ping where dwell > `visit_min_dwell_s` (2 min). Only confirmed visits
     are output. Overlapping stores are independent: one candidate visit per (device, store) in range.
 
+Location consent. Where the customer is, is the most sensitive thing the flow handles: with
+`[policy] require_location_consent` (the default) a visit is written to the visits stream only if
+the customer had granted the `location` purpose (consent.changes, latest change wins, merged with
+the customer) when it was confirmed; the others are counted (`visits_without_location_consent`).
+The VISIT_CONFIRMED event still goes on, so the offer is suppressed with a reason the rules give.
+
 Outputs. Every event goes on unchanged. When a ping confirms a visit, an event of topic
 `VISIT_CONFIRMED` follows that ping at once (same seq, ts_ms = confirmation time, the ping's
 customer, body = the visit so far), so a rule can act on the arrival of the confirming ping. When
@@ -33,8 +39,9 @@ deleted, which is what bounds the state: a device is remembered only while it pi
 
 State (namespace "visits"):
     d <device_id> -> [latest kept ping ts, [[store_id, visit_id, start, last, pings, confirmed_at,
-                      prev, customer], ...]]   (open visits, by store_id; prev = the device's kept
-                      ping before the start, or null)
+                      prev, customer(, location_ok)], ...]]   (open visits, by store_id; prev = the
+                      device's kept ping before the start, or null; location_ok set at confirmation)
+    L <customer>  -> [status, ts]   the latest location consent change, kept identifier_retention
     meta clock, counts
 The timer queue is an in-memory heap rebuilt from the device records at start (a cache, never the
 truth): each device with a record has one entry whose due time is at most its real one.
@@ -51,7 +58,7 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event
+from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, VISITS, Emitted, Event
 from omnitrigger.state import ShardState
 
 GEO_PINGS = "geo.pings"
@@ -60,12 +67,14 @@ _CLOCK = b"clock"
 _COUNTS = b"counts"
 _DEVICE = b"d"
 _DEVICE_END = b"e"
+_LOCATION = b"L"  # L <customer> -> [status, ts_ms]: the latest location consent change
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 COUNTERS = ("late_pings", "reordered_pings", "inaccurate_pings", "excluded_source_pings", "visits_confirmed",
-            "visits_ended", "no_device_pings")
+            "visits_ended", "no_device_pings", "visits_without_location_consent")
 
 # Fields of an open visit, in its state list.
 STORE, VISIT_ID, START, LAST, PINGS, CONFIRMED_AT, PREV, CUSTOMER = range(8)
+LOCATION_OK = 8  # set at confirmation: did the customer allow location processing (absent: not confirmed yet)
 
 
 def format_ms(ts_ms: int) -> str:
@@ -93,6 +102,8 @@ class Visits(StageOperator):
         self.gap_ms = round(config.visit_max_gap_s * 1000)
         self.min_dwell_ms = round(config.visit_min_dwell_s * 1000)
         self.lateness_ms = round(config.allowed_lateness_s * 1000)
+        self.require_location_consent = config.require_location_consent
+        self.consent_retention_ms = int(config.identifier_retention_s * 1000)
         clock = state.get_meta(_CLOCK)
         self.clock_ms = int(clock) if clock else 0
         counts = state.get_meta(_COUNTS)
@@ -111,6 +122,11 @@ class Visits(StageOperator):
         for event in events:
             out.append(event)
             if event.topic != GEO_PINGS:
+                if event.topic == "consent.changes" and event.customer is not None \
+                        and event.body["channel"] == "location":
+                    self._on_location_consent(event.customer, event.body["status"], event.ts_ms)
+                elif event.topic == MERGE_TOPIC:
+                    self._on_merge(event.body["winner"], event.body["loser"])
                 continue
             first = len(emitted)
             ts = event.ts_ms
@@ -143,7 +159,7 @@ class Visits(StageOperator):
         for key, value in self.state.scan(_DEVICE, _DEVICE_END):
             device = key[1:].decode()
             for visit in orjson.loads(value)[1]:
-                if visit[CONFIRMED_AT] is not None:
+                if visit[CONFIRMED_AT] is not None and _location_allowed(visit):
                     emitted.append(Emitted(VISITS, (end_seq, len(emitted)), _visit_record(device, visit, None, "open")))
         return OperatorResult([], emitted)
 
@@ -218,6 +234,8 @@ class Visits(StageOperator):
         visit[CONFIRMED_AT] = at_ms
         self.counts["visits_confirmed"] += 1
         customer = event.customer if event.customer is not None else visit[CUSTOMER]
+        del visit[LOCATION_OK:]
+        visit.append(self._location_ok(customer))
         body = {"visit_id": visit[VISIT_ID], "device_id": device, "customer_id": customer,
                 "store_id": visit[STORE], "start": format_ms(visit[START]), "confirmed_at": format_ms(at_ms),
                 "dwell_s": (visit[LAST] - visit[START]) / 1000, "pings": visit[PINGS]}
@@ -227,7 +245,33 @@ class Visits(StageOperator):
         if visit[CONFIRMED_AT] is None:
             return
         self.counts["visits_ended"] += 1
+        if not _location_allowed(visit):
+            self.counts["visits_without_location_consent"] += 1
+            return
         emitted.append(Emitted(VISITS, (seq, len(emitted) - first), _visit_record(device, visit, visit[LAST], reason)))
+
+    # -- location consent ---------------------------------------------------------------
+
+    def _location_ok(self, customer: str | None) -> bool:
+        """Whether a visit of `customer` may be written: location consent granted (latest change wins)."""
+        if not self.require_location_consent:
+            return True
+        raw = self.state.get(_LOCATION + customer.encode(), self.clock_ms) if customer is not None else None
+        return raw is not None and orjson.loads(raw)[0] == "granted"
+
+    def _on_location_consent(self, customer: str, status: str, ts_ms: int) -> None:
+        key = _LOCATION + customer.encode()
+        raw = self.state.get(key)
+        if raw is None or orjson.loads(raw)[1] <= ts_ms:
+            self.state.put(key, orjson.dumps([status, ts_ms]), ts_ms + self.consent_retention_ms)
+
+    def _on_merge(self, winner: str, loser: str) -> None:
+        """The loser's location consent joins the winner's, whatever its age: the latest change wins."""
+        raw = self.state.get(_LOCATION + loser.encode())
+        if raw is not None:
+            self.state.delete(_LOCATION + loser.encode())
+            status, ts_ms = orjson.loads(raw)
+            self._on_location_consent(winner, status, ts_ms)
 
     def _fire_timers(self, watermark: int, seq: int, emitted: list[Emitted], first: int) -> None:
         """End the open visits of every device whose latest ping + gap is before the watermark, and forget it."""
@@ -250,6 +294,12 @@ class Visits(StageOperator):
             for visit in visits:
                 self._end(device, visit, "timeout", seq, emitted, first)
             self.state.delete(key)
+
+
+def _location_allowed(visit: list[Any]) -> bool:
+    """A confirmed visit may be written unless its customer had not allowed location processing then
+    (a visit confirmed by a state folder of an older format has no flag: written, as it was)."""
+    return len(visit) <= LOCATION_OK or bool(visit[LOCATION_OK])
 
 
 def _visit_record(device: str, visit: list[Any], end_ms: int | None, ended_by: str) -> dict[str, Any]:

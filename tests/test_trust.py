@@ -289,3 +289,101 @@ def test_a_wrong_type_is_still_a_dead_letter_and_raw_keeps_empty_values(tmp_path
     letters = records(files["dead_letter"])
     assert [letter["reason"] for letter in letters] == ["wrong_type", "missing_field"]
     assert '"phone":""' in letters[1]["raw"]
+
+
+# -- facts that must survive a merge --------------------------------------------------------------------------
+
+DAY = 24 * HOUR
+
+
+def test_an_opt_out_older_than_the_journal_survives_a_merge(tmp_path: Path) -> None:
+    """Cookie c1 grants SMS on day 0, phone P revokes SMS on day 1, a login links them on day 40: no SMS."""
+    rec = tmp_path / "rec"
+    write_lines(rec / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0, "ids": {"cookie_id": "c1"}, "channel": "sms", "status": "granted"},
+        {"event_id": "k-2", "ts": T0 + DAY, "ids": {"phone": "+358401112223"}, "channel": "sms", "status": "revoked"}])
+    write_lines(rec / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 + 40 * DAY, "ids": {"cookie_id": "c1", "phone": "+358401112223"},
+         "source": "login"}])
+    write_lines(rec / "web.events.jsonl", [
+        {"event_id": "w-add", "type": "add_to_cart", "ts": T0 + 40 * DAY + MINUTE, "channel": "web",
+         "ids": {"cookie_id": "c1"}, "product_id": "P1"},
+        {"event_id": "w-tick", "type": "view_item", "ts": T0 + 40 * DAY + 3 * HOUR, "channel": "web",
+         "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
+    _, files = replay(tmp_path, rec, config=CONFIG)
+    assert records(files["dead_letter"]) == []
+    assert [t for t in records(files["triggers"]) if t["products"] == ["P1"]] == []
+    assert ("cart_abandoned", "consent_revoked") in rules_and_reasons(files)[1]
+
+
+def test_a_later_grant_on_the_other_identifier_wins_after_the_merge(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    write_lines(rec / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0, "ids": {"cookie_id": "c1"}, "channel": "sms", "status": "revoked"},
+        {"event_id": "k-2", "ts": T0 + DAY, "ids": {"phone": "+358401112223"}, "channel": "sms", "status": "granted"}])
+    write_lines(rec / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 + 40 * DAY, "ids": {"cookie_id": "c1", "phone": "+358401112223"},
+         "source": "login"}])
+    write_lines(rec / "web.events.jsonl", [
+        {"event_id": "w-add", "type": "add_to_cart", "ts": T0 + 40 * DAY + MINUTE, "channel": "web",
+         "ids": {"cookie_id": "c1"}, "product_id": "P1"},
+        {"event_id": "w-tick", "type": "view_item", "ts": T0 + 40 * DAY + 3 * HOUR, "channel": "web",
+         "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
+    _, files = replay(tmp_path, rec, config=CONFIG)
+    [trigger] = [t for t in records(files["triggers"]) if t["products"] == ["P1"]]
+    assert trigger["channel"] == "sms"
+
+
+def long_browse(recording: Path, *, bought_on_day: int | None = None) -> None:
+    """A view on day 0 by cookie c1; account A (seen first, on day -1) logs in on c1's browser on day 35."""
+    write_lines(recording / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0 - DAY, "ids": {"auth_id": "A"}, "channel": "push", "status": "granted"}])
+    web = [{"event_id": "w-view", "type": "view_item", "ts": T0, "channel": "web", "ids": {"cookie_id": "c1"},
+            "product_id": "P1"}]
+    if bought_on_day is not None:
+        web.append({"event_id": "w-buy", "type": "purchase", "ts": T0 + bought_on_day * DAY, "channel": "web",
+                    "ids": {"cookie_id": "c1"}, "items": [{"product_id": "P1", "qty": 1, "price": 5.0}]})
+    web.append({"event_id": "w-tick", "type": "view_item", "ts": T0 + 41 * DAY, "channel": "web",
+                "ids": {"cookie_id": "c9"}, "product_id": "P9"})
+    write_lines(recording / "web.events.jsonl", web)
+    write_lines(recording / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 + 35 * DAY, "ids": {"auth_id": "A", "cookie_id": "c1"}, "source": "login"}])
+
+
+def test_a_pending_deadline_older_than_the_journal_moves_to_the_winner(tmp_path: Path) -> None:
+    long_browse(tmp_path / "rec")
+    config = Config(browse_abandoned_after_s=40 * 86_400)
+    _, files = replay(tmp_path, tmp_path / "rec", config=config)
+    [trigger] = [t for t in records(files["triggers"]) if t["products"] == ["P1"]]
+    assert trigger["rule"] == "browse_abandoned" and trigger["ts_ms"] == T0 + 40 * DAY
+    [account] = {i["customer_id"] for i in records(files["identities"]) if i["type"] == "auth_id"}
+    assert trigger["customer_id"] == account
+
+
+def test_and_the_purchase_that_cancels_it_moves_with_it(tmp_path: Path) -> None:
+    long_browse(tmp_path / "rec", bought_on_day=2)
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config(browse_abandoned_after_s=40 * 86_400))
+    assert [t for t in records(files["triggers"]) if t["products"] == ["P1"]] == []
+
+
+def test_the_journal_keeps_rule_facts_not_raw_events(tmp_path: Path) -> None:
+    """No identifiers and no unknown fields in the journal: only what a rule reads."""
+    from omnitrigger.operators.history import rule_fact
+
+    body = {"event_id": "w1", "type": "purchase", "ts": T0, "channel": "app", "ids": {"email": "x"},
+            "items": [{"product_id": "P1", "qty": 2, "price": 3.0, "note": "gift"}], "utm": {"campaign": "c"}}
+    assert rule_fact("web.events", body) == {"event_id": "w1", "type": "purchase", "channel": "app",
+                                             "items": [{"product_id": "P1", "qty": 2}]}
+
+
+# -- visits without location consent ---------------------------------------------------------------------------
+
+
+def test_a_visit_without_location_consent_is_not_written(tmp_path: Path) -> None:
+    store_visit(tmp_path / "without", consents=("push",))
+    summary, files = replay(tmp_path, tmp_path / "without", name="without", config=CONFIG)
+    assert records(files["visits"]) == []
+    store_visit(tmp_path / "with", consents=("push", "location"))
+    _, allowed = replay(tmp_path, tmp_path / "with", name="with", config=CONFIG)
+    [visit] = records(allowed["visits"])
+    assert visit["store_id"] == "S1"

@@ -75,10 +75,14 @@ class Pings:
             self.add(device, start_ms + offset * 1000, lat, lon, **kw)
 
 
+#: These tests are about visit detection; the location-consent filter on the visits output is
+#: policy, tested through whole replays in tests/test_trust.py.
+DETECTION = Config(require_location_consent=False)
+
 class Run:
     """The operator on RocksDB through ShardState, committing after every batch."""
 
-    def __init__(self, tmp_path: Path, stores: list[Store], config: Config = Config(), name: str = "db") -> None:
+    def __init__(self, tmp_path: Path, stores: list[Store], config: Config = DETECTION, name: str = "db") -> None:
         self.store = RocksDBStore(tmp_path / name)
         self.state = ShardState(self.store, Visits.name, 0)
         self.index = StoreIndex(stores)
@@ -294,7 +298,7 @@ def test_cell_pings_are_dropped_unless_configured_and_do_not_end_a_visit(tmp_pat
     pings.stay("d1", T0, 300, 20, *HEL, source="cell", accuracy=50.0)
     run = Run(tmp_path, [store("S1", *HEL)], name="default").feed(pings.events)
     assert run.confirmations == [] and run.operator.stats()["excluded_source_pings"] == 16
-    with_cell = Run(tmp_path, [store("S1", *HEL)], Config(excluded_sources=()), name="with-cell").feed(pings.events)
+    with_cell = Run(tmp_path, [store("S1", *HEL)], DETECTION.with_overrides(excluded_sources=()), name="with-cell").feed(pings.events)
     assert len(with_cell.confirmations) == 1
 
     mixed = Pings()
@@ -309,7 +313,7 @@ def test_cell_pings_are_dropped_unless_configured_and_do_not_end_a_visit(tmp_pat
 def test_late_pings_are_counted_and_reordered_ones_applied(tmp_path: Path) -> None:
     # With the default lateness (120 s) no reordered ping can confirm a visit by moving its start back
     # (the dwell it adds is under the lateness); a longer lateness lets it.
-    config = Config(allowed_lateness_s=300)
+    config = DETECTION.with_overrides(allowed_lateness_s=300)
     pings = Pings()
     pings.stay("d1", T0 + 100_000, 100, 10, *HEL)  # 100..200 s inside: dwell 100 s, not confirmed
     pings.add("d1", T0 + 150_000, *HEL)  # reordered, within the visit: one more ping
@@ -339,7 +343,7 @@ def test_with_the_default_lateness_a_ping_two_minutes_behind_is_late(tmp_path: P
 
 
 def test_a_reordered_ping_never_reopens_or_ends_a_visit(tmp_path: Path) -> None:
-    config = Config(allowed_lateness_s=300)
+    config = DETECTION.with_overrides(allowed_lateness_s=300)
     pings = Pings()
     pings.add("d1", T0, *destination(*HEL, 0, 2000))
     pings.stay("d1", T0 + 30_000, 150, 10, *HEL)  # a visit 30..180 s, preceded by the ping at 0 outside
@@ -368,7 +372,7 @@ def geolife() -> tuple[list[dict[str, Any]], list[Store]]:
     return ping_bodies(rows), [Store(*row) for row in place_stores(rows)]
 
 
-def offline_visits(bodies: list[dict[str, Any]], stores: list[Store], config: Config = Config()) -> list[tuple]:
+def offline_visits(bodies: list[dict[str, Any]], stores: list[Store], config: Config = DETECTION) -> list[tuple]:
     """The definition, computed plainly: per device in time order, per store, a scan over the kept pings."""
     by_device: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for body in bodies:
@@ -464,7 +468,7 @@ def test_crash_and_rollback_give_the_uninterrupted_output(tmp_path: Path, geolif
     store_ = RocksDBStore(tmp_path / "crashing")
     state = ShardState(store_, Visits.name, 0)
     index = StoreIndex(stores)
-    operator = Visits(state, Config(), index=index)
+    operator = Visits(state, DETECTION, index=index)
     out: list[Event] = []
     emitted: list[Emitted] = []
     crashes = {3_000, 11_500, 29_500}
@@ -477,7 +481,7 @@ def test_crash_and_rollback_give_the_uninterrupted_output(tmp_path: Path, geolif
             committed = state.generation
             state = ShardState(store_, Visits.name, 0)
             state.rollback_to(committed)
-            operator = Visits(state, Config(), index=index)
+            operator = Visits(state, DETECTION, index=index)
             continue
         out += result.events
         emitted += result.emitted
