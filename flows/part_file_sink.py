@@ -31,6 +31,9 @@ from omnitrigger.records import Emitted
 
 PARTITION = "outputs"
 
+#: What a partition's close() could not do, for run_worker to raise once the flow has returned.
+CLOSE_ERRORS: list[Exception] = []
+
 
 class _PartFiles(StatefulSinkPartition):
     """The part files of one run, resumed at `resume_state` ({part name: (lines, bytes, crc32)}; None: new)."""
@@ -93,12 +96,24 @@ class _PartFiles(StatefulSinkPartition):
         return dict(self.states)
 
     def close(self) -> None:
-        for handle in self._files.values():
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-        self._files.clear()
-        write_manifest(self.parts_dir, self.states, closed=True, sync=True)
+        """Flush, fsync and close the parts, and mark the manifest closed. Never raises: Bytewax also calls it
+        while unwinding from a failed step, where an exception aborts the process (SIGABRT, no cause given);
+        what fails is kept in CLOSE_ERRORS for the caller of the flow to report."""
+        try:
+            for handle in self._files.values():
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+            self._files.clear()
+            write_manifest(self.parts_dir, self.states, closed=True, sync=True)
+        except Exception as error:  # noqa: BLE001 (reported after the flow, see above)
+            CLOSE_ERRORS.append(error)
+            for handle in self._files.values():
+                try:
+                    handle.close()
+                except OSError:
+                    pass
+            self._files.clear()
 
 
 class PartFileSink(FixedPartitionedSink):
@@ -115,4 +130,4 @@ class PartFileSink(FixedPartitionedSink):
         return _PartFiles(self.parts_dir, 0, resume_state)
 
 
-__all__ = ["MANIFEST", "PartFileSink"]
+__all__ = ["CLOSE_ERRORS", "MANIFEST", "PartFileSink"]

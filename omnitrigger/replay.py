@@ -399,7 +399,7 @@ def run_worker(spec: dict[str, Any], stop: threading.Event | None = None) -> Non
     from bytewax.testing import run_main
 
     from omnitrigger.flows.cluster_worker import PinnedSource
-    from omnitrigger.flows.part_file_sink import PartFileSink
+    from omnitrigger.flows.part_file_sink import CLOSE_ERRORS, PartFileSink
     from omnitrigger.flows.recording_source import RecordingSource
     from omnitrigger.flows.replay_flow import build_flow
     from omnitrigger.operators import OPERATORS
@@ -419,6 +419,7 @@ def run_worker(spec: dict[str, Any], stop: threading.Event | None = None) -> Non
                           operators=operators, emit_events=spec["emit_events"])
         recovery = RecoveryConfig(state_dir / "recovery")
         epoch = timedelta(seconds=config.epoch_interval_s)
+        CLOSE_ERRORS.clear()
         try:
             if role is None:
                 run_main(flow, epoch_interval=epoch, recovery_config=recovery)
@@ -431,6 +432,8 @@ def run_worker(spec: dict[str, Any], stop: threading.Event | None = None) -> Non
             raise
         try:
             _close_stores(quietly=False)
+            if CLOSE_ERRORS:
+                raise CLOSE_ERRORS.pop()
         except Exception as error:
             raise_if_corrupted(state_dir, error)
             raise

@@ -142,11 +142,11 @@ def read_only(path: Path) -> Iterator[Path]:
 
 
 def fill(folder: Path, leave: int) -> Path:
-    """Write a file in `folder` until its disk has about `leave` bytes free."""
+    """Write a file in `folder` until its disk has about `leave` bytes free (0: until a write fails)."""
     filler = folder / "filler"
     block = b"\0" * (1 << 20)
-    with filler.open("wb") as handle:
-        while shutil.disk_usage(folder).free > leave + len(block):
+    with contextlib.suppress(OSError), filler.open("wb") as handle:
+        while leave == 0 or shutil.disk_usage(folder).free > leave + len(block):
             handle.write(block)
             handle.flush()
     return filler
@@ -321,6 +321,23 @@ def test_ctrl_c_is_one_line_exit_130_and_the_state_folder_resumes(made: dict[str
     assert_reference(made, out)
 
 
+@pytest.mark.cluster
+def test_ctrl_c_stops_a_one_machine_cluster_at_a_snapshot(made: dict[str, Path], tmp_path: Path) -> None:
+    """--processes 2: the signal is passed on; process 0 ends the input, the cluster stops at a snapshot."""
+    state = tmp_path / "state"
+    out = tmp_path / "out"
+    process = subprocess.Popen([*command(made, out, state, slow=True), "--processes", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(state / "process-0" / "parts" / "events.w0.jsonl", 3000, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    one_line(stderr, "interrupted (SIGINT)", "the replay stopped at a snapshot")
+    resumed = run(made, out, state, "--processes", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_reference(made, out)
+
+
 def test_sigterm_without_a_state_dir_removes_the_temporary_folder(made: dict[str, Path], tmp_path: Path) -> None:
     temporary = tmp_path / "tmp"
     temporary.mkdir()
@@ -427,15 +444,22 @@ def test_a_full_output_disk_is_one_line_and_leaves_the_old_outputs(made: dict[st
 
 
 @needs_root
-def test_a_state_disk_running_full_stops_at_a_snapshot_and_resumes(made: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("leave", [20 << 20, 0])
+def test_a_state_disk_running_full_stops_at_a_snapshot_and_resumes(made: dict[str, Path], tmp_path: Path,
+                                                                    leave: int) -> None:
+    """Nearly full (20 MiB left): the watch stops the replay at a snapshot. Full at once (0 left): RocksDB or
+    the part files fail with ENOSPC, unless the watch was first; either way one line, and it resumes."""
     with tmpfs(tmp_path / "disk", "128m") as disk:
         state = disk / "state"
         process = start(made, tmp_path / "out", state)
         wait_for_lines(state / "parts" / "events.w0.jsonl", 3000, process)
-        filler = fill(disk, leave=20 << 20)
+        filler = fill(disk, leave=leave)
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 1, stderr
-        one_line(stderr, f"the disk of state folder {state} has only", "the replay stopped at a snapshot")
+        if leave:
+            one_line(stderr, f"the disk of state folder {state} has only", "the replay stopped at a snapshot")
+        else:
+            one_line(stderr, f"state folder {state}", "MiB free", "run the same command again")
         filler.unlink()
         resumed = run(made, tmp_path / "out", state)
         assert resumed.returncode == 0, resumed.stderr
