@@ -58,6 +58,7 @@ def cli() -> None:
 @click.option("--refused-links", type=_file, help="Identity links refused by merge protection, with the reason.")
 @click.option("--duplicates", type=_file, help="Redelivered records that were dropped.")
 @click.option("--events", type=_file, help="The cleaned, deduplicated events.")
+@click.option("--retractions", type=_file, help="Triggers sent although their products were bought before their time.")
 @click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
 @click.option("--state-dir", type=_dir, help="Keep state here, to resume an interrupted replay.")
 @cluster_options
@@ -65,7 +66,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
            suppressed: Path | None, identities: Path | None, refused_links: Path | None, duplicates: Path | None, events: Path | None,
-           config_file: Path | None, state_dir: Path | None, processes: int | None, addresses: str | None,
+           retractions: Path | None, config_file: Path | None, state_dir: Path | None, processes: int | None, addresses: str | None,
            hostfile: Path | None, process_id: int | None, stop_after: int | None, quiet: bool) -> None:
     """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
@@ -74,7 +75,7 @@ def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | Non
     summary = run_replay(ReplayOptions(
         recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
         suppressed=suppressed, identities=identities, refused_links=refused_links, duplicates=duplicates, events=events,
-        state_dir=state_dir, config=load_config(config_file), processes=processes, addresses=address_list,
+        retractions=retractions, state_dir=state_dir, config=load_config(config_file), processes=processes, addresses=address_list,
         process_id=process_id, stop_after=stop_after, progress=not quiet))
     click.echo("\n".join(summary.lines()))
 

@@ -73,3 +73,16 @@ WATERMARK_TOPIC = "omnitrigger.watermark"
 HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
 #: A device's store visit was confirmed: body is the visit (operators/visits.py).
 VISIT_CONFIRMED = "omnitrigger.visit_confirmed"
+
+
+def is_returned_line(item: dict[str, Any]) -> bool:
+    """A receipt or purchase line that is a return, not a sale: a quantity of zero or less."""
+    qty = item.get("qty")
+    return isinstance(qty, (int, float)) and qty <= 0
+
+
+def is_return(topic: str, body: dict[str, Any]) -> bool:
+    """A till receipt of type return, or a receipt or web purchase with a returned line (counted as returns)."""
+    if topic == "pos.receipts":
+        return body.get("type") == "return" or any(is_returned_line(item) for item in body["items"])
+    return topic == "web.events" and body["type"] == "purchase" and any(is_returned_line(i) for i in body["items"])

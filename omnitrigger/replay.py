@@ -68,7 +68,7 @@ from omnitrigger.outputs import (
 from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, SUPPRESSED, TRIGGERS, VISITS,
+    DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.operators.stage_chain import STATS
 from omnitrigger.state_folder import (
@@ -87,7 +87,7 @@ DISK_CHECK_INTERVAL_S = 0.25
 #: The output flags, by ReplayOptions field.
 OUTPUT_FLAGS = {"out": "--out", "dead_letter": "--dead-letter", "visits": "--visits", "suppressed": "--suppressed",
                 "identities": "--identities", "refused_links": "--refused-links", "duplicates": "--duplicates",
-                "events": "--events"}
+                "events": "--events", "retractions": "--retractions"}
 
 
 class ReplayError(Exception):
@@ -122,6 +122,7 @@ class ReplayOptions:
     refused_links: Path | None = None
     duplicates: Path | None = None
     events: Path | None = None
+    retractions: Path | None = None
     state_dir: Path | None = None
     config: Config = field(default_factory=Config)
     processes: int = 1  # a one-machine cluster of this many processes
@@ -146,6 +147,12 @@ class ReplaySummary:
     customers: int
     records_this_run: int
     seconds: float
+    retractions_by_rule: dict[str, int] = field(default_factory=dict)
+    #: identifier values ignored as blank or blocked (identity's run totals), by type
+    ignored_identifiers: dict[str, int] = field(default_factory=dict)
+    #: confirmed visits not written because the customer had not allowed location processing
+    visits_without_location_consent: int = 0
+    returns: int = 0
 
     @property
     def records_read(self) -> int:
@@ -159,14 +166,21 @@ class ReplaySummary:
         out += [f"  {reason}: {count:,}" for reason, count in self.dead_letters_by_reason.items()]
         out.append(f"duplicates dropped: {sum(self.duplicates_by_topic.values()):,}")
         out += [f"  {topic}: {count:,}" for topic, count in self.duplicates_by_topic.items()]
-        out.append(f"store visits: {self.visits:,} (late pings dropped: {self.late_pings:,})")
+        out.append(f"store visits: {self.visits:,} (late pings dropped: {self.late_pings:,}; without location "
+                   f"consent, not written: {self.visits_without_location_consent:,})")
         out.append(f"identifiers: {self.identifiers:,} in {self.customers:,} customers")
+        if self.ignored_identifiers:
+            out.append(f"blank or blocked identifier values ignored: {sum(self.ignored_identifiers.values()):,}")
+            out += [f"  {kind}: {count:,}" for kind, count in self.ignored_identifiers.items()]
+        out.append(f"returns (cancel nothing): {self.returns:,}")
         out.append(f"links refused: {sum(self.refused_links_by_reason.values()):,}")
         out += [f"  {reason}: {count:,}" for reason, count in self.refused_links_by_reason.items()]
         out.append(f"triggers: {sum(self.triggers_by_rule.values()):,}")
         out += [f"  {rule}: {count:,}" for rule, count in self.triggers_by_rule.items()]
         out.append(f"suppressed: {sum(self.suppressed_by_reason.values()):,}")
         out += [f"  {reason}: {count:,}" for reason, count in self.suppressed_by_reason.items()]
+        out.append(f"retracted (bought before their time): {sum(self.retractions_by_rule.values()):,}")
+        out += [f"  {rule}: {count:,}" for rule, count in self.retractions_by_rule.items()]
         out.append(f"events/s: {rate:,.0f} ({self.records_this_run:,} records in {self.seconds:.2f} s this run)")
         return out
 
@@ -581,7 +595,7 @@ def _write_identities(rocksdb_dir: Path, path: Path | None, files: OutputFiles |
 
 
 #: The field each counted stream's summary is by.
-_COUNTED = {TRIGGERS: "rule", SUPPRESSED: "reason", REFUSED_LINKS: "reason"}
+_COUNTED = {TRIGGERS: "rule", SUPPRESSED: "reason", REFUSED_LINKS: "reason", RETRACTIONS: "rule"}
 
 
 def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], seconds: float) -> ReplaySummary:
@@ -590,7 +604,7 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
     stats = parts.last(STATS) or {}
     outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
                SUPPRESSED: options.suppressed, DUPLICATES: options.duplicates,
-               EVENTS: options.events, REFUSED_LINKS: options.refused_links}
+               EVENTS: options.events, REFUSED_LINKS: options.refused_links, RETRACTIONS: options.retractions}
     counts: dict[str, Counter] = {}
     written: dict[str, int] = {}
     with OutputFiles() as files:
@@ -618,6 +632,11 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
         customers=customers,
         records_this_run=read_now - read_before,
         seconds=seconds,
+        retractions_by_rule=dict(sorted(counts[RETRACTIONS].items())),
+        ignored_identifiers={kind.removeprefix("ignored_"): count
+                             for kind, count in sorted(stats.get("identity", {}).items())},
+        visits_without_location_consent=stats.get("visits", {}).get("visits_without_location_consent", 0),
+        returns=sum(stats.get("returns", {}).values()),
     )
 
 

@@ -55,7 +55,7 @@ import xxhash
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.policy import Policy
 from omnitrigger.records import (
-    MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
+    MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event, is_returned_line,
 )
 from omnitrigger.state import ShardState
 
@@ -177,7 +177,7 @@ class Rules(StageOperator):
                      channel: str | None) -> None:
         """Lines bought (a quantity above zero; the rest are returns) cancel what they were set before them,
         and retract what already went out for them although they were bought before its time."""
-        bought = list(dict.fromkeys(item["product_id"] for item in items if _is_bought(item)))
+        bought = list(dict.fromkeys(item["product_id"] for item in items if not is_returned_line(item)))
         for product in bought:
             key = _key(b"P", customer, product)
             last = self.state.get(key)
@@ -374,12 +374,6 @@ def _key(prefix: bytes, customer: str, product: Any) -> bytes:
 
 def _timer_key(deadline: int, rule: str, customer: str, product: Any) -> bytes:
     return b"T" + deadline.to_bytes(8, "big") + _PENDING_PREFIX[rule] + customer.encode() + orjson.dumps(product)
-
-
-def _is_bought(item: dict[str, Any]) -> bool:
-    """A line item that is a sale: a quantity above zero (a negative one is a return, zero is nothing)."""
-    qty = item.get("qty")
-    return not isinstance(qty, (int, float)) or qty > 0
 
 
 def _receipt_id(body: dict[str, Any]) -> str:

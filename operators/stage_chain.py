@@ -17,7 +17,7 @@ import orjson
 
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat,
+    DEAD_LETTERS, DUPLICATES, EVENTS, HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat, is_return,
 )
 from omnitrigger.state import ShardState
 
@@ -33,7 +33,7 @@ class StageChain:
         raw = counter_state.get_meta(_COUNTERS)
         saved = orjson.loads(raw) if raw else {}
         self.counters: dict[str, Counter] = {name: Counter(saved.get(name, {}))
-                                             for name in ("read", "dead_letters", "duplicates", "events")}
+                                             for name in ("read", "dead_letters", "duplicates", "events", "returns")}
         self.last_seq = saved.get("last_seq", -1)
 
     def on_batches(self, batches: Iterable[list[Event | Emitted | Heartbeat]]) -> tuple[list[Emitted], list[Event]]:
@@ -65,6 +65,7 @@ class StageChain:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
         external = [event for event in events if not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
         self.counters["events"].update(event.topic for event in external)
+        self.counters["returns"].update(event.topic for event in external if is_return(event.topic, event.body))
         if self.emit_events:
             out.extend(Emitted(EVENTS, (e.seq, 0), {"topic": e.topic, "partition": e.partition, "offset": e.offset,
                                                    "ts_ms": e.ts_ms, "customer_id": e.customer, "event": e.body})
@@ -101,3 +102,4 @@ class StageChain:
             if hasattr(operator, "stats"):
                 document[operator.name] = dict(sorted(operator.stats().items()))
         return Emitted(STATS, (self.last_seq + 1, 0), document)
+

@@ -159,7 +159,9 @@ class Visits(StageOperator):
         for key, value in self.state.scan(_DEVICE, _DEVICE_END):
             device = key[1:].decode()
             for visit in orjson.loads(value)[1]:
-                if visit[CONFIRMED_AT] is not None and _location_allowed(visit):
+                if visit[CONFIRMED_AT] is not None and not _location_allowed(visit):
+                    self.counts["visits_without_location_consent"] += 1
+                elif visit[CONFIRMED_AT] is not None:
                     emitted.append(Emitted(VISITS, (end_seq, len(emitted)), _visit_record(device, visit, None, "open")))
         return OperatorResult([], emitted)
 

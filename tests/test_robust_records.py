@@ -162,14 +162,17 @@ def test_a_malformed_record_254_deep_is_a_dead_letter_not_a_crash() -> None:
 
 
 def test_the_journal_skips_an_event_it_cannot_write_instead_of_stopping(tmp_path: Path) -> None:
-    """Defence in depth behind max_depth: History logs and passes on an event orjson cannot write."""
+    """Defence in depth behind max_depth: History logs and passes on an event orjson cannot write.
+
+    The journal keeps rule facts only (an unknown field never reaches it), so the unwritable value sits in a
+    field a rule reads."""
     store = RocksDBStore(tmp_path / "db")
     try:
         history = History(ShardState(store, "history", 0), Config())
         deep: Any = "leaf"
         for _ in range(300):
             deep = [deep]
-        events = [Event(0, "web.events", 0, 0, DAY0, {**view(1, DAY0), "extra": deep}, customer="cust-1"),
+        events = [Event(0, "web.events", 0, 0, DAY0, {**view(1, DAY0), "product_id": deep}, customer="cust-1"),
                   Event(1, "web.events", 0, 1, DAY0 + 1, view(2, DAY0 + 1), customer="cust-1")]
         passed = history.on_events(events).events
         history.state.commit()

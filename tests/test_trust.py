@@ -387,3 +387,45 @@ def test_a_visit_without_location_consent_is_not_written(tmp_path: Path) -> None
     _, allowed = replay(tmp_path, tmp_path / "with", name="with", config=CONFIG)
     [visit] = records(allowed["visits"])
     assert visit["store_id"] == "S1"
+
+
+# -- retractions ------------------------------------------------------------------------------------------------
+
+
+def test_a_purchase_arriving_after_its_reminder_went_out_retracts_it(tmp_path: Path) -> None:
+    """Bought at minute 58 at the till, delivered after a receipt of minute 70: the reminder went out at minute 60
+    (the grace passed at 65), so the purchase gives a retraction a sender can cancel the queued message with."""
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 70 * MINUTE, "L7", ("P7", 1)),
+                                             receipt(2, T0 + 58 * MINUTE, "L1", ("P1", 1))])
+    summary, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    [trigger] = records(files["triggers"])
+    [retraction] = records(files["retractions"])
+    assert retraction["trigger_id"] == trigger["trigger_id"] and retraction["rule"] == "cart_abandoned"
+    assert retraction["customer_id"] == trigger["customer_id"] and retraction["products"] == ["P1"]
+    assert retraction["purchase_channel"] == "pos" and retraction["purchase_ts_ms"] == T0 + 58 * MINUTE
+    assert retraction["reason"] == "purchased_before_due" and retraction["evidence"] == ["T1/2"]
+    assert summary.retractions_by_rule == {"cart_abandoned": 1}
+    import json
+
+    from jsonschema import Draft202012Validator
+
+    from omnitrigger.schemas import SCHEMA_DIR
+    Draft202012Validator(json.loads((SCHEMA_DIR / "retraction.schema.json").read_text())).validate(retraction)
+
+
+def test_a_purchase_after_the_trigger_time_is_no_retraction(tmp_path: Path) -> None:
+    cart_shopper(tmp_path / "rec", receipts=[receipt(1, T0 + 70 * MINUTE, "L1", ("P1", 1))])
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert len(records(files["triggers"])) == 1 and records(files["retractions"]) == []
+
+
+def test_the_summary_counts_returns_ignored_identifiers_and_unconsented_visits(tmp_path: Path) -> None:
+    store_visit(tmp_path / "rec", consents=("push",))
+    refund = receipt(1, T0 + 10 * MINUTE, "L1", ("P1", -1))
+    refund["ids"]["phone"] = ""
+    write_lines(tmp_path / "rec" / "pos.receipts.jsonl", [refund])
+    summary, _ = replay(tmp_path, tmp_path / "rec", config=CONFIG)
+    assert summary.returns == 1 and summary.ignored_identifiers == {"phone": 1}
+    assert summary.visits_without_location_consent == 1
+    text = "\n".join(summary.lines())
+    assert "returns (cancel nothing): 1" in text and "without location consent, not written: 1" in text
