@@ -87,12 +87,15 @@ class Config:
     rule_timers_in_memory: int = 20_000  # per rules shard: the earliest pending deadlines kept in memory
     purchase_grace_s: float = 300.0  # a deadline fires once the clock passes it plus this: a late till purchase still cancels
     retraction_window_s: float = 86_400.0  # how long after a trigger a purchase made before it can still retract it
+    cart_group_window_s: float = 600.0  # a customer's cart deadlines this close after the first fire as one trigger; 0: off
+    add_cancels_browse: bool = True  # an add to cart cancels the product's pending browse reminder (moved_to_cart)
     # [policy]
     channels: tuple[str, ...] = ("push", "email", "sms")  # the first channel with consent is used
     max_triggers_per_customer: int = 3
     customer_cap_window_s: float = 86_400.0
     product_cap_window_s: float = 86_400.0
     control_file: str | None = None  # JSON {"disabled_rules": [...]}, re-read when it changes
+    cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
     kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
@@ -301,12 +304,15 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("rules", "timers_in_memory"): ("rule_timers_in_memory", _positive_int),
     ("rules", "purchase_grace"): ("purchase_grace_s", parse_duration_s),
     ("rules", "retraction_window"): ("retraction_window_s", parse_duration_s),
+    ("rules", "cart_group_window"): ("cart_group_window_s", parse_duration_s),
+    ("rules", "add_cancels_browse"): ("add_cancels_browse", _boolean),
     ("policy", "channels"): ("channels", _channels),
     ("policy", "max_triggers_per_customer"): ("max_triggers_per_customer", _positive_int),
     ("policy", "customer_cap_window"): ("customer_cap_window_s", parse_duration_s),
     ("policy", "product_cap_window"): ("product_cap_window_s", parse_duration_s),
     ("policy", "control_file"): ("control_file", _path),
     ("policy", "require_location_consent"): ("require_location_consent", _boolean),
+    ("policy", "cross_rule_product_cap"): ("cross_rule_product_cap", _boolean),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),

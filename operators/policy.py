@@ -6,6 +6,7 @@ A plain helper of the rules operator, sharing its shard state:
                                                                       (and per purpose: "location")
     F <customer>                   -> [ts_ms, ...]                    trigger times in the customer cap window
     G <customer> <rule> 0 <product> -> ts_ms                          the last trigger of this rule and product
+                                                                      (rule "*": of any rule, [policy] cross_rule_product_cap)
 
 The kill switch is `[rules] disabled` in the config plus, when
 `[policy] control_file` is set, that JSON file's `disabled_rules`, re-read
@@ -47,6 +48,8 @@ class Policy:
         self.max_per_customer = config.max_triggers_per_customer
         self.customer_window_ms = int(config.customer_cap_window_s * 1000)
         self.product_window_ms = int(config.product_cap_window_s * 1000)
+        # One message per (customer, product) across all rules: the cap's key leaves the rule out.
+        self.cap_rule = (lambda rule: "*") if config.cross_rule_product_cap else (lambda rule: rule)
         self.config_disabled = frozenset(config.disabled_rules)
         self.require_location_consent = config.require_location_consent
         self._control_reader = ControlFile.at(config.control_file, rules) if config.control_file else None
@@ -98,7 +101,7 @@ class Policy:
         fires = sorted(t for t in fires if t > latest - self.customer_window_ms)
         self.state.put(b"F" + customer.encode(), orjson.dumps(fires), latest + self.customer_window_ms)
         for product in products:
-            key = _product_key(customer, rule, product)
+            key = _product_key(customer, self.cap_rule(rule), product)
             previous = self.state.get(key)
             last = max(ts_ms, int(previous) if previous is not None else ts_ms)
             self.state.put(key, b"%d" % last, last + self.product_window_ms)
@@ -121,7 +124,7 @@ class Policy:
         return orjson.loads(raw) if raw else []
 
     def _product_capped(self, customer: str, rule: str, product: Any, ts_ms: int) -> bool:
-        raw = self.state.get(_product_key(customer, rule, product))
+        raw = self.state.get(_product_key(customer, self.cap_rule(rule), product))
         return raw is not None and ts_ms - self.product_window_ms < int(raw) <= ts_ms
 
     def _control(self) -> frozenset[str]:

@@ -2,7 +2,9 @@
 
 Exactly as DESIGN.md section 3 defines them:
   cart_abandoned     add_to_cart(C, P) at t sets a deadline t + 60 min; a later add of P moves it;
-                     a purchase of P or remove_from_cart(P) cancels it; at the deadline it fires.
+                     a purchase of P or remove_from_cart(P) cancels it; at the deadline it fires,
+                     with C's other cart deadlines due within `cart_group_window` (10 min) of it;
+                     the add cancels a pending browse reminder of P (`moved_to_cart`).
   browse_abandoned   the first view_item(C, P) with none pending sets a deadline t + 24 h;
                      a purchase of P cancels it; at the deadline it fires.
   store_visit_offer  at a confirmed visit of C to store S at v: the products C viewed in
@@ -94,6 +96,8 @@ class Rules(StageOperator):
         self.lookback_ms = int(config.offer_lookback_s * 1000)
         self.grace_ms = int(config.purchase_grace_s * 1000)
         self.retraction_window_ms = int(config.retraction_window_s * 1000)
+        self.cart_group_ms = int(config.cart_group_window_s * 1000)
+        self.add_cancels_browse = config.add_cancels_browse
         self.max_products = config.offer_max_products
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
@@ -172,6 +176,8 @@ class Rules(StageOperator):
             pending = None
         evidence = (pending[2] if pending is not None else [])[-(_MAX_EVIDENCE - 1):] + [event_id]
         self._schedule(CART, customer, product, ts_ms, event_id, evidence)
+        if self.add_cancels_browse:  # one intent, one message: the cart reminder replaces the browse one
+            self._cancel(BROWSE, customer, product, ts_ms, "moved_to_cart", event_id, None)
 
     def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
                      channel: str | None) -> None:
@@ -274,9 +280,24 @@ class Rules(StageOperator):
             self.state.put_meta(_SWEPT, b"%d" % watermark_ms)
 
     def _fire(self, rule: str, customer: str, product: Any, pending: list[Any]) -> None:
-        """A pending deadline is due: the policy decides, at the deadline's time (its timer, if any, is stale now)."""
+        """A pending deadline is due: the policy decides, at the deadline's time (its timer, if any, is stale now).
+
+        A cart deadline takes the customer's other cart deadlines due within `[rules] cart_group_window`
+        after it along: one reminder for a cart filled in a few minutes, its products most recent first.
+        """
         self.state.delete(_key(_PENDING_PREFIX[rule], customer, product))
-        self._decide(rule, customer, [product], pending[0], None, pending[2])
+        group = [(pending[1], product, pending[2])]
+        if rule == CART and self.cart_group_ms > 0:
+            prefix = b"A" + customer.encode()
+            for key, value in self.state.scan(prefix, prefix + b"\xff"):
+                deadline, set_ms, evidence = orjson.loads(value)
+                if pending[0] <= deadline <= pending[0] + self.cart_group_ms:
+                    self.state.delete(key)
+                    group.append((set_ms, orjson.loads(key[len(prefix):]), evidence))
+            group.sort(key=lambda item: (-item[0], orjson.dumps(item[1])))
+        products = [item[1] for item in group]
+        evidence = [event_id for *_, ids in group for event_id in ids]
+        self._decide(rule, customer, products, pending[0], None, evidence)
 
     def _load_timers(self, limit: bytes = b"U") -> bool:
         """With the heap empty and timers below `limit` left in the state only, read the next ones into it."""

@@ -145,7 +145,7 @@ def test_an_online_purchase_cancels_cart_and_browse(shop: Shop) -> None:
     shop.tick(T0 + 2 * DAY)
     assert shop.triggers == []
     assert sorted((r["rule"], r["reason"], r.get("purchase_channel")) for r in shop.suppressed) == [
-        ("browse_abandoned", "purchased", "web"), ("cart_abandoned", "purchased", "web")]
+        ("browse_abandoned", "moved_to_cart", None), ("cart_abandoned", "purchased", "web")]  # the add took the view
 
 
 def test_a_till_purchase_under_a_loyalty_card_linked_to_the_browsing_device_cancels(shop: Shop) -> None:
@@ -158,7 +158,7 @@ def test_a_till_purchase_under_a_loyalty_card_linked_to_the_browsing_device_canc
     shop.tick(T0 + 2 * DAY)
     assert shop.triggers == []
     assert sorted((r["rule"], r["reason"], r["customer_id"], r.get("purchase_channel")) for r in shop.suppressed) == [
-        ("browse_abandoned", "purchased", receipt.customer, "pos"),
+        ("browse_abandoned", "moved_to_cart", receipt.customer, None),  # the add replaced the browse reminder
         ("cart_abandoned", "purchased", receipt.customer, "pos")]
 
 

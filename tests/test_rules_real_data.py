@@ -70,8 +70,20 @@ class IndependentRules:
             for rule in ("cart_abandoned", "browse_abandoned"):
                 entry = self.pending.get((rule, customer, product))
                 if entry is not None and entry[0] == deadline and KIND_ORDER[rule] == kind:
-                    del self.pending[(rule, customer, product)]
-                    self.decide(rule, customer, [product], deadline, None, entry[2])
+                    self.fire(rule, customer, product, entry)
+
+    def fire(self, rule: str, customer: str, product: Any, entry: tuple[int, int, list[str]]) -> None:
+        """A due deadline; a cart one takes the customer's cart deadlines due within 10 minutes after it along."""
+        del self.pending[(rule, customer, product)]
+        group = [(entry[1], product, entry[2])]
+        if rule == "cart_abandoned":
+            for (other_rule, other_customer, other), (deadline, set_ts, evidence) in list(self.pending.items()):
+                if other_rule == rule and other_customer == customer and entry[0] <= deadline <= entry[0] + 600_000:
+                    del self.pending[(other_rule, other_customer, other)]
+                    group.append((set_ts, other, evidence))
+            group.sort(key=lambda item: (-item[0], orjson.dumps(item[1])))
+        self.decide(rule, customer, [item[1] for item in group], entry[0], None,
+                    [event_id for *_, ids in group for event_id in ids])
 
     def schedule(self, rule: str, customer: str, product: Any, ts: int, evidence: list[str]) -> None:
         deadline = ts + self.delay[rule]
@@ -106,11 +118,11 @@ class IndependentRules:
         if entry is not None and entry[1] > ts:
             return
         if entry is not None and entry[0] <= ts:  # due already (waiting out the grace): it fires as it stands
-            del self.pending[("cart_abandoned", customer, product)]
-            self.decide("cart_abandoned", customer, [product], entry[0], None, entry[2])
+            self.fire("cart_abandoned", customer, product, entry)
             entry = None
         evidence = (entry[2] if entry else [])[-9:] + [event_id]
         self.schedule("cart_abandoned", customer, product, ts, evidence)
+        self.cancel("browse_abandoned", customer, product, ts, "moved_to_cart")  # the add replaces the browse one
 
     def purchase(self, customer: str, products: list[Any], ts: int) -> None:
         for product in dict.fromkeys(products):
@@ -158,7 +170,7 @@ class IndependentRules:
         elif sum(ts - 86_400_000 < t <= ts for t in self.fired[customer]) >= 3:
             reason = "customer_cap"
         else:
-            allowed = [p for p in products if not (ts - 86_400_000 < self.fired_product.get((customer, rule, str(p)),
+            allowed = [p for p in products if not (ts - 86_400_000 < self.fired_product.get((customer, "*", str(p)),
                                                                                             -10**15) <= ts)]
             if not allowed:
                 reason = "product_cap"
@@ -170,7 +182,7 @@ class IndependentRules:
             return
         self.fired[customer].append(ts)
         for product in products:
-            self.fired_product[(customer, rule, str(product))] = ts
+            self.fired_product[(customer, "*", str(product))] = max(ts, self.fired_product.get((customer, "*", str(product)), ts))
         self.triggers.append({**record, "channel": channel, "store_id": store, "evidence": evidence})
 
 

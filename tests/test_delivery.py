@@ -1,0 +1,67 @@
+"""One message per intent (issue 15, first part), through whole replays on real RocksDB.
+
+A cart filled in a few minutes gives one reminder listing its products; an add to cart replaces the
+product's browse reminder; one message per (customer, product) per product cap window across rules.
+Each has a setting that switches it off, and the tests show both sides.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conftest import records, replay, write_lines
+from omnitrigger.config import Config
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+T0 = 1_764_000_000_000
+
+
+def shopper(recording: Path, web: list[dict[str, Any]]) -> None:
+    """Cookie c1 with push consent; `web` are its events, then someone else's view much later moves the clock."""
+    write_lines(recording / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0 - HOUR, "ids": {"cookie_id": "c1"}, "channel": "push", "status": "granted"}])
+    tick = {"event_id": "w-tick", "type": "view_item", "ts": T0 + 3 * 24 * HOUR, "channel": "web",
+            "ids": {"cookie_id": "c9"}, "product_id": "P9"}
+    write_lines(recording / "web.events.jsonl", [*web, tick])
+
+
+def event(n: int, kind: str, ts_ms: int, product: str) -> dict[str, Any]:
+    return {"event_id": f"w-{n}", "type": kind, "ts": ts_ms, "channel": "web", "ids": {"cookie_id": "c1"},
+            "product_id": product}
+
+
+def mine(files: dict[str, bytes], stream: str) -> list[dict[str, Any]]:
+    return [r for r in records(files[stream]) if r["products"] != ["P9"]]
+
+
+def test_a_cart_filled_in_seconds_gives_one_reminder(tmp_path: Path) -> None:
+    shopper(tmp_path / "rec", [event(1, "add_to_cart", T0, "P1"), event(2, "add_to_cart", T0 + 2000, "P2"),
+                               event(3, "add_to_cart", T0 + 4000, "P3"),
+                               event(4, "add_to_cart", T0 + 30 * MINUTE, "P4")])  # 30 minutes later: its own
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config())
+    first, second = mine(files, "triggers")
+    assert first["rule"] == "cart_abandoned" and first["products"] == ["P3", "P2", "P1"]  # most recent first
+    assert first["ts_ms"] == T0 + HOUR and first["evidence"] == ["w-3", "w-2", "w-1"]
+    assert second["products"] == ["P4"]
+    _, apart = replay(tmp_path, tmp_path / "rec", name="apart", config=Config(cart_group_window_s=0))
+    assert [t["products"] for t in mine(apart, "triggers")][:3] == [["P1"], ["P2"], ["P3"]]
+
+
+def test_an_add_to_cart_replaces_the_browse_reminder(tmp_path: Path) -> None:
+    shopper(tmp_path / "rec", [event(1, "view_item", T0, "P1"), event(2, "add_to_cart", T0 + MINUTE, "P1")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config())
+    assert [t["rule"] for t in mine(files, "triggers")] == ["cart_abandoned"]
+    assert [(s["rule"], s["reason"]) for s in mine(files, "suppressed")] == [("browse_abandoned", "moved_to_cart")]
+    _, both = replay(tmp_path, tmp_path / "rec", name="both",
+                     config=Config(add_cancels_browse=False, cross_rule_product_cap=False))
+    assert [t["rule"] for t in mine(both, "triggers")] == ["cart_abandoned", "browse_abandoned"]
+
+
+def test_one_message_per_product_across_rules(tmp_path: Path) -> None:
+    """Viewed, carted and left: with the add not cancelling the browse reminder, the product cap still holds it."""
+    shopper(tmp_path / "rec", [event(1, "view_item", T0, "P1"), event(2, "add_to_cart", T0 + MINUTE, "P1")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config(add_cancels_browse=False))
+    assert [t["rule"] for t in mine(files, "triggers")] == ["cart_abandoned"]
+    assert [(s["rule"], s["reason"]) for s in mine(files, "suppressed")] == [("browse_abandoned", "product_cap")]
