@@ -95,6 +95,9 @@ class Config:
     customer_cap_window_s: float = 86_400.0
     product_cap_window_s: float = 86_400.0
     control_file: str | None = None  # JSON {"disabled_rules": [...]}, re-read when it changes
+    quiet_hours: str = "21:00-09:00"  # local time; a deadline inside is deferred to the end; "": off
+    timezone: str = "Europe/Helsinki"  # the zone of quiet_hours
+    offer_quiet_hours: bool = False  # [rules.store_visit_offer] quiet_hours: true suppresses offers then (quiet_hours)
     cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
@@ -210,6 +213,32 @@ def _boolean(value: Any, name: str) -> bool:
     return value
 
 
+def _quiet_window(value: Any, name: str) -> str:
+    from omnitrigger.operators.quiet_hours import parse_window
+
+    try:
+        parse_window(value if isinstance(value, str) else "?")
+    except ValueError as error:
+        raise ConfigError(f"{name}: {error}") from None
+    return value
+
+
+def _time_zone(value: Any, name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ConfigError(f"{name}: expected an IANA time zone such as \"Europe/Helsinki\", got {value!r}") from None
+    return value
+
+
+def _offer_table(value: Any, name: str) -> bool:
+    if not isinstance(value, dict) or set(value) - {"quiet_hours"}:
+        raise ConfigError(f"{name}: expected a table with quiet_hours = true or false, got {value!r}")
+    return _boolean(value.get("quiet_hours", False), f"{name}.quiet_hours")
+
+
 def _path(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{name}: expected a file path, got {value!r}")
@@ -313,6 +342,9 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("policy", "control_file"): ("control_file", _path),
     ("policy", "require_location_consent"): ("require_location_consent", _boolean),
     ("policy", "cross_rule_product_cap"): ("cross_rule_product_cap", _boolean),
+    ("policy", "quiet_hours"): ("quiet_hours", _quiet_window),
+    ("policy", "timezone"): ("timezone", _time_zone),
+    ("rules", "store_visit_offer"): ("offer_quiet_hours", _offer_table),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),

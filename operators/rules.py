@@ -56,6 +56,7 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.policy import Policy
+from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.records import (
     MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event, is_returned_line,
 )
@@ -98,6 +99,8 @@ class Rules(StageOperator):
         self.retraction_window_ms = int(config.retraction_window_s * 1000)
         self.cart_group_ms = int(config.cart_group_window_s * 1000)
         self.add_cancels_browse = config.add_cancels_browse
+        self.quiet = QuietHours(config.quiet_hours, config.timezone)
+        self.offer_quiet_hours = config.offer_quiet_hours
         self.max_products = config.offer_max_products
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
@@ -226,7 +229,7 @@ class Rules(StageOperator):
 
     def _schedule(self, rule: str, customer: str, product: Any, set_ms: int, event_id: str,
                   evidence: list[str] | None = None) -> None:
-        deadline = set_ms + self.delays_ms[rule]
+        deadline = self.quiet.defer(set_ms + self.delays_ms[rule])  # a reminder due at night waits for the morning
         evidence = evidence or [event_id]
         if deadline + self.grace_ms <= self.watermark_ms:  # later than the lateness and the grace: too late to remind
             if not self._replaying:
@@ -331,6 +334,10 @@ class Rules(StageOperator):
         viewed.sort(reverse=True)
         chosen = viewed[:self.max_products]
         evidence = [visit["visit_id"]] + [event_id for *_, event_id in chosen]
+        if self.offer_quiet_hours and self.quiet.is_quiet(ts_ms):  # the customer is in the store now or never
+            self._suppress(OFFER, customer, [p for _, _, p, _ in chosen], ts_ms, "quiet_hours", evidence,
+                           visit["store_id"])
+            return
         self._decide(OFFER, customer, [product for _, _, product, _ in chosen], ts_ms, visit["store_id"], evidence,
                      subject=visit["visit_id"])
 

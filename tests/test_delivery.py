@@ -65,3 +65,33 @@ def test_one_message_per_product_across_rules(tmp_path: Path) -> None:
     _, files = replay(tmp_path, tmp_path / "rec", config=Config(add_cancels_browse=False))
     assert [t["rule"] for t in mine(files, "triggers")] == ["cart_abandoned"]
     assert [(s["rule"], s["reason"]) for s in mine(files, "suppressed")] == [("browse_abandoned", "product_cap")]
+
+
+# -- quiet hours ------------------------------------------------------------------------------------------------
+
+EVENING = 1_764_101_400_000  # 2025-11-25T20:10:00Z = 22:10 in Helsinki
+
+
+def test_a_reminder_due_at_night_waits_for_nine_in_the_morning(tmp_path: Path) -> None:
+    """Added at 22:10 Helsinki time: due 23:10, inside 21:00-09:00, so it goes out at 09:00 the next morning."""
+    shopper(tmp_path / "rec", [event(1, "add_to_cart", EVENING, "P1")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config())
+    [trigger] = mine(files, "triggers")
+    assert trigger["ts"] == "2025-11-26T07:00:00.000Z"  # 09:00 in Helsinki (UTC+2)
+    _, off = replay(tmp_path, tmp_path / "rec", name="off", config=Config(quiet_hours=""))
+    assert mine(off, "triggers")[0]["ts_ms"] == EVENING + HOUR
+
+
+def test_a_purchase_before_the_deferred_time_still_cancels(tmp_path: Path) -> None:
+    buy = {"event_id": "w-buy", "type": "purchase", "ts": EVENING + 8 * HOUR, "channel": "web",
+           "ids": {"cookie_id": "c1"}, "items": [{"product_id": "P1", "qty": 1, "price": 2.0}]}
+    shopper(tmp_path / "rec", [event(1, "add_to_cart", EVENING, "P1"), buy])  # bought at 06:10, before 09:00
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config())
+    assert mine(files, "triggers") == []
+    assert [(s["rule"], s["reason"]) for s in mine(files, "suppressed")] == [("cart_abandoned", "purchased")]
+
+
+def test_quiet_hours_follow_the_configured_zone(tmp_path: Path) -> None:
+    shopper(tmp_path / "rec", [event(1, "add_to_cart", EVENING, "P1")])
+    _, files = replay(tmp_path, tmp_path / "rec", config=Config(timezone="America/New_York"))  # 15:10 there
+    assert mine(files, "triggers")[0]["ts_ms"] == EVENING + HOUR

@@ -19,7 +19,7 @@ MINUTE = 60_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_764_000_000_000
-CONFIG = Config(rules_lateness_s=0, purchase_grace_s=0)  # the base semantics; tests/test_trust.py has the grace
+CONFIG = Config(rules_lateness_s=0, purchase_grace_s=0, quiet_hours="")  # the base semantics; test_trust.py has the grace, test_delivery.py quiet hours
 
 
 class Shop:

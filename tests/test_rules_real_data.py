@@ -32,6 +32,19 @@ PRIORITY = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")
 KIND_ORDER = {"cart_abandoned": "A", "browse_abandoned": "B"}
 
 
+def quiet_hours_end(ts_ms: int) -> int:
+    """21:00-09:00 Helsinki time, the default quiet hours: a deadline inside moves to 09:00 local."""
+    from datetime import datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("Europe/Helsinki")
+    local = datetime.fromtimestamp(ts_ms // 60_000 * 60, tz=timezone.utc).astimezone(zone)
+    if 9 <= local.hour < 21:
+        return ts_ms
+    day = local.date() + timedelta(days=1 if local.hour >= 21 else 0)
+    return int(datetime(day.year, day.month, day.day, 9, tzinfo=zone).timestamp() * 1000)
+
+
 class IndependentRules:
     """DESIGN.md section 3, written plainly: dictionaries, a heap of deadlines, SQLite for the offers."""
 
@@ -86,7 +99,7 @@ class IndependentRules:
                     [event_id for *_, ids in group for event_id in ids])
 
     def schedule(self, rule: str, customer: str, product: Any, ts: int, evidence: list[str]) -> None:
-        deadline = ts + self.delay[rule]
+        deadline = quiet_hours_end(ts + self.delay[rule])
         if deadline + self.grace <= self.watermark:
             self.suppressed.append({"rule": rule, "customer_id": customer, "ts_ms": deadline, "reason": "late_event",
                                     "products": [product]})
