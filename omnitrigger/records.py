@@ -71,6 +71,9 @@ MERGE_TOPIC = "omnitrigger.merge"
 WATERMARK_TOPIC = "omnitrigger.watermark"
 #: An idle live source's wall clock, as an event for the clock operator: ts_ms is the wall-clock time.
 HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
+#: A customer's identifiers changed (new, attached, merged in): body {"ids": [[type, value], ...]}, for the
+#: rules to know whom a trigger reaches (its `recipient`).
+IDENTITY_TOPIC = "omnitrigger.identity"
 #: A device's store visit was confirmed: body is the visit (operators/visits.py).
 VISIT_CONFIRMED = "omnitrigger.visit_confirmed"
 

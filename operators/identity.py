@@ -41,7 +41,7 @@ import orjson
 import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
 from omnitrigger.state import ShardState
 
 #: Identifier types, strongest first: the first one an event carries is its anchor.
@@ -68,6 +68,7 @@ class Identity(StageOperator):
         self.blocked = BLOCKED_VALUES | {value.strip().lower() for value in config.blocked_identifiers}
         self.min_confidence = config.min_link_confidence
         self._blocked_memo: dict[str, bool] = {}  # the same few device ids come again and again
+        self._changed: dict[str, list[list[str]]] = {}  # customers whose identifiers this event changed
         saved = state.get_meta(_IGNORED)
         self.ignored: Counter[str] = Counter(orjson.loads(saved) if saved else {})  # blocked values by type
         self.retention_ms = int(config.identifier_retention_s * 1000)
@@ -89,6 +90,10 @@ class Identity(StageOperator):
                 self.clock_ms = event.ts_ms
             customer, merges, refusals = self._resolve(event, ids)
             out.extend(merges)
+            if self._changed:  # whom a trigger reaches: the rules keep each customer's identifiers
+                out.extend(Event(event.seq, IDENTITY_TOPIC, -1, -1, event.ts_ms, {"ids": ids_now}, changed)
+                           for changed, ids_now in sorted(self._changed.items()))
+                self._changed = {}
             out.append(event._replace(customer=customer))
             for sub, refusal in enumerate(refusals):
                 emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
@@ -230,6 +235,7 @@ class Identity(StageOperator):
         record["ids"].append(list(identifier))
         self._point(identifier, customer, ts_ms)
         self._save(customer, record, ts_ms)
+        self._changed[customer] = record["ids"]
 
     def _touch(self, identifier: Identifier, customer: str, last_seen: int, ts_ms: int) -> None:
         """Renew an identifier's last-seen time (and its expiry), at most once a day."""
@@ -260,6 +266,8 @@ class Identity(StageOperator):
         winner_record["ids"] = [list(identifier) for identifier in self._live_ids(winner, winner_record)]
         self.state.delete(b"c" + loser.encode())
         self._save(winner, winner_record, ts_ms)
+        self._changed.pop(loser, None)
+        self._changed[winner] = winner_record["ids"]
 
     def _refusal(self, reason: str, event: Event, identifiers: list[Identifier], **extra: Any) -> dict[str, Any]:
         return {"reason": reason, "identifiers": [list(identifier) for identifier in identifiers],

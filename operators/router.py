@@ -20,7 +20,7 @@ from __future__ import annotations
 import xxhash
 
 from omnitrigger.operators.clock import watermark_event
-from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, WATERMARK_TOPIC, Event
+from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, VISIT_CONFIRMED, WATERMARK_TOPIC, Event
 
 RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
 
@@ -55,7 +55,7 @@ class ShardRouter:
                 else:
                     self._send(routed, loser_shard, event._replace(body={**event.body, "role": "retire"}))
                     self._send(routed, winner_shard, event._replace(body={**event.body, "role": "absorb"}))
-            elif event.customer is not None and topic in RULE_TOPICS:
+            elif event.customer is not None and (topic in RULE_TOPICS or topic == IDENTITY_TOPIC):
                 self._send(routed, shard_of(event.customer, self.shards), event)
         if last_seq >= 0:
             for shard in range(self.shards):

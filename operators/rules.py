@@ -34,6 +34,7 @@ State (namespace "rules", one per shard):
     V <customer> <product> -> [view_ts, event id]                     last view, kept offer_lookback
     P <customer> <product> -> purchase ts                             last purchase, kept 2 x lookback
     R <customer> <product> -> [trigger id, rule, ts]                  a trigger sent, kept retraction_window
+    I <customer>           -> [[type, value], ...]                    its identifiers: a trigger's recipient
     T <due: 8 bytes> <kind> <customer> <product> -> b""               timers (stale ones are ignored)
 plus the policy's C, F and G keys.
 
@@ -58,7 +59,7 @@ from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.policy import Policy
 from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.records import (
-    MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event, is_returned_line,
+    IDENTITY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event, is_returned_line,
 )
 from omnitrigger.state import ShardState
 
@@ -70,6 +71,9 @@ _PENDING_PREFIX = {CART: b"A", BROWSE: b"B"}
 _KIND = {b"A"[0]: CART, b"B"[0]: BROWSE}
 _CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
 _MAX_EVIDENCE = 10
+#: The identifiers a sender needs, by channel (email and phone are the keyed hashes; the CRM matches them).
+RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id", "loyalty_id"),
+                   "sms": ("phone", "auth_id", "loyalty_id")}
 _CLOCK = b"clock"
 _FACT_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})  # what a rule remembers of a customer
 _SWEPT = b"swept"
@@ -131,6 +135,8 @@ class Rules(StageOperator):
                 self._on_visit(event.customer, event.body, event.ts_ms)
             elif topic == MERGE_TOPIC:
                 self._on_merge(event.body)
+            elif topic == IDENTITY_TOPIC:
+                self.state.put(b"I" + event.customer.encode(), orjson.dumps(event.body["ids"]))
         self.state.put_meta(_CLOCK, b"%d" % self.watermark_ms)
         out, self._out = self._out, []
         return OperatorResult(list(events), out)
@@ -352,11 +358,22 @@ class Rules(StageOperator):
             record["reason"] = decision.reason
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
+        record["recipient"] = self._recipient(customer, decision.channel)
         self.policy.record_trigger(rule, customer, decision.products, ts_ms)
         for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
             self.state.put(_key(b"R", customer, product), orjson.dumps([record["trigger_id"], rule, ts_ms]),
                            ts_ms + self.retraction_window_ms)
         self._out.append(Emitted(TRIGGERS, _sort_key(ts_ms, record["trigger_id"]), record))
+
+    def _recipient(self, customer: str, channel: str | None) -> dict[str, list[str]]:
+        """Whom the sender addresses on `channel`: the customer's identifiers of the kinds it needs, now."""
+        raw = self.state.get(b"I" + customer.encode())
+        wanted = RECIPIENT_TYPES.get(channel or "", ())
+        recipient: dict[str, list[str]] = {}
+        for kind, value in (orjson.loads(raw) if raw else []):
+            if kind in wanted:
+                recipient.setdefault(kind, []).append(value)
+        return {kind: sorted(values) for kind, values in sorted(recipient.items())}
 
     def _suppress(self, rule: str, customer: str, products: list[Any], ts_ms: int, reason: str,
                   evidence: list[str], store: str | None) -> None:
@@ -381,6 +398,7 @@ class Rules(StageOperator):
         winner, loser = body["winner"], body["loser"]
         if role in ("retire", "both"):
             key = loser.encode()
+            self.state.delete(b"I" + key)
             for prefix in (b"A", b"B", b"V", b"P", b"R"):
                 for state_key, _ in self.state.scan(prefix + key, prefix + key + b"\xff"):
                     self.state.delete(state_key)

@@ -95,3 +95,40 @@ def test_quiet_hours_follow_the_configured_zone(tmp_path: Path) -> None:
     shopper(tmp_path / "rec", [event(1, "add_to_cart", EVENING, "P1")])
     _, files = replay(tmp_path, tmp_path / "rec", config=Config(timezone="America/New_York"))  # 15:10 there
     assert mine(files, "triggers")[0]["ts_ms"] == EVENING + HOUR
+
+
+# -- deliverable triggers ---------------------------------------------------------------------------------------
+
+
+def test_a_trigger_names_whom_to_send_it_to_on_its_channel(tmp_path: Path) -> None:
+    """Push: the devices and the account; the cookie the reminder came from is no address for a push message."""
+    rec = tmp_path / "rec"
+    shopper(rec, [event(1, "add_to_cart", T0, "P1")])
+    write_lines(rec / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 + MINUTE, "ids": {"cookie_id": "c1", "auth_id": "anna", "device_id": "phone-1"},
+         "source": "login"},
+        {"event_id": "l-2", "ts": T0 + 2 * MINUTE, "ids": {"auth_id": "anna", "email": "Anna@Example.com"},
+         "source": "crm"}])
+    _, files = replay(tmp_path, rec, config=Config())
+    [trigger] = mine(files, "triggers")
+    assert trigger["channel"] == "push"
+    assert trigger["recipient"] == {"auth_id": ["anna"], "device_id": ["phone-1"]}
+    [email] = [i["value"] for i in records(files["identities"]) if i["type"] == "email"]
+    assert "Anna" not in email  # the email is a keyed hash, in identities and in an email recipient alike
+
+
+def test_an_email_trigger_carries_the_hashed_address(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    write_lines(rec / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0 - HOUR, "ids": {"email": "anna@example.com"}, "channel": "email",
+         "status": "granted"}])
+    write_lines(rec / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 - HOUR + 1, "ids": {"email": "anna@example.com", "cookie_id": "c1"},
+         "source": "crm"}])
+    write_lines(rec / "web.events.jsonl", [event(1, "add_to_cart", T0, "P1"), {
+        "event_id": "w-tick", "type": "view_item", "ts": T0 + 3 * 24 * HOUR, "channel": "web",
+        "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
+    _, files = replay(tmp_path, rec, config=Config())
+    [trigger] = [t for t in records(files["triggers"]) if t["products"] == ["P1"]]
+    [email] = [i["value"] for i in records(files["identities"]) if i["type"] == "email"]
+    assert trigger["channel"] == "email" and trigger["recipient"] == {"email": [email]}
