@@ -29,7 +29,7 @@ from omnitrigger.state import RocksDBStore, ShardState
 
 KEY = b"test-key-0123456789abcdef"
 REFERENCE_MS = 2_000_000_000_000  # "now" for bare lines: 2033
-DAY0 = 1_700_000_000_000
+DAY0 = 1_700_040_000_000  # 2023-11-15 11:20 in Helsinki: outside [policy] quiet_hours
 HOUR_MS = 3_600_000
 EMAIL = "Ann.Lee@Example.com"
 MAX_RECORD_BYTES = Config().max_record_bytes
