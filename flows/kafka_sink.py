@@ -53,7 +53,7 @@ from omnitrigger.schemas import ContractViolation, parse_event_time
 log = logging.getLogger("omnitrigger.live.sink")
 
 _MAX_REMEMBERED_IDS = 500_000
-_WAIT_LOG_EVERY_S = 10.0
+_WAIT_LOG_EVERY_S = 60.0
 
 
 class DeliveryError(Exception):
@@ -64,7 +64,7 @@ def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeou
     """The trigger_id headers of the last `tail` messages of every partition of `topic`."""
     consumer = Consumer(client_settings(brokers, config, **{
         "group.id": "omnitrigger-sink-tail", "enable.auto.commit": False, "enable.partition.eof": True,
-        "allow.auto.create.topics": False}), logger=quiet_logger())
+        "allow.auto.create.topics": False}), logger=quiet_logger("omnitrigger.kafka.consumer"))
     try:
         metadata = consumer.list_topics(timeout=timeout_s)
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
@@ -99,15 +99,18 @@ class _KafkaOutput(StatelessSinkPartition):
         self.timeout_s = config.kafka_delivery_timeout_s
         self.sent: OrderedDict[str, None] = OrderedDict((trigger_id, None) for trigger_id in known_ids[-_MAX_REMEMBERED_IDS:])
         self.failures: list[str] = []
+        self.client_log = quiet_logger("omnitrigger.kafka.producer")
         self.producer = Producer(client_settings(brokers, config, **{
             "enable.idempotence": True, "acks": "all", "linger.ms": max(0, int(config.kafka_linger_s * 1000)),
             "message.timeout.ms": max(1000, int(config.kafka_delivery_timeout_s * 1000)),
-            "compression.type": "lz4", "error_cb": self._on_error}), logger=quiet_logger())
+            "compression.type": "lz4", "error_cb": self._on_error}), logger=self.client_log)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self.failures.append(error.str())
-        log.warning("kafka producer error", extra={"fields": {"error": error.str(), "code": error.code()}})
+        # Throttled: while the brokers are away librdkafka reports every reconnect attempt (omnitrigger.live
+        # BrokerWatch says once that they are away).
+        self.client_log.warning("kafka producer error", extra={"fields": {"error": error.str(), "code": error.code()}})
 
     def _trigger_acknowledged(self, due_ms: int | None, rule: str) -> Any:
         def callback(error: KafkaError | None, _message: Any) -> None:

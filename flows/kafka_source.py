@@ -15,6 +15,29 @@ every partition is at its end and nothing is buffered, the batch is a
 `Heartbeat(wall_ms)` every `[kafka] heartbeat_interval`, so deadlines fire
 without traffic (only once the sequencer understands Heartbeat: see
 `heartbeats_supported`).
+
+Retention gaps. A resumed partition whose saved next offset is below the
+partition's earliest offset lost input to retention while the job was down
+(or, while it runs, fell that far behind): one error line per partition
+(topic, partition, expected and earliest offset, messages lost), counted in
+`omnitrigger_input_gap_messages_total`, then `InputGapError` (one line, exit 1)
+unless `[kafka] on_retention_gap = "skip"`, which reads on from the earliest
+offset. The consumer's `auto.offset.reset` is "error", so librdkafka never
+jumps over a gap by itself.
+
+Broker outages are watched and reported by `omnitrigger.live.BrokerWatch`
+(its own thread: the flow's thread can be blocked for the whole outage in the
+sink's flush); the source only asks it whether one is under way, so the merge
+waits for partitions it cannot see, and how many there were. After an outage
+(even one it spent blocked in the sink) the merge waits without a time limit
+until this consumer's own statistics, reported after the brokers came back,
+show a broker connection up; then the partitions still waiting for data get
+a fresh `merge_wait` (the one before was spent unreachable). So records are
+released in event-time order however long the consumer takes to reconnect.
+Likewise at start: until every partition has answered once (a message, or
+its end), the merge waits for it without a time limit (a slow first fetch is
+no reason to release later records first); a warning names the partitions
+still silent after `_SILENT_WARN_S`.
 """
 
 from __future__ import annotations
@@ -30,7 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from omnitrigger import metrics
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import client_settings, quiet_logger
+from omnitrigger.kafka_tools import KafkaSetupError, client_settings, quiet_logger
 from omnitrigger.live_input import EventTimeMerger, MessageDecoder
 from omnitrigger.pii import Pseudonymizer, key_from_environment
 from omnitrigger.recording import LineDecoder
@@ -39,8 +62,14 @@ from omnitrigger.schemas import Contracts
 
 log = logging.getLogger("omnitrigger.live.source")
 
-_STATS_INTERVAL_MS = 5000
+_STATS_INTERVAL_MS = 1000
 _METRICS_EVERY_S = 1.0
+_SILENT_WARN_S = 10.0
+_OUTAGE_CODES = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE)
+
+
+class InputGapError(KafkaSetupError):
+    """Input the job had not read was deleted by retention, and `[kafka] on_retention_gap` is "fail"."""
 
 
 def heartbeats_supported() -> bool:
@@ -52,22 +81,35 @@ def heartbeats_supported() -> bool:
 
 class Shutdown:
     """Set by SIGTERM: the source stops reading, lets the in-flight records reach the outputs and a snapshot
-    commit, then calls `on_drained` (which ends the process)."""
+    commit, then calls `on_drained` (which ends the process). `on_fatal` ends it on a user error found while
+    reading (live.py: one line, exit 1, no Bytewax panic); by default the error is raised."""
 
     def __init__(self, drain_snapshots: int = 2) -> None:
         self.requested = threading.Event()
         self.drain_snapshots = drain_snapshots
         self.on_drained: Callable[[], None] = lambda: None
+        self.on_fatal: Callable[[Exception], None] = _raise
+
+
+def _raise(error: Exception) -> None:
+    raise error
 
 
 class _KafkaPartition(StatefulSourcePartition):
     def __init__(self, brokers: str, config: Config, parts: dict[tuple[str, int], str], resume_state: Any,
-                 shutdown: Shutdown, heartbeats: bool) -> None:
+                 shutdown: Shutdown, heartbeats: bool, outage: Callable[[], tuple[bool, int]] | None = None) -> None:
         self.config = config
+        self.outage = outage or (lambda: (False, 0))  # (brokers away now, outages so far)
+        self._outages_seen = self.outage()[1]
+        self._await_up_after: float | None = None  # wall time: after an outage, wait for stats newer than this
+        self._silent = set(parts)  # partitions that have not answered yet (no message, no end)
+        self._started = time.monotonic()
+        self._silent_warned = False
         self.contract_topic = {topic: contract for (topic, _), contract in parts.items()}
         self.decoder = MessageDecoder(LineDecoder(
-            Contracts(max_future_ms=int(config.max_future_s * 1000)), config.max_record_bytes, 0,
-            Pseudonymizer(key_from_environment(), config.default_country_code)))
+            Contracts(max_future_ms=int(config.max_future_s * 1000)), config.max_record_bytes, None,
+            Pseudonymizer(key_from_environment(), config.default_country_code),
+            max_clock_skew_ms=int(config.max_clock_skew_s * 1000)))
         self.merger = EventTimeMerger(sorted(parts), resume_state, config.kafka_merge_wait_s)
         self.batch_size = config.batch_size
         self.shutdown = shutdown
@@ -75,27 +117,36 @@ class _KafkaPartition(StatefulSourcePartition):
         self._last_record = time.monotonic()
         self._last_metrics = 0.0
         self._snapshots_since_shutdown = -1
-        self._outage_since: float | None = None
         self._events_in: dict[str, int] = {}
+        self._next_fetch: dict[tuple[str, int], int] = {}  # the offset after the last message read, per partition
+        self.client_log = quiet_logger("omnitrigger.kafka.consumer")
         self.consumer = Consumer(client_settings(brokers, config, **{
             "group.id": "omnitrigger-live",  # required by librdkafka; offsets are never committed to it
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "allow.auto.create.topics": False,
-            "auto.offset.reset": config.kafka_start,
+            "auto.offset.reset": "error",  # never jump over a retention gap (a fresh start asks for its offset)
             "fetch.wait.max.ms": max(1, int(config.kafka_fetch_wait_s * 1000)),
             "statistics.interval.ms": _STATS_INTERVAL_MS,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
-        }), logger=quiet_logger())
+        }), logger=self.client_log)
         start = OFFSET_BEGINNING if config.kafka_start == "earliest" else OFFSET_END
         assignment = []
+        gaps = []
         for part in sorted(parts):
             offset = self.merger.start_offset(part)
+            if offset >= 0:
+                low, high = self.consumer.get_watermark_offsets(TopicPartition(*part),
+                                                                timeout=max(5.0, config.kafka_preflight_timeout_s))
+                if not low <= offset <= high:
+                    gaps.append(self._gap(part, offset, low, high))
+                    offset = low
             assignment.append(TopicPartition(part[0], part[1], offset if offset >= 0 else start))
+        if gaps:
+            self._refuse_or_skip(gaps, "on resume")
         self.consumer.assign(assignment)
-        metrics.BROKERS_REACHABLE.set(1)
         log.info("reading input", extra={"fields": {
             "brokers": brokers, "partitions": len(assignment), "resumed": resume_state is not None,
             "seq": self.merger.next_seq, "heartbeats": self.heartbeats}})
@@ -103,20 +154,16 @@ class _KafkaPartition(StatefulSourcePartition):
     # -- librdkafka callbacks (served inside consume) ---------------------------------
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.code() in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
-            if self._outage_since is None:
-                self._outage_since = time.monotonic()
-                metrics.BROKERS_REACHABLE.set(0)
-                log.warning("brokers unreachable; waiting for them (nothing is lost: reading resumes at the same "
-                            "offsets)", extra={"fields": {"error": error.str()}})
-        else:
-            log.warning("kafka client error", extra={"fields": {"error": error.str(), "code": error.code()}})
+        if error.code() in _OUTAGE_CODES:  # omnitrigger.live.BrokerWatch reports the outage
+            self._await_up_after = max(self._await_up_after or 0.0, time.time())
+        self.client_log.warning("kafka consumer error", extra={"fields": {"error": error.str(), "code": error.code()}})
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
         brokers_up = any(broker.get("state") == "UP" for name, broker in stats.get("brokers", {}).items()
                          if not name.startswith("GroupCoordinator"))
-        if brokers_up:
+        if brokers_up and self._await_up_after is not None and stats.get("time", 0) > self._await_up_after \
+                and not self.outage()[0]:
             self._back_online()
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
@@ -126,11 +173,62 @@ class _KafkaPartition(StatefulSourcePartition):
                     metrics.CONSUMER_LAG.labels(topic, partition).set(max(0, high - max(position, 0)))
 
     def _back_online(self) -> None:
-        if self._outage_since is not None:
-            log.warning("brokers reachable again; resumed", extra={"fields": {
-                "outage_s": round(time.monotonic() - self._outage_since, 1)}})
-            self._outage_since = None
-            metrics.BROKERS_REACHABLE.set(1)
+        """The consumer is connected again: partitions still waiting for data wait `merge_wait` from now."""
+        self._await_up_after = None
+        now = time.monotonic()
+        for queue in self.merger.queues.values():
+            if not queue.items and not queue.eof:
+                queue.empty_since = now
+
+    def _redelivered(self, part: tuple[str, int], offset: int) -> None:
+        """librdkafka can hand a message out again after a reconnect: read once, or seqs (and ids) would shift."""
+        self.client_log.warning("kafka consumer delivered a message again; dropped", extra={"fields": {
+            "topic": part[0], "partition": part[1], "offset": offset, "expected_offset": self._next_fetch[part]}})
+
+    # -- retention gaps ---------------------------------------------------------------
+
+    def _gap(self, part: tuple[str, int], expected: int, low: int, high: int) -> dict[str, Any]:
+        """Log and count one partition whose next offset `expected` is no longer in [low, high]."""
+        topic, partition = part
+        lost = max(0, low - expected)
+        if expected < low:
+            message = "input deleted by retention before it was read"
+        else:
+            message = "input partition is shorter than the saved position (topic recreated or truncated?)"
+        fields = {"topic": topic, "partition": partition, "expected_offset": expected, "earliest_offset": low,
+                  "end_offset": high, "lost_messages": lost, "on_retention_gap": self.config.kafka_on_retention_gap}
+        log.error(message, extra={"fields": fields})
+        if lost:
+            metrics.INPUT_GAP.labels(topic, str(partition)).inc(lost)
+        return fields
+
+    def _refuse_or_skip(self, gaps: list[dict[str, Any]], when: str) -> None:
+        """InputGapError unless [kafka] on_retention_gap = "skip" (then reading goes on from the earliest offsets)."""
+        lost = sum(gap["lost_messages"] for gap in gaps)
+        where = ", ".join(f"{gap['topic']}[{gap['partition']}] expected offset {gap['expected_offset']:,}, earliest "
+                          f"{gap['earliest_offset']:,}" for gap in gaps[:3]) + (" ..." if len(gaps) > 3 else "")
+        if self.config.kafka_on_retention_gap != "skip":
+            self.shutdown.on_fatal(InputGapError(
+                f"input lost to retention {when}: {lost:,} messages in {len(gaps)} partition"
+                f"{'s' if len(gaps) != 1 else ''} ({where}); decide, then restart with [kafka] on_retention_gap "
+                f"= \"skip\" to read on from the earliest offsets, or replay the lost input from a recording"))
+            return
+        log.error("skipping input lost to retention ([kafka] on_retention_gap = \"skip\")", extra={"fields": {
+            "lost_messages": lost, "partitions": len(gaps), "when": when}})
+        for gap in gaps:
+            queue = self.merger.queues[(gap["topic"], gap["partition"])]
+            if not queue.items:  # a snapshot taken before the next record resumes past the gap, not before it
+                queue.next_offset = gap["earliest_offset"]
+
+    def _offset_reset(self, topic: str, partition: int, offset: int) -> None:
+        """librdkafka found `offset` out of range while reading (auto.offset.reset = error): a gap, or a truncation."""
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0)
+        if not low <= offset <= high:
+            self._refuse_or_skip([self._gap((topic, partition), offset, low, high)], "while reading")
+            offset = low
+        # After the error the partition's fetcher stops, and librdkafka refuses a seek: assign it afresh.
+        self.consumer.incremental_unassign([TopicPartition(topic, partition)])
+        self.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
 
     # -- Bytewax --------------------------------------------------------------------
 
@@ -138,7 +236,7 @@ class _KafkaPartition(StatefulSourcePartition):
         if self.shutdown.requested.is_set():
             return self._drain()
         self._read()
-        batch: list[Any] = self.merger.pop_ready(self.batch_size, outage=self._outage_since is not None)
+        batch: list[Any] = self.merger.pop_ready(self.batch_size, outage=self._outage_now())
         now = time.monotonic()
         if batch:
             self._last_record = now
@@ -165,17 +263,39 @@ class _KafkaPartition(StatefulSourcePartition):
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     merger.mark_eof((topic, message.partition()))
+                    self._silent.discard((topic, message.partition()))
+                elif error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._offset_reset(topic, message.partition(), message.offset())
                 else:
-                    log.warning("kafka consume error", extra={"fields": {"error": error.str(), "topic": topic}})
+                    self.client_log.warning("kafka consume error", extra={"fields": {
+                        "error": error.str(), "code": error.code(), "topic": topic}})
                 continue
             part = (topic, message.partition())
             offset = message.offset()
+            if offset < self._next_fetch.get(part, -1):
+                self._redelivered(part, offset)
+                continue
+            self._next_fetch[part] = offset + 1
+            self._silent.discard(part)
             merge_ts, item = decode(self.contract_topic[topic], topic, part[1], offset, message.value(),
                                     message.key(), message.timestamp()[1], merger.last_ts(part))
             merger.add(part, offset, merge_ts, item)
             counts[topic] = counts.get(topic, 0) + 1
-        if messages and self._outage_since is not None:
-            self._back_online()
+
+    def _outage_now(self) -> bool:
+        """Whether the merge waits without a time limit: the brokers are away (BrokerWatch), or were (BrokerWatch
+        or this consumer's own errors) and the consumer has not yet reported a connection up since, or a
+        partition has not answered once since the start."""
+        down, outages = self.outage()
+        if outages != self._outages_seen or down:
+            self._outages_seen = outages
+            self._await_up_after = max(self._await_up_after or 0.0, time.time())
+        if self._silent and not self._silent_warned and time.monotonic() - self._started >= _SILENT_WARN_S:
+            self._silent_warned = True
+            log.warning("waiting for input partitions to answer before merging (no message and no end yet)",
+                        extra={"fields": {"partitions": [f"{topic}[{partition}]" for topic, partition
+                                                         in sorted(self._silent)[:10]], "count": len(self._silent)}})
+        return down or self._await_up_after is not None or bool(self._silent)
 
     def _publish_metrics(self, now: float) -> None:
         self._last_metrics = now
@@ -213,8 +333,10 @@ class KafkaLiveSource(FixedPartitionedSource):
     """Every partition of `topics` (Kafka topic -> contract topic), read as one merged stream."""
 
     def __init__(self, brokers: str, config: Config, topics: dict[str, str], partitions: dict[str, int],
-                 shutdown: Shutdown | None = None, heartbeats: bool | None = None) -> None:
+                 shutdown: Shutdown | None = None, heartbeats: bool | None = None,
+                 outage: Callable[[], tuple[bool, int]] | None = None) -> None:
         self.brokers = brokers
+        self.outage = outage
         self.config = config
         self.parts = {(topic, partition): contract for topic, contract in topics.items()
                       for partition in range(partitions[topic])}
@@ -225,4 +347,5 @@ class KafkaLiveSource(FixedPartitionedSource):
         return ["kafka"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaPartition:
-        return _KafkaPartition(self.brokers, self.config, self.parts, resume_state, self.shutdown, self.heartbeats)
+        return _KafkaPartition(self.brokers, self.config, self.parts, resume_state, self.shutdown, self.heartbeats,
+                               self.outage)

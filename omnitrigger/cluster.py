@@ -18,11 +18,23 @@ replay, receives every output record and writes the output files; the input
 never crosses the network. The rules shards (`rules-0000` ...) spread over
 all processes by the same hash, and their triggers cross the network to
 process 0 in a replay, or go to Kafka from the process that made them live.
+
+Security. Bytewax's cluster channel is plain TCP carrying pickles, without
+authentication or encryption: whoever can connect to a process's port can
+make it run code. It cannot be changed here, so a cluster over `--addresses`
+/ `--hostfile` starts only when every address (hostnames resolved) is
+private: RFC 1918, loopback, link-local or IPv6 unique-local
+(`check_private`). Anything else, the wildcard addresses included, needs
+`--allow-public-cluster` on `run` or OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1 in
+the environment (which `replay` honours too). Each process listens on its
+own address only, as given (Bytewax binds exactly that address): keep the
+cluster on a private network or an encrypted overlay such as WireGuard.
 """
 
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import re
 import signal
@@ -33,11 +45,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import click
 import orjson
 
 SEQUENCER_KEY = "sequencer"  # flows/replay_flow.py SEQUENCER_KEY: the one key every input batch goes to
 
 _MASK = (1 << 64) - 1
+#: Set to 1 to start a cluster on addresses that are not private (the environment's form of --allow-public-cluster).
+ALLOW_PUBLIC_ENV = "OMNITRIGGER_ALLOW_PUBLIC_CLUSTER"
+_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(network) for network in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
+    "127.0.0.0/8", "::1/128",  # loopback
+    "169.254.0.0/16", "fe80::/10",  # link-local
+    "fc00::/7",  # IPv6 unique local addresses (RFC 4193)
+))
 _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})$")
 
 
@@ -175,6 +196,50 @@ def check_can_listen(address: str, process_id: int) -> None:
                            "is it this machine's, and is the port free?") from None
 
 
+class PublicClusterError(click.UsageError, ClusterError):
+    """A cluster address that is not private, without --allow-public-cluster (one line, exit 2)."""
+
+
+def is_private_ip(text: str) -> bool:
+    """Whether the IP address `text` is loopback, RFC 1918, link-local or IPv6 unique-local (never a wildcard)."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) is not part of it
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in _PRIVATE_NETWORKS if network.version == address.version)
+
+
+def _host(address: str) -> str:
+    match = _ADDRESS.match(address)
+    assert match is not None
+    return match["v6"] or match["host"]
+
+
+def allow_public_from_environment() -> bool:
+    return os.environ.get(ALLOW_PUBLIC_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def check_private(addresses: list[str] | tuple[str, ...]) -> None:
+    """Refuse (PublicClusterError, exit 2) an address that is, or whose host name resolves to, anything but a
+    private address; ClusterError (exit 1) for a host name that does not resolve."""
+    for address in addresses:
+        host = _host(address)
+        try:
+            resolved = sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+        except (socket.gaierror, UnicodeError) as error:
+            raise ClusterError(f"cluster address {address}: cannot resolve {host} to check that it is a private "
+                               f"address ({getattr(error, 'strerror', None) or error})") from None
+        public = [ip for ip in resolved if not is_private_ip(ip)]
+        if public:
+            what = host if public == [host] else f"{host} ({', '.join(public)})"
+            kind = "a wildcard (every interface)" if ipaddress.ip_address(public[0].split("%")[0]).is_unspecified \
+                else "not a private address (loopback, RFC 1918, link-local or IPv6 unique-local)"
+            raise PublicClusterError(
+                f"cluster address {address}: {what} is {kind}, and the cluster's channel is unauthenticated, "
+                "unencrypted TCP carrying pickles; use a private network or an encrypted overlay such as WireGuard "
+                f"(README: Running as a cluster), or if the network is protected otherwise set {ALLOW_PUBLIC_ENV}=1 "
+                "(run: --allow-public-cluster)")
+
+
 # -- this process's part -----------------------------------------------------------------------------
 
 
@@ -191,8 +256,13 @@ class Role:
                                f"{len(self.addresses)} addresses, so 0 to {len(self.addresses) - 1}")
 
     @classmethod
-    def of(cls, addresses: list[str] | None, process_id: int | None, processes: int) -> "Role | None":
-        """This process's part in a cluster spread over machines (`--addresses`), or None (alone or `--processes`)."""
+    def of(cls, addresses: list[str] | None, process_id: int | None, processes: int,
+           allow_public: bool | None = None) -> "Role | None":
+        """This process's part in a cluster spread over machines (`--addresses`), or None (alone or `--processes`).
+
+        Every address must be private (`check_private`) unless `allow_public` (None: read
+        OMNITRIGGER_ALLOW_PUBLIC_CLUSTER, the form `replay` takes).
+        """
         if addresses is None:
             if process_id is not None:
                 raise ClusterError("--process-id needs --addresses or --hostfile")
@@ -201,7 +271,10 @@ class Role:
             raise ClusterError("--processes and --addresses exclude each other: the addresses give the process count")
         if process_id is None:
             raise ClusterError("--addresses needs --process-id (this process's place in the list, from 0)")
-        return cls(process_id, tuple(addresses))
+        role = cls(process_id, tuple(addresses))
+        if not (allow_public if allow_public is not None else allow_public_from_environment()):
+            check_private(addresses)
+        return role
 
     @property
     def processes(self) -> int:
@@ -325,8 +398,6 @@ def wait_children(children: list[subprocess.Popen], forward_signals: bool = Fals
 
 def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--processes, --addresses, --hostfile, --process-id (resolved by `resolve_cluster`)."""
-    import click
-
     options = [
         click.option("--processes", type=click.IntRange(min=1),
                      help="Run as a cluster of this many processes on this machine (default 1), one worker each."),

@@ -4,8 +4,9 @@ confluent-kafka ships librdkafka as a shared library with the mock cluster
 API exported (`rd_kafka_mock_*`). Creating the cluster through that API,
 rather than with a client's `test.mock.num.brokers`, gives us the handle, so
 a test can create topics with a chosen partition count (the mock's
-`CreateTopics` never answers) and take the broker down and up again to
-simulate an outage. The cluster speaks the real protocol on 127.0.0.1, so
+`CreateTopics` never answers), take the broker down and up again to
+simulate an outage, slow it down, and delete a partition's oldest records as retention
+would. The cluster speaks the real protocol on 127.0.0.1, so
 any client (the job's consumer and producer included, in other processes)
 can use `bootstrap_servers`. DESIGN.md section 6 lists its limits.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-from ctypes import c_char_p, c_int, c_int32, c_size_t, c_void_p
+from ctypes import c_char_p, c_int, c_int32, c_int64, c_size_t, c_void_p
 
 _PRODUCER = 0
 
@@ -41,6 +42,8 @@ def _library() -> ctypes.CDLL:
     lib.rd_kafka_mock_broker_set_down.argtypes = [c_void_p, c_int32]
     lib.rd_kafka_mock_broker_set_up.argtypes = [c_void_p, c_int32]
     lib.rd_kafka_mock_topic_create.argtypes = [c_void_p, c_char_p, c_int, c_int]
+    lib.rd_kafka_mock_broker_set_rtt.argtypes = [c_void_p, c_int32, c_int]
+    lib.rd_kafka_mock_partition_delete_records.argtypes = [c_void_p, c_char_p, c_int32, c_int64]
     return lib
 
 
@@ -66,12 +69,22 @@ class MockCluster:
         if code != 0:
             raise RuntimeError(f"mock cluster: cannot create topic {topic} (librdkafka error {code})")
 
+    def delete_records(self, topic: str, partition: int, before_offset: int) -> None:
+        """Delete the partition's messages before `before_offset`, as retention does: its earliest offset moves up."""
+        code = self._lib.rd_kafka_mock_partition_delete_records(self._cluster, topic.encode(), partition, before_offset)
+        if code != 0:
+            raise RuntimeError(f"mock cluster: cannot delete records of {topic}[{partition}] (librdkafka error {code})")
+
     def set_down(self, broker_id: int = 1) -> None:
         """Disconnect the broker and refuse new connections; its data stays."""
         self._lib.rd_kafka_mock_broker_set_down(self._cluster, broker_id)
 
     def set_up(self, broker_id: int = 1) -> None:
         self._lib.rd_kafka_mock_broker_set_up(self._cluster, broker_id)
+
+    def set_rtt(self, rtt_ms: int, broker_id: int = 1) -> None:
+        """Delay every response of the broker by `rtt_ms` (0: none), as a slow network would."""
+        self._lib.rd_kafka_mock_broker_set_rtt(self._cluster, broker_id, rtt_ms)
 
     def close(self) -> None:
         if self._cluster:

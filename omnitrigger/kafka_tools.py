@@ -46,29 +46,17 @@ def output_topics(config: Config) -> dict[str, str]:
             VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic}
 
 
-class _OncePerFacility(logging.Filter):
-    """librdkafka repeats a failing reconnect every few ms: let one line per facility (FAIL, ...) through per minute."""
+def quiet_logger(name: str = "omnitrigger.kafka.client", interval_s: float = 60.0) -> logging.Logger:
+    """A logger for librdkafka's own log lines (otherwise printed raw on stderr): warnings and up, throttled.
 
-    def __init__(self, interval_s: float = 60.0) -> None:
-        super().__init__()
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
+    librdkafka repeats a failing reconnect every few hundred ms: a `jsonlog.Throttle` lets one line of each
+    kind (facility, or message and error code) through per `interval_s` and reports how many it held back.
+    """
+    from omnitrigger.jsonlog import throttled
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        facility = str(record.msg).split(" ", 1)[0]
-        now = time.monotonic()
-        if now - self._last.get(facility, -self.interval_s) < self.interval_s:
-            return False
-        self._last[facility] = now
-        return True
-
-
-def quiet_logger(name: str = "omnitrigger.kafka.client") -> logging.Logger:
-    """A logger for librdkafka's own log lines (otherwise printed raw on stderr): warnings and up, rate-limited."""
-    logger = logging.getLogger(name)
+    logger = throttled(name, interval_s)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
-        logger.addFilter(_OncePerFacility())
     return logger
 
 

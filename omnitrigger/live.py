@@ -22,6 +22,11 @@ process publishes the outputs its shards make. `--processes N` keeps
 layout.json over process-0/ ... process-N-1/, one folder as above each;
 `--addresses ... --process-id I` uses the --state-dir given as process I's.
 
+Broker outages are watched by `BrokerWatch`, in a thread of its own (the
+flow's thread waits in the sink's flush for as long as the brokers are away):
+`omnitrigger_brokers_reachable` follows it, one line says when the brokers
+went away and one when they are back, with the outage's length.
+
 SIGTERM (and Ctrl-C) stop reading, let the records in flight reach the
 output topics and a snapshot commit, and exit 0; a restart resumes there.
 In a cluster process 0 drains so, and the other processes, once stopped
@@ -35,6 +40,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -43,7 +50,7 @@ from typing import Any
 from omnitrigger import jsonlog, metrics
 from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import input_topics, output_topics, preflight
+from omnitrigger.kafka_tools import client_settings, input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
 from omnitrigger.state_folder import (
     layout_record, open_rocksdb, prepare_local_cluster, prepare_process_folder, raise_if_corrupted,
@@ -60,9 +67,92 @@ class LiveOptions:
     state_dir: Path
     config: Config = field(default_factory=Config)
     metrics_port: int | None = None  # None: [kafka] metrics_port
+    metrics_bind: str | None = None  # None: [kafka] metrics_bind
     processes: int = 1  # a one-machine cluster of this many processes
     addresses: list[str] | None = None  # or: run as process `process_id` of the cluster at these addresses
     process_id: int | None = None
+    allow_public_cluster: bool = False  # --allow-public-cluster (or OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1)
+
+
+class BrokerWatch:
+    """Asks the brokers for metadata every `interval_s` in a daemon thread, whatever the flow is doing.
+
+    Sets `omnitrigger_brokers_reachable`; logs one line when the brokers stop answering (at that time) and
+    one when they answer again, with the outage's length; and lets the client log throttles report what they
+    held back (`jsonlog.Throttle`). `state()` tells the source whether an outage is under way and how many
+    there were.
+    """
+
+    def __init__(self, brokers: str, config: Config, interval_s: float = 1.0, timeout_s: float = 2.0) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        self.brokers = brokers
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.down_since: float | None = None  # monotonic time of the first probe that failed
+        self.outages = 0  # how many began
+        self._stop = threading.Event()
+        silent = logging.getLogger("omnitrigger.kafka.watch")  # the outage is reported once, here, not per retry
+        silent.addHandler(logging.NullHandler())
+        silent.propagate = False
+        self._client = AdminClient(client_settings(brokers, config, **{
+            "socket.connection.setup.timeout.ms": max(1000, int(timeout_s * 1000))}), logger=silent)
+        metrics.BROKERS_REACHABLE.set(1)  # preflight has just reached them
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def state(self) -> tuple[bool, int]:
+        """(brokers away now, outages so far): what the source asks (flows/kafka_source.py)."""
+        return self.down_since is not None, self.outages
+
+    def probe(self) -> bool:
+        """One metadata request: do the brokers answer within `timeout_s`?"""
+        from confluent_kafka import KafkaException
+
+        try:
+            metadata = self._client.list_topics(timeout=self.timeout_s)
+        except KafkaException:
+            return False
+        return bool(metadata.brokers)
+
+    def check(self) -> None:
+        """Probe once and update the gauge and the log."""
+        started = time.monotonic()
+        reachable = self.probe()
+        if not reachable and self.down_since is None:
+            self.down_since = started
+            self.outages += 1
+            metrics.BROKERS_REACHABLE.set(0)
+            log.warning("brokers unreachable; waiting for them (nothing is lost: reading resumes at the same "
+                        "offsets, outputs wait for acknowledgement)", extra={"fields": {
+                            "brokers": self.brokers, "probe_timeout_s": self.timeout_s}})
+        elif reachable and self.down_since is not None:
+            from omnitrigger.jsonlog import Throttle
+
+            outage_s = round(time.monotonic() - self.down_since, 1)
+            self.down_since = None
+            metrics.BROKERS_REACHABLE.set(1)
+            log.warning("brokers reachable again; resumed", extra={"fields": {
+                "brokers": self.brokers, "outage_s": outage_s}})
+            Throttle.flush_all(force=True)  # what the clients repeated during the outage, counted
+
+    def start(self) -> "BrokerWatch":
+        def loop() -> None:
+            from omnitrigger.jsonlog import Throttle
+
+            while not self._stop.is_set():
+                started = time.monotonic()
+                self.check()
+                Throttle.flush_all()
+                self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+        threading.Thread(target=loop, name="omnitrigger-broker-watch", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def check_kafka(brokers: str, config: Config) -> dict[str, int]:
@@ -102,11 +192,14 @@ def run_live(options: LiveOptions) -> None:
     key_from_environment()
     load_stores(options.stores)
     config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))
-    role = Role.of(options.addresses, options.process_id, options.processes)
+    role = Role.of(options.addresses, options.process_id, options.processes,
+                   allow_public=options.allow_public_cluster or None)
     partitions = check_kafka(options.brokers, config)
     state_dir = Path(options.state_dir)
     folders = prepare_state_dir(state_dir, config, options.processes, role)
     port = config.kafka_metrics_port if options.metrics_port is None else options.metrics_port
+    if options.metrics_bind is not None:
+        config = config.with_overrides(kafka_metrics_bind=options.metrics_bind)
     if role is None and options.processes > 1:
         _run_local_cluster(options, config, partitions, folders, port)
     else:
@@ -158,8 +251,9 @@ def run_process(spec: dict[str, Any]) -> None:
     role = Role.from_spec(spec["cluster"])
     brokers = spec["brokers"]
     jsonlog.setup()
-    metrics.serve(spec["metrics_port"])
+    metrics.serve(spec["metrics_port"], config.kafka_metrics_bind)
     metrics.watch_state_size(state_dir)
+    watch = BrokerWatch(brokers, config).start()
 
     shutdown = Shutdown()
 
@@ -171,6 +265,15 @@ def run_process(spec: dict[str, Any]) -> None:
         os._exit(0)  # Bytewax has no clean stop short of end-of-input, which would flush replay-only outputs
 
     shutdown.on_drained = drained
+
+    def fatal(error: Exception) -> None:  # raising it inside Bytewax would print a Rust panic and backtrace
+        close_all_stores()
+        logging.shutdown()
+        sys.stderr.write(f"omnitrigger: error: {error}\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    shutdown.on_fatal = fatal
 
     def on_signal(signum: int, _frame: object) -> None:
         if shutdown.requested.is_set():
@@ -186,13 +289,15 @@ def run_process(spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     topics = {kafka: contract for contract, kafka in input_topics(config).items()}
-    source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown)
+    source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown,
+                                  outage=watch.state)
     if role is not None:
         source = PinnedSource(source, here=role.reads_input)
     sink = KafkaOutputSink(brokers, config, output_topics(config))
     flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}")
     fields: dict[str, Any] = {"brokers": brokers, "state_dir": str(state_dir), "input_topics": sorted(topics),
-                              "outputs": output_topics(config), "metrics_port": spec["metrics_port"]}
+                              "outputs": output_topics(config), "metrics_port": spec["metrics_port"],
+                              "metrics_bind": config.kafka_metrics_bind if spec["metrics_port"] else None}
     if role is not None:
         fields.update(process_id=role.process_id, processes=role.processes, address=role.address,
                       reads_input=role.reads_input, rule_shards=role.rule_shards(config.rule_shards))
@@ -213,4 +318,6 @@ def run_process(spec: dict[str, Any]) -> None:
         raise_if_corrupted(state_dir, error)
         raise
     finally:
+        watch.stop()
         close_all_stores()
+

@@ -23,16 +23,23 @@ _config = click.option("--config", "config_file", type=_file, help="TOML config 
               help="State folder: offsets, snapshots and RocksDB state; a restart resumes from it.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Prometheus /metrics port (default: [kafka] metrics_port; 0: off; --processes N: port + I for process I).")
+@click.option("--metrics-bind", metavar="ADDRESS",
+              help="Address the /metrics endpoint listens on (default: [kafka] metrics_bind, 0.0.0.0; "
+                   "127.0.0.1: this machine only).")
 @cluster_options
+@click.option("--allow-public-cluster", is_flag=True,
+              help="Start a cluster on addresses that are not private (the cluster's channel is unauthenticated "
+                   "TCP: only on a network protected otherwise). Also OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1.")
 def run(brokers: str, stores: Path, config_file: Path | None, state_dir: Path, metrics_port: int | None,
-        processes: int | None, addresses: str | None, hostfile: Path | None, process_id: int | None) -> None:
+        metrics_bind: str | None, processes: int | None, addresses: str | None, hostfile: Path | None,
+        process_id: int | None, allow_public_cluster: bool) -> None:
     """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
     from omnitrigger.live import LiveOptions, run_live
 
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
     run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir, config=load_config(config_file),
-                         metrics_port=metrics_port, processes=processes, addresses=address_list,
-                         process_id=process_id))
+                         metrics_port=metrics_port, metrics_bind=metrics_bind, processes=processes,
+                         addresses=address_list, process_id=process_id, allow_public_cluster=allow_public_cluster))
 
 
 @click.command()

@@ -43,15 +43,26 @@ BROKERS_REACHABLE = Gauge("omnitrigger_brokers_reachable", "1 while the input br
                           registry=REGISTRY)
 OUTPUT_PENDING = Gauge("omnitrigger_output_pending_messages", "Output messages waiting for acknowledgement",
                        registry=REGISTRY)
+INPUT_GAP = Counter("omnitrigger_input_gap_messages",
+                    "Input messages deleted by retention before the job read them (a resume found the partition's "
+                    "earliest offset past the saved one), per input partition", ["topic", "partition"],
+                    registry=REGISTRY)
 STATE_BYTES = Gauge("omnitrigger_state_bytes", "Size on disk of the state folder (RocksDB and recovery store)",
                     registry=REGISTRY)
 
 
-def serve(port: int) -> None:
-    """Serve /metrics on `port` in a daemon thread (0: off)."""
+def serve(port: int, bind: str = "0.0.0.0") -> None:
+    """Serve /metrics on `bind`:`port` in a daemon thread (port 0: off)."""
     if port:
-        start_http_server(port, registry=REGISTRY)
-        log.info("metrics endpoint up", extra={"fields": {"port": port, "path": "/metrics"}})
+        try:
+            start_http_server(port, addr=bind, registry=REGISTRY)
+        except (OSError, ValueError) as error:
+            from omnitrigger.config import ConfigError
+
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ConfigError(f"cannot serve metrics on {bind}:{port} ({reason}); choose another --metrics-port "
+                              "or --metrics-bind ([kafka] metrics_port, metrics_bind)") from None
+        log.info("metrics endpoint up", extra={"fields": {"port": port, "bind": bind, "path": "/metrics"}})
 
 
 def watch_state_size(state_dir: Path, interval_s: float = 15.0) -> threading.Thread:

@@ -45,6 +45,8 @@ def config_file(path: Path, config: Config) -> Path:
     """The [kafka] part of `config` as a TOML file for `omnitrigger run --config`."""
     lines = ["[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"',
              f"metrics_port = {config.kafka_metrics_port}",
+             f'metrics_bind = "{config.kafka_metrics_bind}"',
+             f'on_retention_gap = "{config.kafka_on_retention_gap}"',
              f"heartbeat_interval = {config.kafka_heartbeat_interval_s}",
              f"merge_wait = {config.kafka_merge_wait_s}"]
     path.write_text("\n".join(lines) + "\n")
@@ -65,12 +67,13 @@ def free_port() -> int:
 class LiveJob:
     """`omnitrigger run` in a subprocess; its JSON log lines go to `log_path`."""
 
-    def __init__(self, brokers: str, stores: Path, state_dir: Path, config_path: Path, log_path: Path) -> None:
+    def __init__(self, brokers: str, stores: Path, state_dir: Path, config_path: Path, log_path: Path,
+                 *args: str) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "omnitrigger", "run", "--brokers", brokers, "--stores", str(stores),
-             "--state-dir", str(state_dir), "--config", str(config_path)],
+             "--state-dir", str(state_dir), "--config", str(config_path), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def log_lines(self) -> list[dict[str, Any]]:
@@ -81,6 +84,10 @@ class LiveJob:
             except orjson.JSONDecodeError:
                 lines.append({"raw": line.decode(errors="replace")})
         return lines
+
+    def lines_with(self, message: str) -> list[dict[str, Any]]:
+        """The log lines whose message starts with `message`."""
+        return [line for line in self.log_lines() if str(line.get("msg", "")).startswith(message)]
 
     def wait_for_log(self, message: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -107,6 +114,35 @@ class LiveJob:
         self.process.kill()
         self.process.wait()
         self._log.close()
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A job's /metrics, as {series: value}."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def wait_until(condition: Any, timeout: float = 30.0, what: str = "condition", job: "LiveJob | None" = None) -> Any:
+    """Poll `condition()` until it returns something true (returned), failing after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if job is not None and job.process.poll() is not None:
+            raise AssertionError(f"job exited with {job.process.returncode} waiting for {what}: "
+                                 f"{job.log_path.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s" +
+                                 (f": {job.log_path.read_text()[-3000:]}" if job is not None else ""))
+        time.sleep(0.1)
 
 
 def read_topic(brokers: str, topic: str, partitions: int = PARTITIONS, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -11,6 +11,11 @@
   restarted, it re-runs everything and its two sinks still send no trigger id
   twice (each reads the triggers topic's tail back).
 - Wrong cluster options and state folders of another cluster are one line.
+- Bytewax's cluster channel is unauthenticated pickle: a cluster on an
+  address that is not private (hostnames resolved) is refused with one line
+  and exit 2, unless --allow-public-cluster (run) or
+  OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1 (run and replay); a process listens
+  on its own address only, never on every interface.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import pytest
 from conftest import STREAM_FLAGS, replay, write_stores
 from geolife import write_stores_csv
 from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read_topic  # noqa: F401  (a fixture)
-from omnitrigger.cluster import Role, local_addresses, worker_of
+from omnitrigger import cluster
+from omnitrigger.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses, worker_of
 from omnitrigger.config import Config
 from omnitrigger.flows.replay_flow import SEQUENCER_KEY
 from omnitrigger.kafka_tools import output_topics, publish
@@ -43,9 +49,9 @@ from test_live import STREAMS, normalized, replay_streams, single_partition_reco
 CONFIG = Config()
 
 
-def omnitrigger(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def omnitrigger(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "omnitrigger", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "RUST_BACKTRACE": "0"})
+                          timeout=timeout, env={**os.environ, "RUST_BACKTRACE": "0", **env})
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -328,5 +334,100 @@ def test_an_address_this_process_cannot_listen_on_is_one_line(small: dict[str, P
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         assert_one_line_error(replay_as_process_0(address), 1, f"cannot listen on its address {address}", "in use")
-    assert_one_line_error(replay_as_process_0("192.0.2.1:2101"), 1,  # TEST-NET-1: no machine's own address
-                          "process 0 cannot listen on its address 192.0.2.1:2101")
+    assert_one_line_error(replay_as_process_0("10.255.255.254:2101"), 1,  # private, but not this machine's
+                          "process 0 cannot listen on its address 10.255.255.254:2101")
+
+
+# -- the cluster's channel is unauthenticated: private addresses only -----------------------------------
+
+
+@pytest.mark.parametrize("first, fragment", [
+    ("192.0.2.1:2101", "192.0.2.1 is not a private address"),  # TEST-NET-1, like any routable address
+    ("0.0.0.0:2101", "0.0.0.0 is a wildcard (every interface)"),
+    ("[::]:2101", ":: is a wildcard"),
+    ("[2001:db8::1]:2101", "2001:db8::1 is not a private address"),
+])
+def test_a_cluster_on_an_address_that_is_not_private_is_refused(small: dict[str, Path], first: str,
+                                                                 fragment: str) -> None:
+    addresses = ["--addresses", f"{first},127.0.0.1:2102", "--process-id", "1"]
+    replayed = omnitrigger("replay", str(small["rec"]), "--stores", str(small["stores"]), *addresses)
+    assert_one_line_error(replayed, 2, f"cluster address {first}: {fragment}", "WireGuard",
+                          "OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1")
+    run = omnitrigger("run", "--brokers", "127.0.0.1:1", "--stores", str(small["stores"]), "--state-dir",
+                      str(small["tmp"] / "s"), *addresses)
+    assert_one_line_error(run, 2, f"cluster address {first}: {fragment}", "--allow-public-cluster")
+
+
+def test_allowing_a_public_cluster_takes_the_flag_or_the_environment(small: dict[str, Path]) -> None:
+    addresses = ["--addresses", "127.0.0.1:2101,192.0.2.1:2102", "--process-id", "1"]
+    run = ["run", "--brokers", "127.0.0.1:1", "--stores", str(small["stores"]), "--state-dir",
+           str(small["tmp"] / "s"), *addresses]
+    # Past the address check, each stops at the next thing it cannot do (the brokers; listening on TEST-NET-1).
+    assert_one_line_error(omnitrigger(*run, "--allow-public-cluster"), 1, "cannot reach Kafka brokers")
+    assert_one_line_error(omnitrigger(*run, OMNITRIGGER_ALLOW_PUBLIC_CLUSTER="1"), 1, "cannot reach Kafka brokers")
+    replayed = omnitrigger("replay", str(small["rec"]), "--stores", str(small["stores"]), *addresses,
+                           OMNITRIGGER_ALLOW_PUBLIC_CLUSTER="1")
+    assert_one_line_error(replayed, 1, "process 1 cannot listen on its address 192.0.2.1:2102")
+
+
+def test_host_names_are_resolved_before_they_are_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = {"machine-a": ["10.0.0.11"], "machine-b": ["10.0.0.12", "203.0.113.7"], "wg-c": ["fd42::3"],
+             "edge": ["198.51.100.4"], "lan-v6": ["fe80::1%eth0"]}
+
+    def getaddrinfo(host: str, *_args: Any, **_kwargs: Any) -> list[tuple[Any, ...]]:
+        if host[:1].isdigit() or ":" in host:  # an IP address resolves to itself
+            table[host] = [host]
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM, 6, "", (ip, 0))
+                for ip in table[host]]
+
+    monkeypatch.setattr(cluster.socket, "getaddrinfo", getaddrinfo)
+    check_private(["machine-a:2101", "wg-c:2101", "lan-v6:2101", "127.0.0.1:2101", "[fd00::1]:2101"])
+    with pytest.raises(PublicClusterError, match=r"machine-b \(203\.0\.113\.7\) is not a private address"):
+        check_private(["machine-a:2101", "machine-b:2101"])  # one public address among its names is enough
+    with pytest.raises(PublicClusterError, match="edge .198.51.100.4. is not a private"):
+        Role.of(["machine-a:2101", "edge:2101"], 0, 1, allow_public=False)
+    assert Role.of(["machine-a:2101", "edge:2101"], 0, 1, allow_public=True) is not None
+    monkeypatch.setenv("OMNITRIGGER_ALLOW_PUBLIC_CLUSTER", "1")
+    assert Role.of(["machine-a:2101", "edge:2101"], 0, 1) is not None  # how replay takes it
+    monkeypatch.delenv("OMNITRIGGER_ALLOW_PUBLIC_CLUSTER")
+    with pytest.raises(ClusterError, match="cannot resolve nowhere"):
+        Role.of(["machine-a:2101", "nowhere:2101"], 0, 1)
+    # 172.32/12 is outside RFC 1918's 172.16.0.0/12; 100.64/10 (shared address space) is not private either.
+    for address in ("172.32.0.1:1", "100.64.0.1:1", "[::ffff:8.8.8.8]:1"):
+        with pytest.raises(PublicClusterError):
+            check_private([address])
+    check_private(["172.31.255.254:1", "192.168.1.1:1", "169.254.1.1:1", "[::ffff:10.0.0.1]:1"])
+
+
+def _listening(port: int) -> list[str]:
+    """The local addresses of the IPv4 sockets listening on `port` (from /proc/net/tcp)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        address, port_hex = fields[1].split(":")
+        if fields[3] == "0A" and int(port_hex, 16) == port:
+            found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads Linux's /proc/net/tcp")
+def test_a_process_listens_on_its_own_address_only(small: dict[str, Path]) -> None:
+    ports = [int(address.rsplit(":", 1)[1]) for address in local_addresses(2)]
+    addresses = (f"127.0.0.2:{ports[0]}", f"127.0.0.3:{ports[1]}")
+    # The process Bytewax numbers 0 is the one that listens (the others connect to it).
+    listener = next(index for index in range(2) if Role(index, addresses).worker == 0)
+    address = addresses[listener]
+    child = start("replay", str(small["rec"]), "--stores", str(small["stores"]), "--out", str(small["tmp"] / "t.jsonl"),
+                  "--quiet", "--addresses", ",".join(addresses), "--process-id", str(listener),
+                  "--state-dir", str(small["tmp"] / "state"))
+    try:
+        port = int(address.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 60
+        while not _listening(port) and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.1)
+        assert _listening(port) == [address.rsplit(":", 1)[0]], child.stderr.read() if child.poll() is not None else ""
+    finally:
+        child.kill()
+        child.communicate()
