@@ -28,7 +28,7 @@ class _RecordingPartition(StatefulSourcePartition):
     def __init__(self, recording_dir: Path, config: Config, resume_state: Any, stop_after: int | None,
                  progress: bool) -> None:
         self.reader = RecordingReader(
-            recording_dir, Contracts(max_future_ms=int(config.max_future_s * 1000)),
+            recording_dir, Contracts(max_future_ms=int(config.max_future_s * 1000), max_depth=config.max_depth),
             max_record_bytes=config.max_record_bytes, reference_ms=config.reference_time_ms,
             position=resume_state, pseudonymizer=Pseudonymizer(key_from_environment(), config.default_country_code),
             max_clock_skew_ms=int(config.max_clock_skew_s * 1000), topic_prefix=config.kafka_topic_prefix,

@@ -205,3 +205,14 @@ def test_linear_redaction_still_masks_what_it_should() -> None:
     assert redacted == "x" * 100_000 + f" write to {REDACTED}, or {REDACTED}; (email: {REDACTED}) " + "y" * 100_000
     glued = "a" * 200_000 + "@example.com"  # one run: masked whole, like the old pattern did
     assert redact_text(glued) == REDACTED
+
+
+def test_max_depth_from_the_config_reaches_the_replay(tmp_path: Path) -> None:
+
+    body = {"event_id": "w-1", "type": "view_item", "ts": DAY0, "channel": "web", "ids": {"cookie_id": "c1"},
+            "product_id": "P1", "extra": {"a": {"b": {"c": 1}}}}
+    write_lines(tmp_path / "rec" / "web.events.jsonl", [body])
+    _, files = replay(tmp_path, tmp_path / "rec", name="shallow", config=Config(max_depth=3))
+    assert [letter["reason"] for letter in records(files["dead_letter"])] == ["too_deep"]
+    _, files = replay(tmp_path, tmp_path / "rec", name="default", config=Config())
+    assert records(files["dead_letter"]) == []
