@@ -358,7 +358,9 @@ def start_children(specs: list[dict[str, Any]]) -> list[subprocess.Popen]:
     children = []
     die_with_parent = _death_signal()
     for spec in specs:
-        child = subprocess.Popen([sys.executable, "-m", "omnitrigger.flows.cluster_worker"], stdin=subprocess.PIPE,
+        # -P: no current folder on sys.path, so a folder named omnitrigger where the user stands (a checkout)
+        # cannot shadow the installed package in the worker processes.
+        child = subprocess.Popen([sys.executable, "-P", "-m", "omnitrigger.flows.cluster_worker"], stdin=subprocess.PIPE,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent,
                                  start_new_session=True)
         assert child.stdin is not None

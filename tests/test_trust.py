@@ -429,3 +429,22 @@ def test_the_summary_counts_returns_ignored_identifiers_and_unconsented_visits(t
     assert summary.visits_without_location_consent == 1
     text = "\n".join(summary.lines())
     assert "returns (cancel nothing): 1" in text and "without location consent, not written: 1" in text
+
+
+def test_processes_do_not_depend_on_the_working_directory(tmp_path: Path) -> None:
+    """From a folder holding a folder named omnitrigger (a checkout, or the Dockerfile's /app), the worker
+    processes still import the installed package."""
+    import os
+    import subprocess
+    import sys
+
+    cart_shopper(tmp_path / "rec", receipts=[])
+    (tmp_path / "omnitrigger").mkdir()
+    (tmp_path / "omnitrigger" / "__init__.py").write_text("raise ImportError('the wrong omnitrigger')\n")
+    stores = tmp_path / "stores.csv"
+    stores.write_text("store_id,name,lat,lon,radius_m\nS1,Kamppi,60.1690,24.9320,300\n")
+    result = subprocess.run([sys.executable, "-P", "-m", "omnitrigger", "replay", "rec", "--stores", "stores.csv",
+                             "--out", "t.jsonl", "--processes", "2", "--quiet"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(records((tmp_path / "t.jsonl").read_bytes())) == 1
