@@ -9,12 +9,18 @@ items reached the sink, so nothing acknowledged-as-processed is lost. While
 the brokers are down the flush waits (and says so), up to
 `[kafka] delivery_timeout`.
 
-Output is at-least-once after a crash (Bytewax re-runs the epoch after its
+Output is at-least-once after a crash (Bytewax re-runs the epochs after its
 last snapshot). For triggers that is not enough, so at start the sink
-reads back the last `[kafka] dedup_tail` messages of every partition of the
-triggers topic and never sends a trigger_id that is already there (nor one
-it sent itself since). The tail only has to cover what one crash can
-re-emit: the epochs since the last committed snapshot.
+reads the triggers topic back and never sends a trigger_id that is already
+there (nor one it sent itself since). What it reads back must cover what
+one crash can re-emit: everything produced since the snapshot the job
+resumes from, however much that is (a whole backlog is one epoch after an
+outage or a clock jump). So the source keeps, in its snapshot, the triggers
+partitions' end offsets as they were before that snapshot
+(`TriggersReadBack`), and the sink of the process that reads the input reads
+back from those offsets, or the last `[kafka] dedup_tail` messages if that
+is more; without them (a fresh state folder, a cluster's other processes)
+only the tail.
 
 In a cluster every process has its own sink partition and producer and
 publishes what its own rules shards (and, on process 0, the sequencer) made,
@@ -38,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -60,8 +66,36 @@ class DeliveryError(Exception):
     """An output message was not acknowledged within the delivery timeout: the job stops (and resumes on restart)."""
 
 
-def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeout_s: float = 30.0) -> list[str]:
-    """The trigger_id headers of the last `tail` messages of every partition of `topic`."""
+class TriggersReadBack:
+    """Where the sinks of this process read the triggers topic back from, handed over by the source.
+
+    The source partition, when it is built, calls `resume_from` with the triggers partitions' end offsets
+    kept in the snapshot it resumes from (None without one); a sink calls `when_known` with what to run
+    then (at once if the source was built first).
+    """
+
+    def __init__(self) -> None:
+        self.known = False
+        self.offsets: dict[int, int] | None = None
+        self._waiting: list[Callable[[dict[int, int] | None], None]] = []
+
+    def resume_from(self, offsets: dict[int, int] | None) -> None:
+        self.known, self.offsets = True, offsets
+        waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            callback(offsets)
+
+    def when_known(self, callback: Callable[[dict[int, int] | None], None]) -> None:
+        if self.known:
+            callback(self.offsets)
+        else:
+            self._waiting.append(callback)
+
+
+def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeout_s: float = 30.0,
+                     since: dict[int, int] | None = None) -> list[str]:
+    """The trigger_id headers of every partition of `topic` from its offset in `since` (a partition missing
+    there: from its start), or its last `tail` messages if that is more (all partitions, without `since`)."""
     consumer = Consumer(client_settings(brokers, config, **{
         "group.id": "omnitrigger-sink-tail", "enable.auto.commit": False, "enable.partition.eof": True,
         "allow.auto.create.topics": False}), logger=quiet_logger("omnitrigger.kafka.consumer"))
@@ -71,8 +105,11 @@ def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeou
         assignment = []
         for partition in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-            if high > low:
-                assignment.append(TopicPartition(topic, partition, max(low, high - tail)))
+            start = high - tail
+            if since is not None:
+                start = min(start, since.get(partition, low))
+            if high > max(low, start):
+                assignment.append(TopicPartition(topic, partition, max(low, start)))
         ids: list[str] = []
         if not assignment:
             return ids
@@ -95,6 +132,9 @@ def read_trigger_ids(brokers: str, config: Config, topic: str, tail: int, timeou
 
 class _KafkaOutput(StatelessSinkPartition):
     def __init__(self, brokers: str, config: Config, topics: dict[str, str], known_ids: list[str]) -> None:
+        self.brokers = brokers
+        self.config = config
+        self.read_back_done = False
         self.topics = topics
         self.timeout_s = config.kafka_delivery_timeout_s
         self.sent: OrderedDict[str, None] = OrderedDict((trigger_id, None) for trigger_id in known_ids[-_MAX_REMEMBERED_IDS:])
@@ -122,7 +162,25 @@ class _KafkaOutput(StatelessSinkPartition):
                 metrics.TRIGGER_LATENCY.observe(max(0.0, time.time() - due_ms / 1000))
         return callback
 
+    def read_back(self, since: dict[int, int] | None) -> None:
+        """Read the triggers topic back (from `since`, or the tail) and remember its trigger ids as sent."""
+        self.read_back_done = True
+        topic = self.topics.get(TRIGGERS)
+        if topic is None:
+            return
+        tail = self.config.kafka_dedup_tail
+        ids = read_trigger_ids(self.brokers, self.config, topic, tail, since=since)
+        for trigger_id in ids[-_MAX_REMEMBERED_IDS:]:
+            self.sent[trigger_id] = None
+        while len(self.sent) > _MAX_REMEMBERED_IDS:
+            self.sent.popitem(last=False)
+        log.info("read back the triggers topic's tail", extra={"fields": {
+            "topic": topic, "trigger_ids": len(ids), "tail": tail,
+            "since_snapshot": sorted(since.items()) if since is not None else None}})
+
     def write_batch(self, items: list[list[Emitted]]) -> None:
+        if not self.read_back_done:  # the source never said (it should have, before any item): the tail
+            self.read_back(None)
         for emitted_list in items:
             for emitted in emitted_list:
                 topic = self.topics.get(emitted.stream)
@@ -217,18 +275,22 @@ def due_ms(record: dict[str, Any]) -> int | None:
 class KafkaOutputSink(DynamicSink):
     """Publishes `topics` (stream -> Kafka topic); other streams are dropped."""
 
-    def __init__(self, brokers: str, config: Config, topics: dict[str, str]) -> None:
+    def __init__(self, brokers: str, config: Config, topics: dict[str, str],
+                 read_back: TriggersReadBack | None = None) -> None:
+        """`read_back`: where the source says from which offsets to read the triggers topic back (None:
+        this process reads no input, so the tail)."""
         self.brokers = brokers
         self.config = config
         self.topics = topics
+        self.read_back = read_back
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutput:
-        known: list[str] = []
-        if TRIGGERS in self.topics:
-            known = read_trigger_ids(self.brokers, self.config, self.topics[TRIGGERS], self.config.kafka_dedup_tail)
-            log.info("read back the triggers topic's tail", extra={"fields": {
-                "topic": self.topics[TRIGGERS], "trigger_ids": len(known)}})
-        return _KafkaOutput(self.brokers, self.config, self.topics, known)
+        output = _KafkaOutput(self.brokers, self.config, self.topics, [])
+        if self.read_back is None:
+            output.read_back(None)
+        else:
+            self.read_back.when_known(output.read_back)
+        return output
 
 
 def _wall_clock_iso() -> str:

@@ -25,6 +25,13 @@ unless `[kafka] on_retention_gap = "skip"`, which reads on from the earliest
 offset. The consumer's `auto.offset.reset` is "error", so librdkafka never
 jumps over a gap by itself.
 
+Re-sent triggers. The snapshot also keeps the triggers topic's end offsets
+as a thread of the source last read them before the snapshot (`_TriggerEnds`):
+whatever a resume from it re-runs is produced after the snapshot, so at
+offsets at or past those; the source hands them to this process's sinks
+(flows/kafka_sink.py `TriggersReadBack`), which read the topic back from
+there and drop the trigger ids already sent.
+
 Broker outages are watched and reported by `omnitrigger.live.BrokerWatch`
 (its own thread: the flow's thread can be blocked for the whole outage in the
 sink's flush); the source only asks it whether one is under way, so the merge
@@ -53,6 +60,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 
 from omnitrigger import metrics
 from omnitrigger.config import Config
+from omnitrigger.flows.kafka_sink import TriggersReadBack
 from omnitrigger.kafka_tools import KafkaSetupError, client_settings, quiet_logger
 from omnitrigger.live_input import EventTimeMerger, MessageDecoder
 from omnitrigger.pii import Pseudonymizer, key_from_environment
@@ -95,9 +103,45 @@ def _raise(error: Exception) -> None:
     raise error
 
 
+class _TriggerEnds:
+    """The triggers partitions' end offsets, read every `interval_s` in a daemon thread (never in the flow's)."""
+
+    def __init__(self, brokers: str, config: Config, topic: str, interval_s: float) -> None:
+        self.topic = topic
+        self.interval_s = interval_s
+        self.latest: dict[int, int] | None = None  # replaced whole, once every partition answered
+        self._stop = threading.Event()
+        self._consumer = Consumer(client_settings(brokers, config, **{
+            "group.id": "omnitrigger-trigger-ends", "enable.auto.commit": False,
+            "allow.auto.create.topics": False}), logger=quiet_logger("omnitrigger.kafka.consumer"))
+        self.refresh()
+        threading.Thread(target=self._loop, name="omnitrigger-trigger-ends", daemon=True).start()
+
+    def refresh(self) -> None:
+        try:
+            metadata = self._consumer.list_topics(timeout=5.0)
+            partitions = sorted(metadata.topics[self.topic].partitions) if self.topic in metadata.topics else []
+            ends = {partition: self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition),
+                                                                    timeout=5.0)[1]
+                    for partition in partitions}
+        except Exception:  # an outage: keep the older offsets, which only means reading back more
+            return
+        if ends:
+            self.latest = ends
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.refresh()
+        self._consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class _KafkaPartition(StatefulSourcePartition):
     def __init__(self, brokers: str, config: Config, parts: dict[tuple[str, int], str], resume_state: Any,
-                 shutdown: Shutdown, heartbeats: bool, outage: Callable[[], tuple[bool, int]] | None = None) -> None:
+                 shutdown: Shutdown, heartbeats: bool, outage: Callable[[], tuple[bool, int]] | None = None,
+                 triggers_topic: str | None = None, read_back: TriggersReadBack | None = None) -> None:
         self.config = config
         self.outage = outage or (lambda: (False, 0))  # (brokers away now, outages so far)
         self._outages_seen = self.outage()[1]
@@ -147,6 +191,12 @@ class _KafkaPartition(StatefulSourcePartition):
         if gaps:
             self._refuse_or_skip(gaps, "on resume")
         self.consumer.assign(assignment)
+        self.trigger_ends = None if triggers_topic is None else \
+            _TriggerEnds(brokers, config, triggers_topic, max(0.2, min(config.epoch_interval_s, 5.0)))
+        if read_back is not None:
+            saved = (resume_state or {}).get("triggers_from")
+            read_back.resume_from({int(partition): int(offset) for partition, offset in saved}
+                                  if saved is not None else None)
         log.info("reading input", extra={"fields": {
             "brokers": brokers, "partitions": len(assignment), "resumed": resume_state is not None,
             "seq": self.merger.next_seq, "heartbeats": self.heartbeats}})
@@ -321,9 +371,15 @@ class _KafkaPartition(StatefulSourcePartition):
     def snapshot(self) -> Any:
         if self._snapshots_since_shutdown >= 0:
             self._snapshots_since_shutdown += 1
-        return self.merger.snapshot()
+        state = self.merger.snapshot()
+        ends = self.trigger_ends.latest if self.trigger_ends is not None else None
+        if ends is not None:  # read before this snapshot: what a resume from it re-sends lies at or past them
+            state["triggers_from"] = sorted(ends.items())
+        return state
 
     def close(self) -> None:
+        if self.trigger_ends is not None:
+            self.trigger_ends.stop()
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
@@ -334,9 +390,13 @@ class KafkaLiveSource(FixedPartitionedSource):
 
     def __init__(self, brokers: str, config: Config, topics: dict[str, str], partitions: dict[str, int],
                  shutdown: Shutdown | None = None, heartbeats: bool | None = None,
-                 outage: Callable[[], tuple[bool, int]] | None = None) -> None:
+                 outage: Callable[[], tuple[bool, int]] | None = None, triggers_topic: str | None = None,
+                 read_back: TriggersReadBack | None = None) -> None:
+        """`triggers_topic`: whose end offsets the snapshot keeps, handed to `read_back` on resume."""
         self.brokers = brokers
         self.outage = outage
+        self.triggers_topic = triggers_topic
+        self.read_back = read_back
         self.config = config
         self.parts = {(topic, partition): contract for topic, contract in topics.items()
                       for partition in range(partitions[topic])}
@@ -348,4 +408,4 @@ class KafkaLiveSource(FixedPartitionedSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaPartition:
         return _KafkaPartition(self.brokers, self.config, self.parts, resume_state, self.shutdown, self.heartbeats,
-                               self.outage)
+                               self.outage, self.triggers_topic, self.read_back)

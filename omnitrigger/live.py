@@ -52,6 +52,7 @@ from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import client_settings, input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
+from omnitrigger.records import TRIGGERS
 from omnitrigger.state_folder import (
     layout_record, open_rocksdb, prepare_local_cluster, prepare_process_folder, raise_if_corrupted,
 )
@@ -241,7 +242,7 @@ def run_process(spec: dict[str, Any]) -> None:
     from bytewax.testing import run_main
 
     from omnitrigger.flows.cluster_worker import PinnedSource
-    from omnitrigger.flows.kafka_sink import KafkaOutputSink
+    from omnitrigger.flows.kafka_sink import KafkaOutputSink, TriggersReadBack
     from omnitrigger.flows.kafka_source import KafkaLiveSource, Shutdown
     from omnitrigger.flows.replay_flow import build_flow
     from omnitrigger.state import close_all_stores
@@ -289,11 +290,13 @@ def run_process(spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, on_signal)
 
     topics = {kafka: contract for contract, kafka in input_topics(config).items()}
-    source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown,
-                                  outage=watch.state)
+    # The source (here only on process 0) tells this process's sink from where to read the triggers back.
+    read_back = TriggersReadBack() if role is None or role.reads_input else None
+    source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown, outage=watch.state,
+                                  triggers_topic=output_topics(config)[TRIGGERS], read_back=read_back)
     if role is not None:
         source = PinnedSource(source, here=role.reads_input)
-    sink = KafkaOutputSink(brokers, config, output_topics(config))
+    sink = KafkaOutputSink(brokers, config, output_topics(config), read_back)
     flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}")
     fields: dict[str, Any] = {"brokers": brokers, "state_dir": str(state_dir), "input_topics": sorted(topics),
                               "outputs": output_topics(config), "metrics_port": spec["metrics_port"],

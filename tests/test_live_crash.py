@@ -21,7 +21,7 @@ import orjson
 from confluent_kafka import Consumer, TopicPartition
 
 from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
-    PARTITIONS, LiveJob, create_topics, live_config, mock_kafka, read_topic,
+    PARTITIONS, LiveJob, create_topics, free_port, live_config, mock_kafka, read_topic, scrape, wait_until,
 )
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import output_topics, publish
@@ -124,3 +124,61 @@ def test_sigkill_three_times_live_then_each_trigger_id_once(tmp_path: Path, mock
     print(f"kills at (messages, triggers) {killed_at} of ({expected_total}, {len(want_ids)}); "
           f"{sum(len(v) for v in live.values())} messages at the end")
 
+
+
+def burst_config(path: Path, config: Config, epoch_interval: str, metrics_port: int = 0) -> Path:
+    """[kafka] dedup_tail = 1: what bounds the duplicates must be the snapshot's offsets, not a tail."""
+    path.write_text("\n".join([
+        "[replay]", f'epoch_interval = "{epoch_interval}"',
+        "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', f"metrics_port = {metrics_port}",
+        "heartbeat_interval = 0.0", f"merge_wait = {config.kafka_merge_wait_s}", "dedup_tail = 1"]) + "\n")
+    return path
+
+
+def test_a_long_epoch_re_run_after_a_crash_is_not_resent(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
+    """Issue 13, defect 10: a whole backlog in one epoch (as after an outage or a clock jump), killed before that
+    epoch commits, is re-run in full. The sink reads the triggers topic back from the offsets in the snapshot it
+    resumes from (everything produced since), so a tail of one message a partition is no bound: none is resent."""
+    recording, stores = single_partition_recording(tmp_path)
+    replayed = replay_streams(tmp_path, recording, stores)
+    want_ids = sorted(record["trigger_id"] for record in replayed[TRIGGERS])
+    assert len(want_ids) > 10 * PARTITIONS, "many more than a tail of one a partition could hold"
+    config = live_config("burst.")
+    create_topics(mock_kafka, config)
+    brokers = mock_kafka.bootstrap_servers
+    triggers_topic = output_topics(config)[TRIGGERS]
+    state = tmp_path / "state"
+
+    first = LiveJob(brokers, stores, state, burst_config(tmp_path / "first.toml", config, "0.2s"), tmp_path / "first.log")
+    try:
+        first.wait_for_log("reading input")  # nothing to read yet; a snapshot commits at the stop
+    finally:
+        assert first.stop() == 0, first.log_path.read_text()[-3000:]
+
+    publish(recording, brokers, config)
+    second = LiveJob(brokers, stores, state, burst_config(tmp_path / "second.toml", config, "1h"),
+                     tmp_path / "second.log")  # the whole backlog in an epoch that never commits
+    try:
+        wait_until(lambda: len(read_topic(brokers, triggers_topic, timeout=2)) >= len(want_ids),
+                   what="every trigger", job=second)
+    finally:
+        second.kill()
+
+    port = free_port()
+    third = LiveJob(brokers, stores, state, burst_config(tmp_path / "third.toml", config, "0.2s", port),
+                    tmp_path / "third.log")
+    try:
+        third.wait_for_log("reading input")
+        # It re-runs the backlog: every trigger is made again, and each must be dropped as already sent.
+        def re_run_done() -> bool:
+            values = scrape(port)
+            return values.get("omnitrigger_triggers_resent_dropped_total", 0) + sum(
+                value for name, value in values.items() if name.startswith("omnitrigger_triggers_total")) \
+                >= len(want_ids)
+
+        wait_until(re_run_done, timeout=60, what="the re-run", job=third)
+        time.sleep(1)  # a few more epochs: nothing more may arrive
+    finally:
+        assert third.stop() == 0, third.log_path.read_text()[-3000:]
+    got_ids = sorted(message["value"]["trigger_id"] for message in read_topic(brokers, triggers_topic))
+    assert got_ids == want_ids, f"{len(got_ids)} trigger messages, {len(set(got_ids))} ids, replay {len(want_ids)}"
