@@ -7,11 +7,10 @@ prints it as one line (`omnitrigger: error: ...`) and exits 1.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import orjson
 from confluent_kafka import (
@@ -21,7 +20,7 @@ from confluent_kafka import (
 
 from omnitrigger.config import Config
 from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS
-from omnitrigger.schemas import INPUT_TOPICS, ContractViolation, parse_event_time
+from omnitrigger.schemas import INPUT_TOPICS
 
 #: Header carrying the wall-clock time (epoch ms, ASCII) at which `publish` sent a record.
 SENT_HEADER = "omnitrigger.sent_ms"
@@ -184,67 +183,67 @@ def envelope(message: Any) -> dict[str, Any]:
 # -- publish: a recording folder -> topics ---------------------------------------------------
 
 
-class _Line(NamedTuple):
-    time_ms: int
-    file_index: int
-    kafka_ts: int
+class _Message(NamedTuple):
+    """What `publish` sends for one recorded line: where to, with which key and Kafka timestamp."""
+
     partition: int
     key: bytes | None
     value: bytes | None
+    kafka_ts: int
 
 
-def _lines(path: Path, file_index: int) -> Iterator[_Line]:
-    """A recording file's records with a time to pace them by (event time; a bad line keeps the one before)."""
-    last_ms = 0
-    with path.open("rb") as handle:
-        for line in handle:
-            line = line.rstrip(b"\r\n")
-            kafka_ts, partition, key, value = -1, 0, None, line
-            try:
-                document = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                document = None
-            body = document
-            if type(document) is dict and "payload" in document and "topic" in document and "offset" in document:
-                kafka_ts = document.get("ts") if type(document.get("ts")) is int else -1
-                partition = document.get("partition") if type(document.get("partition")) is int else 0
-                raw_key = document.get("key")
-                key = str(raw_key).encode() if raw_key is not None else None
-                payload = document["payload"]
-                value = None if payload is None else payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
-                try:
-                    body = orjson.loads(value) if isinstance(payload, str) else payload
-                except orjson.JSONDecodeError:
-                    body = None
-            try:
-                last_ms = parse_event_time(body["ts"]) if type(body) is dict else last_ms
-            except (ContractViolation, KeyError, TypeError):
-                pass
-            yield _Line(last_ms, file_index, kafka_ts, partition, key, value)
+def _message(line: bytes) -> _Message:
+    """A recorded line as Kafka message: a kcat envelope's partition, key, payload and timestamp, or the bare line."""
+    line = line.rstrip(b"\r\n")
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _Message(0, None, line, -1)
+    if type(document) is dict and "payload" in document and "topic" in document and "offset" in document:
+        kafka_ts = document.get("ts") if type(document.get("ts")) is int else -1
+        partition = document.get("partition") if type(document.get("partition")) is int else 0
+        raw_key = document.get("key")
+        payload = document["payload"]
+        value = None if payload is None else payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+        return _Message(partition, str(raw_key).encode() if raw_key is not None else None, value, kafka_ts)
+    return _Message(0, None, line, -1)
 
 
 def publish(recording_dir: Path, brokers: str, config: Config, speed: float | None = None, rate: float | None = None,
             progress: Callable[[str], None] | None = None) -> dict[str, int]:
     """Send a recording to the input topics; returns records sent per contract topic.
 
-    Files are merged by event time as the replay merges them, so each
-    partition gets its records in the file's order. A record goes to its
-    envelope's partition (modulo the topic's partition count), a bare line
-    to partition 0: the positions the replay gives them. `speed` keeps the
-    recorded gaps divided by it; `rate` sends N records a second; neither:
-    as fast as the producer goes. Each message carries its send time in the
-    `omnitrigger.sent_ms` header, and its envelope's Kafka timestamp if it
-    had one (else the send time).
+    The records go out in the replay's order and are paced by the replay's
+    merge times: the recording is read by the replay's own reader, so a
+    record the replay rejects (a wrong clock years ahead, a broken line) is
+    still sent, where the replay has it, but neither reorders nor delays
+    the rest. Each partition therefore gets its records in the file's order.
+    A record goes to its envelope's partition (modulo the topic's partition
+    count), a bare line to partition 0: the positions the replay gives
+    them. `speed` keeps the recorded gaps divided by it; `rate` sends N
+    records a second; neither: as fast as the producer goes. Each message
+    carries its send time in the `omnitrigger.sent_ms` header, and its
+    envelope's Kafka timestamp if it had one (else the send time).
     """
-    from omnitrigger.recording import recording_files
+    import os
 
-    files = recording_files(Path(recording_dir))
+    from omnitrigger.pii import Pseudonymizer
+    from omnitrigger.recording import RecordingReader, recording_files
+    from omnitrigger.schemas import Contracts
+
+    files = recording_files(Path(recording_dir), config.kafka_topic_prefix, dict(config.kafka_input_topics))
     names = input_topics(config)
     partitions = preflight(brokers, [names[topic] for topic in files], config, what="topics")
+    # The reader decides order and pacing only; what it decodes is thrown away, so any hashing key will do.
+    reader = RecordingReader(Path(recording_dir), Contracts(max_future_ms=int(config.max_future_s * 1000),
+                                                            max_depth=config.max_depth),
+                             max_record_bytes=config.max_record_bytes, reference_ms=config.reference_time_ms,
+                             pseudonymizer=Pseudonymizer(os.urandom(32), config.default_country_code),
+                             max_clock_skew_ms=int(config.max_clock_skew_s * 1000),
+                             topic_prefix=config.kafka_topic_prefix, topic_overrides=dict(config.kafka_input_topics))
     producer = Producer(client_settings(brokers, config, **{
         "enable.idempotence": True, "linger.ms": 5, "message.timeout.ms": 300_000}), logger=quiet_logger())
-    topics = list(files)
-    sent = {topic: 0 for topic in topics}
+    sent = {topic: 0 for topic in files}
     failures: list[str] = []
 
     def delivered(error: Any, _message: Any) -> None:
@@ -255,31 +254,35 @@ def publish(recording_dir: Path, brokers: str, config: Config, speed: float | No
     first_ms: int | None = None
     last_report = started_wall
     count = 0
-    streams = [_lines(path, index) for index, path in enumerate(files.values())]
-    for line in heapq.merge(*streams, key=lambda line: (line.time_ms, line.file_index)):
-        if first_ms is None:
-            first_ms = line.time_ms
-        if rate:
-            _sleep_until(started_wall + count / rate)
-        elif speed:
-            _sleep_until(started_wall + max(0, line.time_ms - first_ms) / 1000 / speed)
-        topic = topics[line.file_index]
-        kafka_topic = names[topic]
-        now_ms = int(time.time() * 1000)
-        while True:
-            try:
-                producer.produce(kafka_topic, line.value, line.key, partition=line.partition % partitions[kafka_topic],
-                                 timestamp=line.kafka_ts if line.kafka_ts > 0 else now_ms,
-                                 headers=[(SENT_HEADER, str(now_ms).encode())], on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
-        sent[topic] += 1
-        count += 1
-        if progress is not None and time.monotonic() - last_report >= 2.0:
-            last_report = time.monotonic()
-            progress(f"publish: {count:,} records sent")
+    try:
+        while batch := reader.read_lines(1000):
+            for topic, line, merge_ts in batch:
+                if first_ms is None:
+                    first_ms = merge_ts
+                if rate:
+                    _sleep_until(started_wall + count / rate)
+                elif speed:
+                    _sleep_until(started_wall + max(0, merge_ts - first_ms) / 1000 / speed)
+                message = _message(line)
+                kafka_topic = names[topic]
+                now_ms = int(time.time() * 1000)
+                while True:
+                    try:
+                        producer.produce(kafka_topic, message.value, message.key,
+                                         partition=message.partition % partitions[kafka_topic],
+                                         timestamp=message.kafka_ts if message.kafka_ts > 0 else now_ms,
+                                         headers=[(SENT_HEADER, str(now_ms).encode())], on_delivery=delivered)
+                        break
+                    except BufferError:
+                        producer.poll(0.1)
+                producer.poll(0)
+                sent[topic] += 1
+                count += 1
+                if progress is not None and time.monotonic() - last_report >= 2.0:
+                    last_report = time.monotonic()
+                    progress(f"publish: {count:,} records sent")
+    finally:
+        reader.close()
     remaining = producer.flush(60)
     if failures or remaining:
         raise KafkaSetupError(f"publish: {len(failures) + remaining} records not acknowledged "
