@@ -53,7 +53,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from omnitrigger import metrics
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
-from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS, Emitted
+from omnitrigger.records import DEAD_LETTERS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted
 from omnitrigger.schemas import ContractViolation, parse_event_time
 
 log = logging.getLogger("omnitrigger.live.sink")
@@ -209,7 +209,7 @@ class _KafkaOutput(StatelessSinkPartition):
                     metrics.SUPPRESSED.labels(str(record.get("rule")), str(record.get("reason"))).inc()
                 elif emitted.stream == VISITS:
                     metrics.VISITS.inc()
-                if emitted.stream in (TRIGGERS, SUPPRESSED):  # the emit time is the wall clock in live mode
+                if emitted.stream in (TRIGGERS, SUPPRESSED, RETRACTIONS):  # the emit time is the wall clock live
                     record = {**record, "emitted_at": _wall_clock_iso()}
                 key = record.get("customer_id")
                 self._produce(topic, orjson.dumps(record, option=orjson.OPT_SORT_KEYS),

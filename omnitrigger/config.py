@@ -107,6 +107,7 @@ class Config:
     kafka_suppressed_topic: str = "omnitrigger.suppressed"
     kafka_visits_topic: str = "omnitrigger.visits"
     kafka_dead_letters_topic: str = "omnitrigger.dead_letters"
+    kafka_retractions_topic: str = "omnitrigger.retractions"
     kafka_start: str = "earliest"  # where a fresh state folder starts reading: earliest or latest
     kafka_fetch_wait_s: float = 0.005  # fetch.wait.max.ms: the consumer's share of the latency
     kafka_linger_s: float = 0.005  # linger.ms of the output producer
@@ -351,6 +352,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "suppressed_topic"): ("kafka_suppressed_topic", _topic_name),
     ("kafka", "visits_topic"): ("kafka_visits_topic", _topic_name),
     ("kafka", "dead_letters_topic"): ("kafka_dead_letters_topic", _topic_name),
+    ("kafka", "retractions_topic"): ("kafka_retractions_topic", _topic_name),
     ("kafka", "start"): ("kafka_start", _start),
     ("kafka", "fetch_wait"): ("kafka_fetch_wait_s", parse_duration_s),
     ("kafka", "linger"): ("kafka_linger_s", parse_duration_s),
