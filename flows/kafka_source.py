@@ -151,7 +151,7 @@ class _KafkaPartition(StatefulSourcePartition):
         self._silent_warned = False
         self.contract_topic = {topic: contract for (topic, _), contract in parts.items()}
         self.decoder = MessageDecoder(LineDecoder(
-            Contracts(max_future_ms=int(config.max_future_s * 1000)), config.max_record_bytes, None,
+            Contracts(max_future_ms=int(config.max_future_s * 1000), max_depth=config.max_depth), config.max_record_bytes, None,
             Pseudonymizer(key_from_environment(), config.default_country_code),
             max_clock_skew_ms=int(config.max_clock_skew_s * 1000)))
         self.merger = EventTimeMerger(sorted(parts), resume_state, config.kafka_merge_wait_s)
