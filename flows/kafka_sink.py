@@ -209,6 +209,8 @@ class _KafkaOutput(StatelessSinkPartition):
                     metrics.SUPPRESSED.labels(str(record.get("rule")), str(record.get("reason"))).inc()
                 elif emitted.stream == VISITS:
                     metrics.VISITS.inc()
+                elif emitted.stream == RETRACTIONS:
+                    metrics.RETRACTIONS.labels(str(record.get("rule"))).inc()
                 if emitted.stream in (TRIGGERS, SUPPRESSED, RETRACTIONS):  # the emit time is the wall clock live
                     record = {**record, "emitted_at": _wall_clock_iso()}
                 key = record.get("customer_id")

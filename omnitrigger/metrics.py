@@ -43,6 +43,13 @@ BROKERS_REACHABLE = Gauge("omnitrigger_brokers_reachable", "1 while the input br
                           registry=REGISTRY)
 OUTPUT_PENDING = Gauge("omnitrigger_output_pending_messages", "Output messages waiting for acknowledgement",
                        registry=REGISTRY)
+RETRACTIONS = Counter("omnitrigger_retractions", "Retractions published (a trigger's products bought before its time), "
+                      "by rule", ["rule"], registry=REGISTRY)
+IGNORED_IDENTIFIERS = Counter("omnitrigger_ignored_identifiers",
+                              "Identifier values ignored as blank or blocked (empty, null, N/A, all zeros, ...), by type",
+                              ["type"], registry=REGISTRY)
+RULE_DISABLED = Gauge("omnitrigger_rule_disabled", "1 while the kill switch holds the rule off (config or control file)",
+                      ["rule"], registry=REGISTRY)
 INPUT_GAP = Counter("omnitrigger_input_gap_messages",
                     "Input messages deleted by retention before the job read them (a resume found the partition's "
                     "earliest offset past the saved one), per input partition", ["topic", "partition"],

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
 from omnitrigger.state import ShardState
@@ -121,6 +122,7 @@ class Identity(StageOperator):
             identifier = (kind, value if type(value) is str else "null" if value is None else str(value))
             if self.is_blocked(identifier[1]):  # blank, null or a placeholder: ignored, counted and reported
                 self.ignored[kind] += 1
+                metrics.IGNORED_IDENTIFIERS.labels(kind).inc()
                 refusals.append(self._refusal("blocked_value", event, [identifier]))
             else:
                 identifiers.append(identifier)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from omnitrigger import metrics
 from omnitrigger.state import ShardState
 
 CONTROL_CHECK_INTERVAL_S = 1.0
@@ -53,6 +54,8 @@ class Policy:
         self.config_disabled = frozenset(config.disabled_rules)
         self.require_location_consent = config.require_location_consent
         self._control_reader = ControlFile.at(config.control_file, rules) if config.control_file else None
+        for rule in sorted(rules):
+            metrics.RULE_DISABLED.labels(rule).set(1 if self.is_disabled(rule) else 0)
 
     # -- consent ------------------------------------------------------------------
 
@@ -196,6 +199,9 @@ class ControlFile:
             return
         disabled = frozenset(names)
         if disabled != self._disabled:
+            for rule in sorted(self.rules):
+                if rule in disabled or rule in self._disabled:
+                    metrics.RULE_DISABLED.labels(rule).set(1 if rule in disabled else 0)
             log.warning("kill switch changed", extra={"fields": {
                 "path": str(self.path), "disabled_rules": sorted(disabled),
                 "switched_off": sorted(disabled - self._disabled), "switched_on": sorted(self._disabled - disabled)}})

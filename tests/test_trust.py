@@ -177,6 +177,9 @@ def test_a_control_file_naming_an_unknown_rule_is_refused_and_logged(tmp_path: P
     assert rules_and_reasons(files) == ([], [("cart_abandoned", "rule_disabled")])
     assert [record.fields["switched_off"] for record in caplog.records
             if record.getMessage() == "kill switch changed"] == [["cart_abandoned"]]
+    from omnitrigger import metrics
+    assert metrics.REGISTRY.get_sample_value("omnitrigger_rule_disabled", {"rule": "cart_abandoned"}) == 1.0
+    assert metrics.REGISTRY.get_sample_value("omnitrigger_rule_disabled", {"rule": "browse_abandoned"}) == 0.0
 
 
 def test_a_stores_file_with_a_decimal_comma_or_no_rows_is_one_line_and_exit_1(tmp_path: Path) -> None:
@@ -242,6 +245,9 @@ def test_recording_files_compressed_prefixed_or_misnamed(tmp_path: Path, caplog)
 
 
 def test_a_receipt_with_an_empty_phone_is_a_purchase_not_a_dead_letter(tmp_path: Path) -> None:
+    from omnitrigger import metrics
+
+    before = metrics.REGISTRY.get_sample_value("omnitrigger_ignored_identifiers_total", {"type": "phone"}) or 0.0
     for name, blank in [("empty", ""), ("null", None), ("spaces", "   "), ("n_a", "N/A")]:
         rec = tmp_path / f"rec-{name}"
         sale = receipt(1, T0 + 10 * MINUTE, "L1", ("P1", 1))
@@ -252,6 +258,7 @@ def test_a_receipt_with_an_empty_phone_is_a_purchase_not_a_dead_letter(tmp_path:
         assert rules_and_reasons(files) == ([], [("cart_abandoned", "purchased")]), name
         [refusal] = records(files["refused_links"])
         assert refusal["reason"] == "blocked_value" and refusal["identifiers"][0][0] == "phone", refusal
+    assert metrics.REGISTRY.get_sample_value("omnitrigger_ignored_identifiers_total", {"type": "phone"}) >= before + 4
 
 
 def test_an_add_to_cart_with_an_empty_cookie_still_counts(tmp_path: Path) -> None:
