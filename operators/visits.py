@@ -223,6 +223,8 @@ class Visits(StageOperator):
             elif (visit[PREV] is None or ts > visit[PREV]) and visit[START] - ts <= self.gap_ms:
                 visit[START] = ts
                 visit[PINGS] += 1
+                if visit[CONFIRMED_AT] is None:  # not published yet: the id follows the start, as in order
+                    visit[VISIT_ID] = visit_id(device, visit[STORE], ts)
                 if visit[CONFIRMED_AT] is None and visit[LAST] - ts > self.min_dwell_ms:
                     self._confirm(device, visit, latest, event, out)
             else:

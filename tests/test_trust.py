@@ -455,3 +455,16 @@ def test_processes_do_not_depend_on_the_working_directory(tmp_path: Path) -> Non
                             text=True, timeout=300, env={**os.environ})
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(records((tmp_path / "t.jsonl").read_bytes())) == 1
+
+
+def test_a_ping_late_within_the_lateness_does_not_change_the_visit_id(tmp_path: Path) -> None:
+    """Issue 13, defect 12: the same pings, the first one delivered after the second, give the same visit."""
+    pings = [{"event_id": f"g-{n}", "ts": T0 + n * 30_000, "ids": {"device_id": "d1"}, "lat": 60.1690,
+              "lon": 24.9320, "accuracy_m": 10, "source": "gps"} for n in range(8)]
+    config = Config(require_location_consent=False)
+    write_lines(tmp_path / "in-order" / "geo.pings.jsonl", pings)
+    write_lines(tmp_path / "late" / "geo.pings.jsonl", [pings[1], pings[0], *pings[2:]])
+    _, in_order = replay(tmp_path, tmp_path / "in-order", name="a", config=config)
+    _, late = replay(tmp_path, tmp_path / "late", name="b", config=config)
+    [first], [second] = records(in_order["visits"]), records(late["visits"])
+    assert first["visit_id"] == second["visit_id"] and first["start"] == second["start"]
