@@ -11,24 +11,19 @@ Placement (omnitrigger/cluster.py says why process 0 is the sequencer's):
 - `PinnedSource` lists the source's one partition on process 0 only, so
   Bytewax builds it there (otherwise it picks worker 0, which need not be the
   sequencer's, and every input batch would cross the network);
-- `GatheredPartFiles` (replay) is one sink partition, on process 0: every
-  process's output records travel to it through Bytewax and land in process
-  0's parts/, so no folder is shared between machines and process 0 merges
-  them as a single process would.
+- a replay's `PartFileSink` (flows/part_file_sink.py) is one sink partition,
+  on process 0: every process's output records travel to it through Bytewax
+  and land in process 0's parts/, so no folder is shared between machines and
+  process 0 merges them as a single process would.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
-
-from omnitrigger.flows.part_file_sink import _PartFiles
-from omnitrigger.records import Emitted
 
 
 class PinnedSource(FixedPartitionedSource):
@@ -43,35 +38,6 @@ class PinnedSource(FixedPartitionedSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
         return self.source.build_part(step_id, for_part, resume_state)
-
-
-class _GatheredPart(StatefulSinkPartition):
-    def __init__(self, parts_dir: Path) -> None:
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        self.files = _PartFiles(parts_dir, 0)
-
-    def write_batch(self, values: list[list[Emitted]]) -> None:
-        self.files.write_batch(values)
-
-    def snapshot(self) -> None:
-        return None  # a resumed run appends; what it writes twice is merged away by the sort keys
-
-    def close(self) -> None:
-        self.files.close()
-
-
-class GatheredPartFiles(FixedPartitionedSink):
-    """Every output record of the cluster, written as part files by the one process where `here` is true."""
-
-    def __init__(self, parts_dir: Path, here: bool) -> None:
-        self.parts_dir = Path(parts_dir)
-        self.here = here
-
-    def list_parts(self) -> list[str]:
-        return ["outputs"] if self.here else []
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _GatheredPart:
-        return _GatheredPart(self.parts_dir)
 
 
 def main() -> int:
