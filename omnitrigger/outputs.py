@@ -299,11 +299,7 @@ def check_parts_present(parts_dir: Path, resuming: bool) -> None:
         return
     for name, (lines, size, crc) in sorted(manifest["parts"].items()):
         path = parts_dir / name
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            raise _damaged(path, "is missing (deleted?)") from None
-        with handle:
+        with _open_part(path) as handle:
             actual = os.fstat(handle.fileno()).st_size
             if actual < size:
                 raise _damaged(path, f"has {actual:,} bytes of the {size:,} written (cut short?)")
@@ -323,6 +319,14 @@ def check_parts_present(parts_dir: Path, resuming: bool) -> None:
 # -- reading and merging --------------------------------------------------------------------------------
 
 
+def _open_part(path: Path) -> BinaryIO:
+    """A part file for reading; a missing one is a damaged state folder, said in one line."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise _damaged(path, "is missing (deleted?)") from None
+
+
 def _damaged(path: Path, detail: str) -> PartFileError:
     return PartFileError(f"state folder {path.parent.parent} is damaged: part file {path} {detail}; "
                          "replay again with a fresh --state-dir")
@@ -331,11 +335,7 @@ def _damaged(path: Path, detail: str) -> PartFileError:
 def _checked_lines(path: Path, state: PartState) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """The records of a part file, checked against what the sink wrote: size, lines, CRC-32, and each line."""
     lines, size, crc = state
-    try:
-        handle = path.open("rb")
-    except FileNotFoundError:
-        raise _damaged(path, "is missing (deleted?)") from None
-    with handle:
+    with _open_part(path) as handle:
         actual = os.fstat(handle.fileno()).st_size
         if actual != size:
             raise _damaged(path, f"has {actual:,} bytes, and {size:,} were written "

@@ -48,15 +48,10 @@ def recording_files(recording_dir: Path, topic_prefix: str = "",
     contract's name (`pos.receipts`), the Kafka name with `[kafka]
     topic_prefix` (`prod.pos.receipts`), or a `[kafka] input_topics`
     override (`clickstream`): the names `omnitrigger record` writes and
-    kcat users give. `skipped_files` names the files that are none of these.
+    kcat users give. RecordingReader names the files that are none of these in one warning.
     """
     known, _ = _scan(recording_dir, topic_prefix, topic_overrides)
     return known
-
-
-def skipped_files(recording_dir: Path, topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> list[str]:
-    """The files of a recording that no input topic reads (a misspelt name is skipped, so say which)."""
-    return _scan(recording_dir, topic_prefix, topic_overrides)[1]
 
 
 def _scan(recording_dir: Path, topic_prefix: str, topic_overrides: dict[str, str] | None) -> tuple[dict[str, Path], list[str]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import orjson
 import pytest
 
 from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
-    LiveJob, config_file, create_topics, free_port, live_config, mock_kafka, read_topic, wait_for_counts,
+    LiveJob, config_file, create_topics, free_port, live_config, mock_kafka, read_topic, scrape, wait_for_counts,
 )
 from omnitrigger.config import Config
 from omnitrigger.demo.generator import START_MS, RecordingGenerator
@@ -171,16 +170,6 @@ def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path, mock_kafka: Any)
     assert {stream: len(after[stream]) for stream in expected} == expected
 
 
-def _scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 def test_metrics_endpoint_counts_what_flows(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
     recording, stores = single_partition_recording(tmp_path)
     port = free_port()
@@ -189,12 +178,12 @@ def test_metrics_endpoint_counts_what_flows(tmp_path: Path, mock_kafka: Any) -> 
     job = start_job(tmp_path, mock_kafka, config, stores)
     try:
         job.wait_for_log("reading input")
-        before = _scrape(port)
+        before = scrape(port)
         sent = publish(recording, mock_kafka.bootstrap_servers, config)
         wait_for_counts(mock_kafka.bootstrap_servers, {VISITS: output_topics(config)[VISITS]}, {VISITS: 1}, job=job)
         deadline = time.monotonic() + 15
         while True:
-            after = _scrape(port)
+            after = scrape(port)
             read = {topic: after.get(f'omnitrigger_events_in_total{{topic="metrics.{topic}"}}', 0) for topic in sent}
             if read == {topic: float(count) for topic, count in sent.items()} or time.monotonic() > deadline:
                 break

@@ -303,40 +303,34 @@ def test_a_wrong_type_is_still_a_dead_letter_and_raw_keeps_empty_values(tmp_path
 DAY = 24 * HOUR
 
 
-def test_an_opt_out_older_than_the_journal_survives_a_merge(tmp_path: Path) -> None:
-    """Cookie c1 grants SMS on day 0, phone P revokes SMS on day 1, a login links them on day 40: no SMS."""
-    rec = tmp_path / "rec"
-    write_lines(rec / "consent.changes.jsonl", [
-        {"event_id": "k-1", "ts": T0, "ids": {"cookie_id": "c1"}, "channel": "sms", "status": "granted"},
-        {"event_id": "k-2", "ts": T0 + DAY, "ids": {"phone": "+358401112223"}, "channel": "sms", "status": "revoked"}])
-    write_lines(rec / "identity.links.jsonl", [
+def consents_then_merge(recording: Path, on_cookie: str, on_phone_a_day_later: str) -> None:
+    """SMS consent of cookie c1 on day 0 and of phone P on day 1; a login links them on day 40, then c1 adds P1."""
+    write_lines(recording / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0, "ids": {"cookie_id": "c1"}, "channel": "sms", "status": on_cookie},
+        {"event_id": "k-2", "ts": T0 + DAY, "ids": {"phone": "+358401112223"}, "channel": "sms",
+         "status": on_phone_a_day_later}])
+    write_lines(recording / "identity.links.jsonl", [
         {"event_id": "l-1", "ts": T0 + 40 * DAY, "ids": {"cookie_id": "c1", "phone": "+358401112223"},
          "source": "login"}])
-    write_lines(rec / "web.events.jsonl", [
+    write_lines(recording / "web.events.jsonl", [
         {"event_id": "w-add", "type": "add_to_cart", "ts": T0 + 40 * DAY + MINUTE, "channel": "web",
          "ids": {"cookie_id": "c1"}, "product_id": "P1"},
         {"event_id": "w-tick", "type": "view_item", "ts": T0 + 40 * DAY + 3 * HOUR, "channel": "web",
          "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
-    _, files = replay(tmp_path, rec, config=CONFIG)
+
+
+def test_an_opt_out_older_than_the_journal_survives_a_merge(tmp_path: Path) -> None:
+    """Cookie c1 grants SMS on day 0, phone P revokes SMS on day 1, a login links them on day 40: no SMS."""
+    consents_then_merge(tmp_path / "rec", "granted", "revoked")
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
     assert records(files["dead_letter"]) == []
     assert [t for t in records(files["triggers"]) if t["products"] == ["P1"]] == []
     assert ("cart_abandoned", "consent_revoked") in rules_and_reasons(files)[1]
 
 
 def test_a_later_grant_on_the_other_identifier_wins_after_the_merge(tmp_path: Path) -> None:
-    rec = tmp_path / "rec"
-    write_lines(rec / "consent.changes.jsonl", [
-        {"event_id": "k-1", "ts": T0, "ids": {"cookie_id": "c1"}, "channel": "sms", "status": "revoked"},
-        {"event_id": "k-2", "ts": T0 + DAY, "ids": {"phone": "+358401112223"}, "channel": "sms", "status": "granted"}])
-    write_lines(rec / "identity.links.jsonl", [
-        {"event_id": "l-1", "ts": T0 + 40 * DAY, "ids": {"cookie_id": "c1", "phone": "+358401112223"},
-         "source": "login"}])
-    write_lines(rec / "web.events.jsonl", [
-        {"event_id": "w-add", "type": "add_to_cart", "ts": T0 + 40 * DAY + MINUTE, "channel": "web",
-         "ids": {"cookie_id": "c1"}, "product_id": "P1"},
-        {"event_id": "w-tick", "type": "view_item", "ts": T0 + 40 * DAY + 3 * HOUR, "channel": "web",
-         "ids": {"cookie_id": "c9"}, "product_id": "P9"}])
-    _, files = replay(tmp_path, rec, config=CONFIG)
+    consents_then_merge(tmp_path / "rec", "revoked", "granted")
+    _, files = replay(tmp_path, tmp_path / "rec", config=CONFIG)
     [trigger] = [t for t in records(files["triggers"]) if t["products"] == ["P1"]]
     assert trigger["channel"] == "sms"
 
