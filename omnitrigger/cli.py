@@ -93,6 +93,66 @@ def demo(keep: Path | None) -> None:
         run_demo(Path(work), kept=False)
 
 
+@cli.command()
+@click.argument("recording_dir", type=_dir)
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@click.option("--config", "config_file", type=_file, help="The config in force, A (default: the defaults).")
+@click.option("--against", "against_file", type=_file, required=True, help="The config to try, B.")
+@click.option("--keep", type=_dir, help="Write each run's triggers, suppressed and retractions to DIR/a and DIR/b.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for tools.")
+def backtest(recording_dir: Path, stores: Path, config_file: Path | None, against_file: Path, keep: Path | None,
+             as_json: bool) -> None:
+    """Replay RECORDING_DIR under two configs and show, per rule, what the change adds, removes and suppresses."""
+    import orjson
+
+    from omnitrigger.backtest import run_backtest
+
+    config_a, config_b = load_config(config_file), load_config(against_file)  # both checked before any replay
+    report = run_backtest(recording_dir, stores, config_a, config_b, keep=keep,
+                          say=lambda line: click.echo(line, err=True))
+    report.config_a = str(config_file) if config_file is not None else None
+    report.config_b = str(against_file)
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    else:
+        click.echo("\n".join(report.lines()))
+
+
+@cli.command()
+@click.option("--state-dir", type=_dir, required=True, help="The state folder of a replay (--state-dir) or a live job.")
+@click.option("--customer", help="A customer id (cus_...).")
+@click.option("--identifier", help="TYPE:VALUE, e.g. email:ann@example.com (email and phone are hashed as the "
+                                   "pipeline does, with OMNITRIGGER_PII_KEY) or device_id:d-123.")
+@click.option("--product", help="Only this product's deadlines, caps and outputs.")
+@click.option("--out-dir", type=_dir, help="A folder with the run's triggers.jsonl, suppressed.jsonl, retractions.jsonl.")
+@click.option("--config", "config_file", type=_file,
+              help="The job's config: the caps' limits and windows, the phone country code (default: the defaults).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for tools.")
+def explain(state_dir: Path, customer: str | None, identifier: str | None, product: str | None, out_dir: Path | None,
+            config_file: Path | None, as_json: bool) -> None:
+    """Show one customer's identifiers, consents, pending deadlines, caps and (with --out-dir) what it was sent."""
+    import orjson
+
+    from omnitrigger.explain import ExplainError, explain as explain_customer, parse_identifier
+
+    if (customer is None) == (identifier is None):
+        raise click.UsageError("give one of --customer ID and --identifier TYPE:VALUE")
+    try:
+        parsed = parse_identifier(identifier) if identifier is not None else None
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--identifier'") from None
+    config = load_config(config_file)
+    try:
+        result = explain_customer(state_dir, customer=customer, identifier=parsed, product=product, out_dir=out_dir,
+                                  config=config)
+    except ExplainError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    else:
+        click.echo("\n".join(result.lines()))
+
+
 for _command in LIVE_COMMANDS:  # run, record, publish: omnitrigger/live_cli.py
     cli.add_command(_command)
 
