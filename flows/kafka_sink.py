@@ -1,4 +1,5 @@
-"""Bytewax sink publishing the output streams to Kafka: triggers, suppressed, visits, dead letters.
+"""Bytewax sink publishing the output streams to Kafka: triggers, suppressed, visits, dead letters,
+retractions and identity changes.
 
 Each record goes to its stream's topic as JSON (sorted keys), keyed by its
 `customer_id` when it has one, so one customer's records stay in order on
@@ -34,6 +35,13 @@ messages acknowledged, so a crash of any process loses none
 (tests/test_cluster.py restarts a two-process job that re-runs its whole
 backlog and finds each trigger id once).
 
+A suppression with reason `stale` whose trigger_id is already on the
+triggers topic (sent before a crash, re-decided later by the wall clock) is
+dropped: that trigger did go out. Identity changes go to the compacted
+identities topic keyed by customer id, a merged-away customer as a
+tombstone (a null value), so the topic compacts to each customer's
+current identifiers.
+
 Headers: triggers carry `trigger_id`; dead letters carry `source_topic`,
 `source_partition`, `source_offset` and `reason` (the value is the dead
 letter record, with the source record's text, email and phone redacted).
@@ -53,7 +61,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from omnitrigger import metrics
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
-from omnitrigger.records import DEAD_LETTERS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted
+from omnitrigger.records import DEAD_LETTERS, IDENTITIES, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted
 from omnitrigger.schemas import ContractViolation, parse_event_time
 
 log = logging.getLogger("omnitrigger.live.sink")
@@ -206,7 +214,17 @@ class _KafkaOutput(StatelessSinkPartition):
                                 ("source_offset", str(record.get("offset")).encode()),
                                 ("reason", str(record.get("reason")).encode())]
                 elif emitted.stream == SUPPRESSED:
+                    if record.get("reason") == "stale":
+                        if str(record.get("trigger_id")) in self.sent:  # sent before a crash: it did go out
+                            continue
+                        metrics.STALE.labels(str(record.get("rule"))).inc()
                     metrics.SUPPRESSED.labels(str(record.get("rule")), str(record.get("reason"))).inc()
+                elif emitted.stream == IDENTITIES:  # compacted topic: the customer's identifiers, or a tombstone
+                    gone = record["identifiers"] is None
+                    metrics.IDENTITY_UPDATES.labels("tombstone" if gone else "customer").inc()
+                    self._produce(topic, None if gone else orjson.dumps(record, option=orjson.OPT_SORT_KEYS),
+                                  record["customer_id"].encode(), [], None)
+                    continue
                 elif emitted.stream == VISITS:
                     metrics.VISITS.inc()
                 elif emitted.stream == RETRACTIONS:
@@ -218,7 +236,7 @@ class _KafkaOutput(StatelessSinkPartition):
                               key.encode() if isinstance(key, str) else None, headers, callback)
         self._flush()
 
-    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]],
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]],
                  callback: Any) -> None:
         while True:
             try:

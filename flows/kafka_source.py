@@ -11,10 +11,15 @@ group, so a resume reads on from the last committed epoch (Bytewax hands the
 snapshot to whichever process builds the partition).
 
 Each Bytewax item is a micro-batch (a list) of Events and dead letters. When
-every partition is at its end and nothing is buffered, the batch is a
-`Heartbeat(wall_ms)` every `[kafka] heartbeat_interval`, so deadlines fire
-without traffic (only once the sequencer understands Heartbeat: see
-`heartbeats_supported`).
+every partition is at its end, nothing is buffered and no partition has
+records past the last one read (consumer lag, by the latest fetch's high
+watermarks), the batch is a `Heartbeat(wall_ms)` every `[kafka]
+heartbeat_interval`, so deadlines fire without traffic (only once the
+sequencer understands Heartbeat: see `heartbeats_supported`). While a
+backlog is read (a first start from "earliest", a restart after an
+outage) the clock follows the records alone, as in a replay: deadlines fire
+in event-time order as it is read, and those more than `[policy]
+max_delay` past their time are suppressed as `stale` (operators/rules.py).
 
 Retention gaps. A resumed partition whose saved next offset is below the
 partition's earliest offset lost input to retention while the job was down
@@ -56,7 +61,7 @@ from typing import Any, Callable
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from omnitrigger import metrics
 from omnitrigger.config import Config
@@ -159,10 +164,12 @@ class _KafkaPartition(StatefulSourcePartition):
         self.shutdown = shutdown
         self.heartbeats = heartbeats and config.kafka_heartbeat_interval_s > 0
         self._last_record = time.monotonic()
+        self._caught_up = False  # logged once when the input is first read to its end
         self._last_metrics = 0.0
         self._snapshots_since_shutdown = -1
         self._events_in: dict[str, int] = {}
         self._next_fetch: dict[tuple[str, int], int] = {}  # the offset after the last message read, per partition
+        self._end_seen: dict[tuple[str, int], int] = {}  # the end offset of each partition's latest end-of-partition
         self.client_log = quiet_logger("omnitrigger.kafka.consumer")
         self.consumer = Consumer(client_settings(brokers, config, **{
             "group.id": "omnitrigger-live",  # required by librdkafka; offsets are never committed to it
@@ -292,7 +299,14 @@ class _KafkaPartition(StatefulSourcePartition):
             self._last_record = now
         elif self.heartbeats and self.merger.idle() and now - self._last_record >= self.config.kafka_heartbeat_interval_s:
             self._last_record = now
-            batch = [Heartbeat(int(time.time() * 1000))]
+            if self._lag_remains():  # a backlog: the clock follows its records, as in a replay, not the wall
+                self._caught_up = False
+            else:
+                if not self._caught_up:
+                    self._caught_up = True
+                    log.info("caught up with the input: the event-time clock follows the wall clock between "
+                             "records", extra={"fields": {"seq": self.merger.next_seq}})
+                batch = [Heartbeat(int(time.time() * 1000))]
         if now - self._last_metrics >= _METRICS_EVERY_S:
             self._publish_metrics(now)
         return [batch] if batch else []
@@ -313,6 +327,7 @@ class _KafkaPartition(StatefulSourcePartition):
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
                     merger.mark_eof((topic, message.partition()))
+                    self._end_seen[(topic, message.partition())] = message.offset()
                     self._silent.discard((topic, message.partition()))
                 elif error.code() == KafkaError._AUTO_OFFSET_RESET:
                     self._offset_reset(topic, message.partition(), message.offset())
@@ -331,6 +346,21 @@ class _KafkaPartition(StatefulSourcePartition):
                                     message.key(), message.timestamp()[1], merger.last_ts(part))
             merger.add(part, offset, merge_ts, item)
             counts[topic] = counts.get(topic, 0) + 1
+
+    def _lag_remains(self) -> bool:
+        """Whether any input partition has records past the last one read, by the high watermarks of the latest
+        fetch responses (librdkafka's cached values: no request). A partition's end-of-partition mark can
+        predate records fetched since; a heartbeat then would move the clock past them."""
+        for part in self.merger.queues:
+            try:
+                _, high = self.consumer.get_watermark_offsets(TopicPartition(*part), cached=True)
+            except KafkaException:
+                return True
+            # The end mark's offset counts too: transaction markers take offsets no message is read at.
+            position = max(self._next_fetch.get(part, self.merger.start_offset(part)), self._end_seen.get(part, -1))
+            if high >= 0 and position >= 0 and high > position:
+                return True
+        return False
 
     def _outage_now(self) -> bool:
         """Whether the merge waits without a time limit: the brokers are away (BrokerWatch), or were (BrokerWatch

@@ -100,6 +100,7 @@ class Config:
     offer_quiet_hours: bool = False  # [rules.store_visit_offer] quiet_hours: true suppresses offers then (quiet_hours)
     cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
+    max_delay_s: float = 900.0  # live: a trigger this late after its time is suppressed (stale), not sent; 0: off
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
     kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
     kafka_input_topics: tuple[tuple[str, str], ...] = ()  # (contract topic, Kafka topic) overrides
@@ -108,6 +109,7 @@ class Config:
     kafka_visits_topic: str = "omnitrigger.visits"
     kafka_dead_letters_topic: str = "omnitrigger.dead_letters"
     kafka_retractions_topic: str = "omnitrigger.retractions"
+    kafka_identities_topic: str = "omnitrigger.identities"  # compacted: customer id -> identifiers; "": not published
     kafka_start: str = "earliest"  # where a fresh state folder starts reading: earliest or latest
     kafka_fetch_wait_s: float = 0.005  # fetch.wait.max.ms: the consumer's share of the latency
     kafka_linger_s: float = 0.005  # linger.ms of the output producer
@@ -120,8 +122,10 @@ class Config:
     kafka_metrics_bind: str = "0.0.0.0"  # the address the metrics endpoint listens on ("127.0.0.1": this machine only)
     kafka_on_retention_gap: str = "fail"  # input deleted by retention before it was read: "fail" or "skip" past it
     kafka_client_properties: tuple[tuple[str, str], ...] = ()  # extra librdkafka settings (security, ...)
-    # Set at run time, not from the file: the stores CSV the replay or job was started with.
+    # Set at run time, not from the file: the stores CSV the replay or job was started with, and whether
+    # there is a wall clock (`omnitrigger run`: max_delay applies; a replay has none, so nothing is stale).
     stores_file: str | None = None
+    wall_clock: bool = False
 
     def with_overrides(self, **overrides: Any) -> "Config":
         return replace(self, **overrides)
@@ -345,6 +349,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("policy", "cross_rule_product_cap"): ("cross_rule_product_cap", _boolean),
     ("policy", "quiet_hours"): ("quiet_hours", _quiet_window),
     ("policy", "timezone"): ("timezone", _time_zone),
+    ("policy", "max_delay"): ("max_delay_s", parse_duration_s),
     ("rules", "store_visit_offer"): ("offer_quiet_hours", _offer_table),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
@@ -353,6 +358,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "visits_topic"): ("kafka_visits_topic", _topic_name),
     ("kafka", "dead_letters_topic"): ("kafka_dead_letters_topic", _topic_name),
     ("kafka", "retractions_topic"): ("kafka_retractions_topic", _topic_name),
+    ("kafka", "identities_topic"): ("kafka_identities_topic", _topic_name),
     ("kafka", "start"): ("kafka_start", _start),
     ("kafka", "fetch_wait"): ("kafka_fetch_wait_s", parse_duration_s),
     ("kafka", "linger"): ("kafka_linger_s", parse_duration_s),
@@ -368,7 +374,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
 }
 
 #: Fields set by the program at run time, never from the file.
-RUNTIME_FIELDS = {"stores_file"}
+RUNTIME_FIELDS = {"stores_file", "wall_clock"}
 
 
 def load_config(path: Path | None) -> Config:
@@ -391,7 +397,19 @@ def load_config(path: Path | None) -> Config:
                 raise ConfigError(f"config file {path}: unknown setting {section}.{key} (known: {known})")
             field_name, convert = _KEYS[(section, key)]
             overrides[field_name] = convert(value, f"{section}.{key}")
-    return Config(**overrides)
+    config = Config(**overrides)
+    _check_max_delay(config, path)
+    return config
+
+
+def _check_max_delay(config: Config, path: Path) -> None:
+    """A deadline fires `purchase_grace` plus the lateness after its time: a smaller max_delay would make every
+    reminder stale, so it is refused rather than silently sending nothing."""
+    floor = config.purchase_grace_s + config.rules_lateness_s
+    if 0 < config.max_delay_s <= floor:
+        raise ConfigError(f"config file {path}: policy.max_delay ({config.max_delay_s:g} s) must be more than "
+                          f"rules.purchase_grace plus rules.allowed_lateness ({floor:g} s), the delay every "
+                          "reminder has by design; or \"0\" to switch the stale check off")
 
 
 assert {name for name, _ in _KEYS.values()} | RUNTIME_FIELDS == {f.name for f in fields(Config)}, \

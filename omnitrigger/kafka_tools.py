@@ -19,7 +19,7 @@ from confluent_kafka import (
 )
 
 from omnitrigger.config import Config
-from omnitrigger.records import DEAD_LETTERS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS
+from omnitrigger.records import DEAD_LETTERS, IDENTITIES, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS
 from omnitrigger.schemas import INPUT_TOPICS
 
 #: Header carrying the wall-clock time (epoch ms, ASCII) at which `publish` sent a record.
@@ -39,11 +39,15 @@ def input_topics(config: Config) -> dict[str, str]:
 
 
 def output_topics(config: Config) -> dict[str, str]:
-    """Output stream -> Kafka topic. Other streams (stats, identities, duplicates, events) are not published."""
+    """Output stream -> Kafka topic. Other streams (stats, duplicates, events) are not published; identity
+    changes only while `[kafka] identities_topic` is not "" (the topic should be compacted)."""
     prefix = config.kafka_topic_prefix
-    return {TRIGGERS: prefix + config.kafka_triggers_topic, SUPPRESSED: prefix + config.kafka_suppressed_topic,
-            VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic,
-            RETRACTIONS: prefix + config.kafka_retractions_topic}
+    topics = {TRIGGERS: prefix + config.kafka_triggers_topic, SUPPRESSED: prefix + config.kafka_suppressed_topic,
+              VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic,
+              RETRACTIONS: prefix + config.kafka_retractions_topic}
+    if config.kafka_identities_topic:
+        topics[IDENTITIES] = prefix + config.kafka_identities_topic
+    return topics
 
 
 def quiet_logger(name: str = "omnitrigger.kafka.client", interval_s: float = 60.0) -> logging.Logger:

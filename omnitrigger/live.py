@@ -192,7 +192,7 @@ def run_live(options: LiveOptions) -> None:
     """Run until SIGTERM. Raises the CLI's user errors (bad key, stores, brokers, topics) before starting."""
     key_from_environment()
     load_stores(options.stores)
-    config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()))
+    config = options.config.with_overrides(stores_file=str(Path(options.stores).resolve()), wall_clock=True)
     role = Role.of(options.addresses, options.process_id, options.processes,
                    allow_public=options.allow_public_cluster or None)
     partitions = check_kafka(options.brokers, config)

@@ -54,6 +54,12 @@ INPUT_GAP = Counter("omnitrigger_input_gap_messages",
                     "Input messages deleted by retention before the job read them (a resume found the partition's "
                     "earliest offset past the saved one), per input partition", ["topic", "partition"],
                     registry=REGISTRY)
+STALE = Counter("omnitrigger_stale_triggers",
+                "Triggers suppressed as stale: they would have reached the topic more than [policy] max_delay "
+                "after their time (a backlog, an outage), by rule", ["rule"], registry=REGISTRY)
+IDENTITY_UPDATES = Counter("omnitrigger_identity_updates",
+                           "Identity changes published to the identities topic (kind: customer, or tombstone for a "
+                           "customer merged away)", ["kind"], registry=REGISTRY)
 STATE_BYTES = Gauge("omnitrigger_state_bytes", "Size on disk of the state folder (RocksDB and recovery store)",
                     registry=REGISTRY)
 

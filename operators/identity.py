@@ -42,7 +42,7 @@ import xxhash
 
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
 from omnitrigger.state import ShardState
 
 #: Identifier types, strongest first: the first one an event carries is its anchor.
@@ -76,6 +76,9 @@ class Identity(StageOperator):
         clock = state.get_meta(_CLOCK)
         self.clock_ms = int(clock) if clock else 0
         self._swept_at_ms = self.clock_ms
+        # Live only: every change of a customer's identifiers goes to the compacted identities topic.
+        self.publish_updates = bool(config.wall_clock and config.kafka_identities_topic)
+        self._merged_away: list[str] = []
 
     # -- the operator ---------------------------------------------------------
 
@@ -91,6 +94,8 @@ class Identity(StageOperator):
                 self.clock_ms = event.ts_ms
             customer, merges, refusals = self._resolve(event, ids)
             out.extend(merges)
+            if self.publish_updates and (self._changed or self._merged_away):
+                emitted.extend(self._updates(event.seq))
             if self._changed:  # whom a trigger reaches: the rules keep each customer's identifiers
                 out.extend(Event(event.seq, IDENTITY_TOPIC, -1, -1, event.ts_ms, {"ids": ids_now}, changed)
                            for changed, ids_now in sorted(self._changed.items()))
@@ -166,10 +171,25 @@ class Identity(StageOperator):
                 continue
             self._merge(winner, winner_record, loser, loser_record, event.ts_ms)
             if loser not in fresh:
+                if self.publish_updates:
+                    self._merged_away.append(loser)
                 merges.append(Event(event.seq, MERGE_TOPIC, -1, -1, event.ts_ms,
                                     {"winner": winner, "loser": loser}, winner))
             anchor_customer = winner
         return anchor_customer, merges, refusals
+
+    def _updates(self, seq: int) -> list[Emitted]:
+        """The identities topic's records for this event: each changed customer with its live identifiers
+        (the replay's `--identities` lines, grouped by customer), and a tombstone (identifiers None) for
+        each customer merged away."""
+        updates = [Emitted(IDENTITIES, (seq, 0), {"customer_id": loser, "identifiers": None})
+                   for loser in sorted(self._merged_away)]
+        self._merged_away = []
+        for customer, ids_now in sorted(self._changed.items()):
+            live = sorted({(kind, value) for kind, value in ids_now if self._lookup((kind, value)) == customer})
+            updates.append(Emitted(IDENTITIES, (seq, 0), {
+                "customer_id": customer, "identifiers": [{"type": kind, "value": value} for kind, value in live]}))
+        return updates
 
     def stats(self) -> dict[str, int]:
         """Run totals for the summary: identifier values ignored as blank or blocked, by type."""

@@ -49,6 +49,7 @@ as with every timer in memory, and memory does not grow with the number of pendi
 from __future__ import annotations
 
 import heapq
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -62,6 +63,7 @@ from omnitrigger.records import (
     IDENTITY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event, is_returned_line,
 )
 from omnitrigger.state import ShardState
+from omnitrigger.stores import store_zones
 
 CART = "cart_abandoned"
 BROWSE = "browse_abandoned"
@@ -105,7 +107,12 @@ class Rules(StageOperator):
         self.add_cancels_browse = config.add_cancels_browse
         self.quiet = QuietHours(config.quiet_hours, config.timezone)
         self.offer_quiet_hours = config.offer_quiet_hours
+        # An in-store rule's quiet hours are the store's local time (a stores CSV `timezone` column).
+        zones = store_zones(config.stores_file) if config.offer_quiet_hours and config.stores_file else {}
+        self.store_quiet = {store: QuietHours(config.quiet_hours, zone) for store, zone in zones.items()}
         self.max_products = config.offer_max_products
+        # Live only (a replay has no wall clock): a trigger more than max_delay past its time is stale.
+        self.max_delay_ms = int(config.max_delay_s * 1000) if config.wall_clock else 0
         clock = state.get_meta(_CLOCK)
         self.watermark_ms = int(clock) if clock else 0
         swept = state.get_meta(_SWEPT)
@@ -340,7 +347,8 @@ class Rules(StageOperator):
         viewed.sort(reverse=True)
         chosen = viewed[:self.max_products]
         evidence = [visit["visit_id"]] + [event_id for *_, event_id in chosen]
-        if self.offer_quiet_hours and self.quiet.is_quiet(ts_ms):  # the customer is in the store now or never
+        quiet = self.store_quiet.get(visit["store_id"], self.quiet)
+        if self.offer_quiet_hours and quiet.is_quiet(ts_ms):  # the customer is in the store now or never
             self._suppress(OFFER, customer, [p for _, _, p, _ in chosen], ts_ms, "quiet_hours", evidence,
                            visit["store_id"])
             return
@@ -356,6 +364,13 @@ class Rules(StageOperator):
                               subject)
         if decision.reason is not None:
             record["reason"] = decision.reason
+            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
+            return
+        delay_ms = wall_clock_ms() - ts_ms if self.max_delay_ms else 0
+        if delay_ms > self.max_delay_ms:
+            # A backlog or an outage: a reminder this late reads as spam. Not sent, so it uses no cap.
+            record["reason"] = "stale"
+            record["delay_s"] = round(delay_ms / 1000, 1)
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
         record["recipient"] = self._recipient(customer, decision.channel)
@@ -412,6 +427,11 @@ class Rules(StageOperator):
                 if topic in _FACT_TOPICS:
                     self._on_fact(topic, winner, event_body, ts_ms)
             self._replaying = False
+
+
+def wall_clock_ms() -> int:
+    """Now, by the wall clock: only live mode's stale check asks (`Config.wall_clock`)."""
+    return int(time.time() * 1000)
 
 
 def _key(prefix: bytes, customer: str, product: Any) -> bytes:

@@ -36,19 +36,24 @@ def mock_kafka() -> Iterator[MockCluster]:
 
 
 def live_config(prefix: str, **kafka: Any) -> Config:
-    settings = {"kafka_topic_prefix": prefix, "kafka_metrics_port": 0, "kafka_heartbeat_interval_s": 0.0}
+    """Live settings for a test: its own topic prefix, no metrics port, no heartbeats, and no stale check
+    (the tests publish recordings of past days and compare with a replay; tests of `max_delay` set it)."""
+    settings = {"kafka_topic_prefix": prefix, "kafka_metrics_port": 0, "kafka_heartbeat_interval_s": 0.0,
+                "max_delay_s": 0.0}
     settings.update(kafka)
     return Config(**settings)
 
 
 def config_file(path: Path, config: Config) -> Path:
-    """The [kafka] part of `config` as a TOML file for `omnitrigger run --config`."""
+    """The [kafka] part of `config` (and [policy] max_delay) as a TOML file for `omnitrigger run --config`."""
     lines = ["[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"',
              f"metrics_port = {config.kafka_metrics_port}",
              f'metrics_bind = "{config.kafka_metrics_bind}"',
              f'on_retention_gap = "{config.kafka_on_retention_gap}"',
              f"heartbeat_interval = {config.kafka_heartbeat_interval_s}",
-             f"merge_wait = {config.kafka_merge_wait_s}"]
+             f"merge_wait = {config.kafka_merge_wait_s}",
+             f'identities_topic = "{config.kafka_identities_topic}"',
+             "[policy]", f"max_delay = {config.max_delay_s}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -163,7 +168,8 @@ def read_topic(brokers: str, topic: str, partitions: int = PARTITIONS, timeout: 
                 at_end.discard(message.partition())
                 out.append({"key": message.key().decode() if message.key() is not None else None,
                             "headers": {name: value.decode() for name, value in message.headers() or ()},
-                            "value": orjson.loads(message.value()), "partition": message.partition(),
+                            "value": orjson.loads(message.value()) if message.value() is not None else None,
+                            "partition": message.partition(),
                             "offset": message.offset()})
     finally:
         consumer.close()

@@ -198,7 +198,7 @@ def job_config(path: Path, config: Config, epoch: str) -> Path:
     path.write_text("\n".join([
         "[replay]", "batch_size = 50", f'epoch_interval = "{epoch}"',
         "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', "metrics_port = 0", "heartbeat_interval = 0.0",
-        f"merge_wait = {config.kafka_merge_wait_s}"]) + "\n")
+        f"merge_wait = {config.kafka_merge_wait_s}", "[policy]", 'max_delay = "0"']) + "\n")
     return path
 
 

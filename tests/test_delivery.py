@@ -132,3 +132,31 @@ def test_an_email_trigger_carries_the_hashed_address(tmp_path: Path) -> None:
     [trigger] = [t for t in records(files["triggers"]) if t["products"] == ["P1"]]
     [email] = [i["value"] for i in records(files["identities"]) if i["type"] == "email"]
     assert trigger["channel"] == "email" and trigger["recipient"] == {"email": [email]}
+
+
+def test_in_store_quiet_hours_follow_the_stores_own_time_zone(tmp_path: Path) -> None:
+    """With offers held to quiet hours, a visit at 18:02 UTC is 20:02 in Helsinki (the [policy] timezone: the
+    offer goes out) and 03:02 in a store whose `timezone` column says Tokyo (quiet). A bad zone is one line."""
+    from test_trust import store_visit
+
+    from omnitrigger.stores import StoresError, load_stores
+
+    store_visit(tmp_path / "rec", consents=("push", "location"))
+    config = Config(offer_quiet_hours=True)
+    helsinki = tmp_path / "helsinki.csv"
+    helsinki.write_text("store_id,name,lat,lon,radius_m\nS1,Kamppi,60.1690,24.9320,300\n")
+    _, evening = replay(tmp_path, tmp_path / "rec", name="evening", stores=helsinki, config=config)
+    assert [(t["rule"], t["store_id"]) for t in records(evening["triggers"])] == [("store_visit_offer", "S1")]
+    tokyo = tmp_path / "tokyo.csv"
+    tokyo.write_text("store_id,name,lat,lon,radius_m,timezone\nS1,Kamppi,60.1690,24.9320,300,Asia/Tokyo\n")
+    _, night = replay(tmp_path, tmp_path / "rec", name="night", stores=tokyo, config=config)
+    assert records(night["triggers"]) == []
+    assert [(s["rule"], s["reason"]) for s in records(night["suppressed"])] == [("store_visit_offer", "quiet_hours")]
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("store_id,name,lat,lon,timezone\nS1,Kamppi,60.1690,24.9320,Mars/Olympus\n")
+    try:
+        load_stores(wrong)
+    except StoresError as error:
+        assert "line 2" in str(error) and "Mars/Olympus" in str(error)
+    else:
+        raise AssertionError("an unknown time zone must be refused")

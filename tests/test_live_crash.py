@@ -52,7 +52,7 @@ def job_config(path: Path, config: Config) -> Path:
     path.write_text("\n".join([
         "[replay]", "batch_size = 20", 'epoch_interval = "0.2s"',
         "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', "metrics_port = 0", "heartbeat_interval = 0.0",
-        f"merge_wait = {config.kafka_merge_wait_s}"]) + "\n")
+        f"merge_wait = {config.kafka_merge_wait_s}", "[policy]", 'max_delay = "0"']) + "\n")
     return path
 
 
@@ -131,7 +131,8 @@ def burst_config(path: Path, config: Config, epoch_interval: str, metrics_port: 
     path.write_text("\n".join([
         "[replay]", f'epoch_interval = "{epoch_interval}"',
         "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', f"metrics_port = {metrics_port}",
-        "heartbeat_interval = 0.0", f"merge_wait = {config.kafka_merge_wait_s}", "dedup_tail = 1"]) + "\n")
+        "heartbeat_interval = 0.0", f"merge_wait = {config.kafka_merge_wait_s}", "dedup_tail = 1",
+        "[policy]", 'max_delay = "0"']) + "\n")
     return path
 
 
