@@ -178,3 +178,18 @@ def test_explain_reads_while_another_process_holds_the_database_for_writing(run:
         assert holder.stdin is not None
         holder.stdin.close()
         assert holder.wait(timeout=30) == 0
+
+
+@pytest.mark.cluster
+def test_a_cluster_state_folder_explains_the_same(run: dict, tmp_path: Path) -> None:
+    """A one-machine cluster keeps process-I/rocksdb/process-I, the rules shards spread over both: explain
+    finds the customer's shard wherever it ran, and says the same as for one process."""
+    replay(tmp_path, run["tmp"] / "rec", name="out", config=Config(), state_dir=tmp_path / "state", processes=2)
+    alone = explain_json(run, "--customer", run["customer"], "--out-dir", str(run["out"]))
+    cluster = explain_json({"state": tmp_path / "state"}, "--customer", run["customer"],
+                           "--out-dir", str(tmp_path / "out"))
+    assert sorted(p.name for p in (tmp_path / "state").glob("process-*/rocksdb/process-*")) == ["process-0",
+                                                                                                "process-1"]
+    for doc in (alone, cluster):
+        doc.pop("state_dir"), doc.pop("out_dir")
+    assert cluster == alone and cluster["pending"] and cluster["triggers"]
