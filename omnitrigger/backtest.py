@@ -72,6 +72,8 @@ class RuleDiff:
     removed: Change = field(default_factory=Change)  # triggers only in A
     became_suppressed: Change = field(default_factory=Change)  # of `removed`: suppressed in B, by B's reason
     became_trigger: Change = field(default_factory=Change)  # of `added`: suppressed in A, by A's reason
+    moved: Change = field(default_factory=Change)  # pairs of added and removed with the same customer and
+    # products, only the time differs (a longer delay): by the shift, "+30m"
     reason_changed: Change = field(default_factory=Change)  # suppressed in both, by "A's -> B's"
     suppressions_added: Change = field(default_factory=Change)  # suppressed in B, nothing in A, by reason
     suppressions_removed: Change = field(default_factory=Change)  # suppressed in A, nothing in B, by reason
@@ -98,6 +100,8 @@ class RuleDiff:
         out.append(f"  triggers removed: {self.removed.describe()}")
         if self.became_suppressed.count:
             out.append(f"    suppressed in B: {self.became_suppressed.describe()}")
+        if self.moved.count:
+            out.append(f"  of those, the same customer and products at another time: {self.moved.describe()}")
         for title, change in (("suppressions whose reason changed", self.reason_changed),
                               ("suppressions only in B", self.suppressions_added),
                               ("suppressions only in A", self.suppressions_removed),
@@ -231,6 +235,8 @@ def _compare_rule(rule: str, a: dict[str, list[Record]], b: dict[str, list[Recor
         if now is not None:
             crossed_b.add(id(now))
             diff.became_suppressed.add(trigger, now.get("reason"))
+    _pair_moved(diff, [t for t in a["triggers"] if t["trigger_id"] not in ids_b],
+                [t for t in b["triggers"] if t["trigger_id"] not in ids_a])
     pairs, only_a, only_b = _pair_suppressions([s for s in a["suppressed"] if id(s) not in crossed_a],
                                                [s for s in b["suppressed"] if id(s) not in crossed_b])
     for old, new in pairs:
@@ -249,6 +255,19 @@ def _compare_rule(rule: str, a: dict[str, list[Record]], b: dict[str, list[Recor
         if record["retraction_id"] not in retractions_b:
             diff.retractions_removed.add(record)
     return diff
+
+
+def _pair_moved(diff: RuleDiff, removed: list[Record], added: list[Record]) -> None:
+    """Count removed and added triggers of one customer and the same products as moved, by the time shift."""
+    by_subject: dict[tuple[Any, ...], list[Record]] = {}
+    for trigger in added:
+        by_subject.setdefault(_tuple_key(trigger)[:3], []).append(trigger)
+    for trigger in removed:
+        candidates = by_subject.get(_tuple_key(trigger)[:3])
+        if candidates:
+            later = candidates.pop(0)
+            shift_ms = later["ts_ms"] - trigger["ts_ms"]
+            diff.moved.add(later, ("+" if shift_ms >= 0 else "-") + _show(abs(shift_ms) / 1000, "_s").strip('"'))
 
 
 def _index(records: list[Record]) -> dict[Any, list[Record]]:

@@ -87,6 +87,7 @@ def test_a_later_cart_deadline_removes_one_trigger_and_adds_another(setup: dict[
     assert 'settings changed: rules.cart_abandoned_after: "1h" -> "90m"' in text
     assert "cart_abandoned: triggers 1 -> 1, suppressed 0 -> 0 (0 triggers unchanged)" in text
     assert "  triggers added: 1; e.g. cus_" in text and "  triggers removed: 1; e.g. cus_" in text
+    assert "  of those, the same customer and products at another time: 1 (+30m: 1); e.g. cus_" in text
     assert "browse_abandoned: triggers 1 -> 1, suppressed 1 -> 1: unchanged" in text
     kept = setup["tmp"] / "kept"
     [before] = [orjson.loads(line) for line in (kept / "a" / "triggers.jsonl").read_bytes().splitlines()
