@@ -110,6 +110,8 @@ class Config:
     kafka_dead_letters_topic: str = "omnitrigger.dead_letters"
     kafka_retractions_topic: str = "omnitrigger.retractions"
     kafka_identities_topic: str = "omnitrigger.identities"  # compacted: customer id -> identifiers; "": not published
+    kafka_refused_links_topic: str = "omnitrigger.refused_links"  # identity links refused, with why; "": not published
+    kafka_duplicates_topic: str = "omnitrigger.duplicates"  # redelivered records dropped by dedup; "": not published
     kafka_start: str = "earliest"  # where a fresh state folder starts reading: earliest or latest
     kafka_fetch_wait_s: float = 0.005  # fetch.wait.max.ms: the consumer's share of the latency
     kafka_linger_s: float = 0.005  # linger.ms of the output producer
@@ -122,6 +124,8 @@ class Config:
     kafka_metrics_bind: str = "0.0.0.0"  # the address the metrics endpoint listens on ("127.0.0.1": this machine only)
     kafka_on_retention_gap: str = "fail"  # input deleted by retention before it was read: "fail" or "skip" past it
     kafka_client_properties: tuple[tuple[str, str], ...] = ()  # extra librdkafka settings (security, ...)
+    kafka_ready_max_lag: int = 1000  # /readyz: ready while every input partition is fewer messages behind than this
+    kafka_progress_interval_s: float = 60.0  # a "progress" log line this often (records in, triggers out, lag); 0: none
     # Set at run time, not from the file: the stores CSV the replay or job was started with, and whether
     # there is a wall clock (`omnitrigger run`: max_delay applies; a replay has none, so nothing is stale).
     stores_file: str | None = None
@@ -359,6 +363,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "dead_letters_topic"): ("kafka_dead_letters_topic", _topic_name),
     ("kafka", "retractions_topic"): ("kafka_retractions_topic", _topic_name),
     ("kafka", "identities_topic"): ("kafka_identities_topic", _topic_name),
+    ("kafka", "refused_links_topic"): ("kafka_refused_links_topic", _topic_name),
+    ("kafka", "duplicates_topic"): ("kafka_duplicates_topic", _topic_name),
     ("kafka", "start"): ("kafka_start", _start),
     ("kafka", "fetch_wait"): ("kafka_fetch_wait_s", parse_duration_s),
     ("kafka", "linger"): ("kafka_linger_s", parse_duration_s),
@@ -371,6 +377,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "metrics_bind"): ("kafka_metrics_bind", _bind_address),
     ("kafka", "on_retention_gap"): ("kafka_on_retention_gap", _retention_gap),
     ("kafka", "client"): ("kafka_client_properties", _client_properties),
+    ("kafka", "ready_max_lag"): ("kafka_ready_max_lag", _positive_int),
+    ("kafka", "progress_interval"): ("kafka_progress_interval_s", parse_duration_s),
 }
 
 #: Fields set by the program at run time, never from the file.
