@@ -251,7 +251,8 @@ def stored_value(kind: str, value: str, config: Config) -> str:
         return value
     hashed = Pseudonymizer(key_from_environment(), config.default_country_code).protect_value(kind, value)
     if not isinstance(hashed, str) or not _HASHED.match(hashed):
-        raise ExplainError(f"{kind} value given cannot be an {kind} (it would be hashed as invalid and never link)")
+        raise ExplainError(f"the {kind} given cannot be an {kind} (the pipeline keeps such a value as invalid; it "
+                           "never links)")
     return hashed
 
 
@@ -283,9 +284,9 @@ def explain(state_dir: Path, *, customer: str | None = None, identifier: tuple[s
             found_by = {"type": kind, "value": value}
             raw = identity.get(b"i" + _TYPE_CODE[kind] + value.encode(), identity_now) if identity else None
             if raw is None:
-                shown = value if kind not in PII_TYPES else f"(hashed {value})"
-                raise ExplainError(f"identifier {kind} {shown} not found in state folder {state_dir} (never seen, "
-                                   f"expired, or hashed with another key)")
+                shown, why = (value, "never seen, or expired") if kind not in PII_TYPES else (
+                    f"(hashed {value})", "never seen, expired, or hashed with another key")
+                raise ExplainError(f"identifier {kind} {shown} not found in state folder {state_dir} ({why})")
             customer = orjson.loads(raw)[0]
         assert customer is not None
         shard = shard_of(customer, folder.rule_shards)
