@@ -98,6 +98,9 @@ class Config:
     quiet_hours: str = "21:00-09:00"  # local time; a deadline inside is deferred to the end; "": off
     timezone: str = "Europe/Helsinki"  # the zone of quiet_hours
     offer_quiet_hours: bool = False  # [rules.store_visit_offer] quiet_hours: true suppresses offers then (quiet_hours)
+    # [rules.<name>] tables as the file gives them (lists as tuples): the built-in rules' overrides and the
+    # rules the config declares (operators/rules/registry.py checks and builds them).
+    rule_tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     max_delay_s: float = 900.0  # live: a trigger this late after its time is suppressed (stale), not sent; 0: off
@@ -203,10 +206,9 @@ def _metres(value: Any, name: str) -> float:
 
 
 def _rule_names(value: Any, name: str) -> tuple[str, ...]:
-    from omnitrigger.operators.rules import RULES
-
-    if not isinstance(value, list) or any(rule not in RULES for rule in value):
-        raise ConfigError(f"{name}: expected a list drawn from {list(RULES)}, got {value!r}")
+    """A list of rule names; that each names a rule is checked once the rule tables are read (`_check_rules`)."""
+    if not isinstance(value, list) or not all(isinstance(rule, str) for rule in value):
+        raise ConfigError(f"{name}: expected a list of rule names, got {value!r}")
     return tuple(value)
 
 
@@ -240,12 +242,6 @@ def _time_zone(value: Any, name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError, TypeError):
         raise ConfigError(f"{name}: expected an IANA time zone such as \"Europe/Helsinki\", got {value!r}") from None
     return value
-
-
-def _offer_table(value: Any, name: str) -> bool:
-    if not isinstance(value, dict) or set(value) - {"quiet_hours"}:
-        raise ConfigError(f"{name}: expected a table with quiet_hours = true or false, got {value!r}")
-    return _boolean(value.get("quiet_hours", False), f"{name}.quiet_hours")
 
 
 def _path(value: Any, name: str) -> str:
@@ -354,7 +350,6 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("policy", "quiet_hours"): ("quiet_hours", _quiet_window),
     ("policy", "timezone"): ("timezone", _time_zone),
     ("policy", "max_delay"): ("max_delay_s", parse_duration_s),
-    ("rules", "store_visit_offer"): ("offer_quiet_hours", _offer_table),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),
@@ -383,6 +378,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
 
 #: Fields set by the program at run time, never from the file.
 RUNTIME_FIELDS = {"stores_file", "wall_clock"}
+#: Fields set from [rules.<name>] tables (offer_quiet_hours: the offer's quiet_hours default, for code).
+TABLE_FIELDS = {"rule_tables", "offer_quiet_hours"}
 
 
 def load_config(path: Path | None) -> Config:
@@ -396,18 +393,37 @@ def load_config(path: Path | None) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     overrides: dict[str, Any] = {}
+    rule_tables: dict[str, Any] = {}
     for section, table in document.items():
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
         for key, value in table.items():
+            if section == "rules" and isinstance(value, dict):  # [rules.<name>]: a rule
+                rule_tables[key] = tuple(sorted((setting, _tuples(item)) for setting, item in value.items()))
+                continue
             if (section, key) not in _KEYS:
                 known = ", ".join(f"{s}.{k}" for s, k in _KEYS)
                 raise ConfigError(f"config file {path}: unknown setting {section}.{key} (known: {known})")
             field_name, convert = _KEYS[(section, key)]
             overrides[field_name] = convert(value, f"{section}.{key}")
-    config = Config(**overrides)
+    config = Config(**overrides, rule_tables=tuple(sorted(rule_tables.items())))
     _check_max_delay(config, path)
+    _check_rules(config, path)
     return config
+
+
+def _check_rules(config: Config, path: Path) -> None:
+    """Every [rules.<name>] table must make a rule, and [rules] disabled name rules there are."""
+    from omnitrigger.operators.rules import RuleConfigError, rule_names
+
+    try:
+        names = rule_names(config)
+    except RuleConfigError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    unknown = [rule for rule in config.disabled_rules if rule not in names]
+    if unknown:
+        raise ConfigError(f"config file {path}: rules.disabled: expected a list drawn from {list(names)}, "
+                          f"got {list(config.disabled_rules)!r}")
 
 
 def _check_max_delay(config: Config, path: Path) -> None:
@@ -420,6 +436,6 @@ def _check_max_delay(config: Config, path: Path) -> None:
                           "reminder has by design; or \"0\" to switch the stale check off")
 
 
-assert {name for name, _ in _KEYS.values()} | RUNTIME_FIELDS == {f.name for f in fields(Config)}, \
+assert {name for name, _ in _KEYS.values()} | RUNTIME_FIELDS | TABLE_FIELDS == {f.name for f in fields(Config)}, \
     "every setting has a file key"
 assert all(topic in INPUT_TOPICS for topic in Config.dedup_topics)

@@ -39,21 +39,21 @@ from rocksdict import AccessType, Options, Rdict
 from omnitrigger.config import Config
 from omnitrigger.operators.identity import _TYPE_CODE, IDENTIFIER_TYPES
 from omnitrigger.operators.router import shard_of
-from omnitrigger.operators.rules import iso
+from omnitrigger.operators.rules import configured_rules, iso
 from omnitrigger.pii import PII_TYPES, Pseudonymizer, key_from_environment
 from omnitrigger.state import ShardState, StateError
+from omnitrigger.state.keys import end_of, owner_prefix, subject_of
 
 #: The suppressed stream's reasons that are cancellations (the deadline was called off), not policy decisions.
 CANCEL_REASONS = frozenset({"purchased", "removed_from_cart", "moved_to_cart"})
 #: The output files read from --out-dir (the replay's and the demo's names).
 OUTPUT_FILES = {"triggers": "triggers.jsonl", "suppressed": "suppressed.jsonl", "retractions": "retractions.jsonl"}
 
-# -- mirrored key layouts (operators/rules.py and operators/policy.py docstrings) --------------------------------
-_CUSTOMER_ID_LENGTH = 28  # "cus_" + 24 hex digits (operators/identity.py)
-_PENDING = {b"A": "cart_abandoned", b"B": "browse_abandoned"}  # A/B <customer> <product json> -> [due, set, evidence]
+# -- key layouts (operators/rules/host.py and operators/policy.py docstrings; encoding: state/keys.py) -----------
+# <state code> <customer> NUL <product json> -> [due, set, evidence]: each deferred rule's pending deadlines
 _CONSENTS = b"C"  # C <customer> -> {channel: [status, ts_ms]}
 _FIRES = b"F"  # F <customer> -> [ts_ms, ...]: trigger times in the customer cap window
-_PRODUCT_CAP = b"G"  # G <customer> <rule or "*"> NUL <product as str> -> last trigger ts_ms
+_PRODUCT_CAP = b"G"  # G <customer> NUL [rule or "*", product as str] -> last trigger ts_ms
 _HASHED = re.compile(r"^[0-9a-f]{32}$")  # an email or phone given already hashed (a trigger's recipient)
 
 
@@ -346,10 +346,13 @@ def _read_rules(view: ShardState, customer: str, now_ms: int, config: Config, pr
     operators/policy.py)."""
     key = customer.encode()
     found = False
-    for prefix, rule in _PENDING.items():
-        for state_key, value in view.iter_committed(prefix + key, prefix + key + b"\xff"):
+    for rule_of in configured_rules(config):
+        if rule_of.code is None:
+            continue
+        rule, start = rule_of.name, owner_prefix(bytes((rule_of.code,)), customer)
+        for state_key, value in view.iter_committed(start, end_of(start)):
             found = True
-            subject = orjson.loads(state_key[1 + _CUSTOMER_ID_LENGTH:])
+            subject = subject_of(state_key, len(start))
             if product is not None and str(subject) != product:
                 continue
             due, set_ms, evidence = orjson.loads(value)
@@ -375,9 +378,10 @@ def _read_rules(view: ShardState, customer: str, now_ms: int, config: Config, pr
                 # the cap lifts when the oldest trigger that keeps the count at the limit leaves the window
                 "until": iso(recent[len(recent) - limit] + window_ms) if capped else None}
     product_window_ms = int(config.product_cap_window_s * 1000)
-    for state_key, value in view.iter_committed(_PRODUCT_CAP + key, _PRODUCT_CAP + key + b"\xff"):
+    start = owner_prefix(_PRODUCT_CAP, customer)
+    for state_key, value in view.iter_committed(start, end_of(start)):
         found = True
-        rule, _, subject = state_key[1 + _CUSTOMER_ID_LENGTH:].decode().partition("\x00")
+        rule, subject = subject_of(state_key, len(start))
         last = int(value)
         if product is not None and subject != product:
             continue

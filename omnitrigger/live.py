@@ -27,6 +27,11 @@ flow's thread waits in the sink's flush for as long as the brokers are away):
 `omnitrigger_brokers_reachable` follows it, one line says when the brokers
 went away and one when they are back, with the outage's length.
 
+Operations (docs/monitoring.md): the metrics port serves /metrics, /healthz
+and /readyz (omnitrigger/metrics.py), `omnitrigger_build_info` names the
+version and the config's hash, and the source logs a "progress" line every
+`[kafka] progress_interval`.
+
 SIGTERM (and Ctrl-C) stop reading, let the records in flight reach the
 output topics and a snapshot commit, and exit 0; a restart resumes there.
 In a cluster process 0 drains so, and the other processes, once stopped
@@ -47,7 +52,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from omnitrigger import jsonlog, metrics
+from omnitrigger import __version__, jsonlog, metrics
 from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import client_settings, input_topics, output_topics, preflight
@@ -172,11 +177,12 @@ def prepare_state_dir(state_dir: Path, config: Config, processes: int = 1, role:
     Kafka is read (a one-machine cluster's stores are checked here and opened by each process).
     """
     from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+    from omnitrigger.operators.rules import rule_layout
 
     what = "omnitrigger live"
     processes = role.processes if role is not None else processes
     layout = layout_record("live", processes, config.rule_shards, [factory.name for factory in DEFAULT_OPERATORS],
-                           key_from_environment(), input_topics=input_topics(config))
+                           key_from_environment(), input_topics=input_topics(config), rules=rule_layout(config))
     if role is None and processes > 1:
         return prepare_local_cluster(state_dir, layout, processes, what=what)
     index = role.process_id if role is not None else 0
@@ -236,6 +242,28 @@ def _run_local_cluster(options: LiveOptions, config: Config, partitions: dict[st
     log.info("cluster stopped")
 
 
+def live_operators() -> list[Any]:
+    """The replay's operators, with the visits operator counting its late pings in `omnitrigger_late_pings_total`.
+
+    Late pings are a run total of the visits operator (operators/visits.py `counts`), not a record any sink
+    sees; the subclass adds what one call added to it, once per batch (nothing per ping). Same name, same
+    state: the layout and the snapshot are the replay's.
+    """
+    from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+    from omnitrigger.operators import Visits
+
+    class CountedVisits(Visits):
+        def on_events(self, events: list[Any]) -> Any:
+            before = self.counts.get("late_pings", 0)
+            result = super().on_events(events)
+            late = self.counts.get("late_pings", 0) - before
+            if late > 0:
+                metrics.LATE_PINGS.inc(late)
+            return result
+
+    return [CountedVisits if factory is Visits else factory for factory in DEFAULT_OPERATORS]
+
+
 def run_process(spec: dict[str, Any]) -> None:
     """Run the flow in this process (alone, or as `spec["cluster"]`'s process of a cluster) until stopped."""
     from bytewax.recovery import RecoveryConfig
@@ -252,9 +280,11 @@ def run_process(spec: dict[str, Any]) -> None:
     role = Role.from_spec(spec["cluster"])
     brokers = spec["brokers"]
     jsonlog.setup()
+    metrics.set_build_info(config)
     metrics.serve(spec["metrics_port"], config.kafka_metrics_bind)
     metrics.watch_state_size(state_dir)
     watch = BrokerWatch(brokers, config).start()
+    metrics.READINESS.brokers_down = lambda: watch.down
 
     shutdown = Shutdown()
 
@@ -297,10 +327,12 @@ def run_process(spec: dict[str, Any]) -> None:
     if role is not None:
         source = PinnedSource(source, here=role.reads_input)
     sink = KafkaOutputSink(brokers, config, output_topics(config), read_back)
-    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}")
+    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}",
+                      operators=live_operators())
     fields: dict[str, Any] = {"brokers": brokers, "state_dir": str(state_dir), "input_topics": sorted(topics),
                               "outputs": output_topics(config), "metrics_port": spec["metrics_port"],
-                              "metrics_bind": config.kafka_metrics_bind if spec["metrics_port"] else None}
+                              "metrics_bind": config.kafka_metrics_bind if spec["metrics_port"] else None,
+                              "version": __version__, "config_hash": metrics.config_hash(config)}
     if role is not None:
         fields.update(process_id=role.process_id, processes=role.processes, address=role.address,
                       reads_input=role.reads_input, rule_shards=role.rule_shards(config.rule_shards))

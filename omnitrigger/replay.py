@@ -369,12 +369,13 @@ def _prepare_state_dir(state_dir: Path, options: ReplayOptions, role: Role | Non
     """Check a reused state folder fits this replay and is readable (one line if not), or set up a new one;
     returns the folder whose parts/ gathers the outputs (process 0's in a cluster)."""
     from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+    from omnitrigger.operators.rules import rule_layout
 
     operators = list(options.operators) if options.operators is not None else [f.name for f in DEFAULT_OPERATORS]
     processes = role.processes if role is not None else options.processes
     layout = layout_record("replay", processes, options.config.rule_shards, operators,
                            key_from_environment(), recording=str(Path(options.recording_dir).resolve()),
-                           part_files=PART_FILES_VERSION)
+                           part_files=PART_FILES_VERSION, rules=rule_layout(options.config))
     if role is not None:  # one process of a cluster spread over machines: this folder is its own
         prepare_process_folder(state_dir, {**layout, "process_id": role.process_id}, role.process_id, processes,
                                keep_open=True, sequencer_here=role.reads_input)

@@ -58,11 +58,11 @@ from omnitrigger.outputs import fsync_folder, write_atomic
 from omnitrigger.state import StateError
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
-_ORDER = ("layout_version", "mode", "processes", "cluster", "process_id", "rule_shards", "operators", "pii_key_id",
-          "recording", "input_topics")
+_ORDER = ("layout_version", "mode", "processes", "cluster", "process_id", "rule_shards", "operators", "rules",
+          "pii_key_id", "recording", "input_topics")
 
 _CLUSTER_KEYS = ("cluster", "process_id")
 
@@ -116,6 +116,9 @@ def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: d
     if key == "part_files":
         return ("by an older omnitrigger, whose output part files carry no counts or checksums; "
                 "replay again with a fresh --state-dir")
+    if key == "rules" and isinstance(made, list) and isinstance(now, list):
+        return (f"with rules {', '.join(made)}, not {', '.join(now)} (name:kind:state code); resume with the "
+                "same rules or use a fresh --state-dir")
     if key == "operators" and isinstance(made, list):
         made, now = ",".join(made), ",".join(now)
         return f"with operators {made}, not {now}; resume with the same operators or use a fresh --state-dir"

@@ -18,8 +18,8 @@ import xxhash
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.records import DUPLICATES, Emitted, Event
 from omnitrigger.state import ShardState
+from omnitrigger.state.clock import ShardClock
 
-_CLOCK = b"clock"
 
 
 def receipt_key(event: Event) -> bytes:
@@ -45,9 +45,7 @@ class Dedup(StageOperator):
         super().__init__(state, config)
         self.retention_ms = int(config.dedup_retention_s * 1000)
         self.key_functions = {topic: DEDUP_KEYS[topic] for topic in config.dedup_topics}
-        clock = state.get_meta(_CLOCK)
-        self.clock_ms = int(clock) if clock else 0
-        self._swept_at_ms = self.clock_ms
+        self.clock = ShardClock(state, sweep_every_ms=60_000)
 
     def on_events(self, events: list[Event]) -> OperatorResult:
         kept: list[Event] = []
@@ -58,10 +56,9 @@ class Dedup(StageOperator):
             if key_function is None:
                 kept.append(event)
                 continue
-            if event.ts_ms > self.clock_ms:
-                self.clock_ms = event.ts_ms
+            self.clock.advance(event.ts_ms)
             key = key_function(event)
-            first = state.get(key, self.clock_ms)
+            first = state.get(key, self.clock.now_ms)
             if first is None:
                 state.put(key, orjson.dumps([event.partition, event.offset]), event.ts_ms + self.retention_ms)
                 kept.append(event)
@@ -71,8 +68,6 @@ class Dedup(StageOperator):
                     "topic": event.topic, "partition": event.partition, "offset": event.offset,
                     "ts_ms": event.ts_ms, "first_partition": first_partition, "first_offset": first_offset,
                 }))
-        state.put_meta(_CLOCK, str(self.clock_ms).encode())
-        if self.clock_ms - self._swept_at_ms >= 60_000:
-            state.sweep(self.clock_ms)
-            self._swept_at_ms = self.clock_ms
+        self.clock.save()
+        self.clock.sweep_if_due()
         return OperatorResult(kept, duplicates)

@@ -39,13 +39,12 @@ from typing import Any
 import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, Event
+from omnitrigger.operators.rules.registry import longest_delay_ms, rule_topics
+from omnitrigger.records import MERGE_TOPIC, Event
 from omnitrigger.state import ShardState
+from omnitrigger.state.clock import ShardClock
 
 #: Topics whose events a rule may need after a merge.
-JOURNALED_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
-_CLOCK = b"clock"
-_SWEEP_EVERY_MS = 3_600_000
 log = logging.getLogger("omnitrigger.history")
 
 
@@ -55,20 +54,18 @@ class History(StageOperator):
     def __init__(self, state: ShardState, config: Any) -> None:
         super().__init__(state, config)
         # Long enough for every deadline a fact can set or cancel, plus the grace and the clock's lateness.
-        longest_deadline_s = max(config.cart_abandoned_after_s, config.browse_abandoned_after_s)
+        longest_deadline_s = longest_delay_ms(config) / 1000
         needed_s = longest_deadline_s + config.purchase_grace_s + config.rules_lateness_s + 3600
+        self.journaled = rule_topics(config)
         self.retention_ms = int(max(config.history_retention_s, needed_s) * 1000)
         self.consent_retention_ms = int(config.identifier_retention_s * 1000)
         self.max_events = config.history_max_events
-        clock = state.get_meta(_CLOCK)
-        self.clock_ms = int(clock) if clock else 0
-        self._swept_at_ms = self.clock_ms
+        self.clock = ShardClock(state, sweep_every_ms=3_600_000)
 
     def on_events(self, events: list[Event]) -> OperatorResult:
         out: list[Event] = []
         for event in events:
-            if event.ts_ms > self.clock_ms:
-                self.clock_ms = event.ts_ms
+            self.clock.advance(event.ts_ms)
             if event.topic == MERGE_TOPIC:
                 winner, loser = event.body["winner"], event.body["loser"]
                 journal = self._move(loser, winner)
@@ -77,20 +74,18 @@ class History(StageOperator):
                 continue
             if event.customer is not None and event.topic == "consent.changes":
                 self._on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)
-            if event.customer is not None and event.topic in JOURNALED_TOPICS:
+            if event.customer is not None and event.topic in self.journaled:
                 entry = _journal_entry(event)
                 if entry is not None:
                     self.state.put(_entry_key(event.customer, event.seq), entry, event.ts_ms + self.retention_ms)
             out.append(event)
-        self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
-        if self.clock_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
-            self.state.sweep(self.clock_ms)
-            self._swept_at_ms = self.clock_ms
+        self.clock.save()
+        self.clock.sweep_if_due()
         return OperatorResult(out, [])
 
     def consents(self, customer: str) -> dict[str, list[Any]]:
         """The customer's latest consent change per channel and purpose: {channel: [status, ts_ms]}."""
-        raw = self.state.get(b"k" + customer.encode(), self.clock_ms)
+        raw = self.state.get(b"k" + customer.encode(), self.clock.now_ms)
         return orjson.loads(raw) if raw else {}
 
     def _on_consent(self, customer: str, channel: str, status: str, ts_ms: int,
@@ -117,11 +112,11 @@ class History(StageOperator):
         """The customer's live journal, oldest first: [seq, topic, ts_ms, body] each."""
         prefix = b"h" + customer.encode() + b"\x00"
         return [[int.from_bytes(key[-8:], "big"), *orjson.loads(value)]
-                for key, value in self.state.scan(prefix, prefix + b"\xff" * 9, self.clock_ms)]
+                for key, value in self.state.scan(prefix, prefix + b"\xff" * 9, self.clock.now_ms)]
 
     def _move(self, loser: str, winner: str) -> list[list[Any]]:
         prefix = b"h" + loser.encode() + b"\x00"
-        entries = self.state.scan(prefix, prefix + b"\xff" * 9, self.clock_ms)
+        entries = self.state.scan(prefix, prefix + b"\xff" * 9, self.clock.now_ms)
         for key, _ in entries:
             self.state.delete(key)
         kept = entries[-self.max_events:]

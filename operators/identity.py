@@ -44,6 +44,7 @@ from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
 from omnitrigger.state import ShardState
+from omnitrigger.state.clock import ShardClock, saved_clock
 
 #: Identifier types, strongest first: the first one an event carries is its anchor.
 IDENTIFIER_TYPES = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")
@@ -53,9 +54,7 @@ BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "
                             "n/a", "na", "-", "?", "nan"})
 _ALL_ZEROS = re.compile(r"^[0\W_]+$")  # 0000, 00000000-0000-0000-0000-000000000000 (a zeroed advertising id)
 _REFRESH_MS = 86_400_000  # an identifier's last-seen time is rewritten at most once a day
-_CLOCK = b"clock"
 _IGNORED = b"ignored"
-_SWEEP_EVERY_MS = 3_600_000
 
 Identifier = tuple[str, str]
 
@@ -73,9 +72,7 @@ class Identity(StageOperator):
         saved = state.get_meta(_IGNORED)
         self.ignored: Counter[str] = Counter(orjson.loads(saved) if saved else {})  # blocked values by type
         self.retention_ms = int(config.identifier_retention_s * 1000)
-        clock = state.get_meta(_CLOCK)
-        self.clock_ms = int(clock) if clock else 0
-        self._swept_at_ms = self.clock_ms
+        self.clock = ShardClock(state, sweep_every_ms=3_600_000)
         # Live only: every change of a customer's identifiers goes to the compacted identities topic.
         self.publish_updates = bool(config.wall_clock and config.kafka_identities_topic)
         self._merged_away: list[str] = []
@@ -90,8 +87,7 @@ class Identity(StageOperator):
             if type(ids) is not dict:  # a receipt paid without a card or a phone: anonymous
                 out.append(event)
                 continue
-            if event.ts_ms > self.clock_ms:
-                self.clock_ms = event.ts_ms
+            self.clock.advance(event.ts_ms)
             customer, merges, refusals = self._resolve(event, ids)
             out.extend(merges)
             if self.publish_updates and (self._changed or self._merged_away):
@@ -103,12 +99,10 @@ class Identity(StageOperator):
             out.append(event._replace(customer=customer))
             for sub, refusal in enumerate(refusals):
                 emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
-        self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
+        self.clock.save()
         if self.ignored:
             self.state.put_meta(_IGNORED, orjson.dumps(self.ignored))
-        if self.clock_ms - self._swept_at_ms >= _SWEEP_EVERY_MS:
-            self.state.sweep(self.clock_ms)
-            self._swept_at_ms = self.clock_ms
+        self.clock.sweep_if_due()
         return OperatorResult(out, emitted)
 
     # -- resolution -------------------------------------------------------------
@@ -207,7 +201,7 @@ class Identity(StageOperator):
 
     def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
         """(customer id, last seen ms) of a live identifier, or None."""
-        raw = self.state.get(_identifier_key(identifier), self.clock_ms)
+        raw = self.state.get(_identifier_key(identifier), self.clock.now_ms)
         return tuple(orjson.loads(raw)) if raw is not None else None
 
     def _lookup(self, identifier: Identifier) -> str | None:
@@ -228,7 +222,7 @@ class Identity(StageOperator):
         return customer
 
     def _record(self, customer: str) -> dict[str, Any]:
-        raw = self.state.get(b"c" + customer.encode(), self.clock_ms)
+        raw = self.state.get(b"c" + customer.encode(), self.clock.now_ms)
         return orjson.loads(raw) if raw is not None else {"first": -1, "ids": []}
 
     def _order(self, first: str, second: str) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
@@ -279,7 +273,7 @@ class Identity(StageOperator):
                ts_ms: int) -> None:
         for kind, value in loser_record["ids"]:
             key = _identifier_key((kind, value))
-            raw = self.state.get(key, self.clock_ms)
+            raw = self.state.get(key, self.clock.now_ms)
             if raw is None or orjson.loads(raw)[0] != loser:
                 continue
             last_seen = orjson.loads(raw)[1]
@@ -300,8 +294,7 @@ class Identity(StageOperator):
 def identities(state: ShardState) -> Iterator[dict[str, Any]]:
     """Every live identifier with its customer id, from a finished run's committed state (the replay's
     `--identities` output). Read lazily: ten million identifiers never sit in memory at once."""
-    clock = state.get_meta(_CLOCK)
-    now_ms = int(clock) if clock else 0
+    now_ms = saved_clock(state)
     for key, value in state.iter_committed(b"i", b"j", now_ms):
         yield {"type": _CODE_TYPE[key[1]], "value": key[2:].decode(), "customer_id": orjson.loads(value)[0]}
 

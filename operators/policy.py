@@ -5,7 +5,7 @@ A plain helper of the rules operator, sharing its shard state:
     C <customer>                   -> {channel: [status, ts_ms]}     the latest consent change per channel
                                                                       (and per purpose: "location")
     F <customer>                   -> [ts_ms, ...]                    trigger times in the customer cap window
-    G <customer> <rule> 0 <product> -> ts_ms                          the last trigger of this rule and product
+    G <customer> 0 [rule, product]  -> ts_ms                          the last trigger of this rule and product
                                                                       (rule "*": of any rule, [policy] cross_rule_product_cap)
 
 The kill switch is `[rules] disabled` in the config plus, when
@@ -26,13 +26,12 @@ import orjson
 
 from omnitrigger import metrics
 from omnitrigger.state import ShardState
+from omnitrigger.state.keys import end_of, owned_key, owner_prefix
 
 CONTROL_CHECK_INTERVAL_S = 1.0
 log = logging.getLogger("omnitrigger.policy")
 #: A consent purpose, not a message channel: processing where the customer is.
 LOCATION = "location"
-#: The rule that uses location.
-LOCATION_RULE = "store_visit_offer"
 
 
 class Decision(NamedTuple):
@@ -77,11 +76,13 @@ class Policy:
 
     # -- the decision ---------------------------------------------------------------
 
-    def decide(self, rule: str, customer: str, products: list[Any], ts_ms: int) -> Decision:
+    def decide(self, rule: str, customer: str, products: list[Any], ts_ms: int,
+               needs_location: bool = False) -> Decision:
+        """`needs_location`: the rule's triggers use where the customer is (an in-store offer)."""
         if self.is_disabled(rule):
             return Decision(None, products, "rule_disabled")
         consents = self.consents(customer)
-        if rule == LOCATION_RULE and self.require_location_consent and \
+        if needs_location and self.require_location_consent and \
                 consents.get(LOCATION, [None])[0] != "granted":  # the offer uses where the customer is
             return Decision(None, products, "no_location_consent")
         channel = next((c for c in self.channels if consents.get(c, [None])[0] == "granted"), None)
@@ -117,7 +118,8 @@ class Policy:
         key = customer.encode()
         self.state.delete(b"C" + key)
         self.state.delete(b"F" + key)
-        for product_key, _ in self.state.scan(b"G" + key, b"G" + key + b"\xff"):
+        start = owner_prefix(b"G", customer)
+        for product_key, _ in self.state.scan(start, end_of(start)):
             self.state.delete(product_key)
 
     # -- internals --------------------------------------------------------------------
@@ -209,4 +211,4 @@ class ControlFile:
 
 
 def _product_key(customer: str, rule: str, product: Any) -> bytes:
-    return b"G" + customer.encode() + rule.encode() + b"\x00" + str(product).encode()
+    return owned_key(b"G", customer, [rule, str(product)])

@@ -22,6 +22,7 @@ import xxhash
 from omnitrigger.operators.clock import watermark_event
 from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, VISIT_CONFIRMED, WATERMARK_TOPIC, Event
 
+#: The topics the built-in rules read (a config's rules: operators/rules/registry.py `rule_topics`).
 RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
 
 
@@ -34,8 +35,10 @@ def shard_key(shard: int) -> str:
 
 
 class ShardRouter:
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, topics: frozenset[str] = RULE_TOPICS) -> None:
+        """`topics`: what the rules read (`rule_topics(config)`); the rest stops here."""
         self.shards = shards
+        self.topics = topics
         self.watermark_ms = 0
         self._told: dict[int, int] = {}  # shard -> the last watermark it was sent
 
@@ -55,7 +58,7 @@ class ShardRouter:
                 else:
                     self._send(routed, loser_shard, event._replace(body={**event.body, "role": "retire"}))
                     self._send(routed, winner_shard, event._replace(body={**event.body, "role": "absorb"}))
-            elif event.customer is not None and (topic in RULE_TOPICS or topic == IDENTITY_TOPIC):
+            elif event.customer is not None and (topic in self.topics or topic == IDENTITY_TOPIC):
                 self._send(routed, shard_of(event.customer, self.shards), event)
         if last_seq >= 0:
             for shard in range(self.shards):

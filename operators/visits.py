@@ -60,10 +60,10 @@ from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
 from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, VISITS, Emitted, Event
 from omnitrigger.state import ShardState
+from omnitrigger.state.clock import ShardClock
 
 GEO_PINGS = "geo.pings"
 
-_CLOCK = b"clock"
 _COUNTS = b"counts"
 _DEVICE = b"d"
 _DEVICE_END = b"e"
@@ -104,8 +104,7 @@ class Visits(StageOperator):
         self.lateness_ms = round(config.allowed_lateness_s * 1000)
         self.require_location_consent = config.require_location_consent
         self.consent_retention_ms = int(config.identifier_retention_s * 1000)
-        clock = state.get_meta(_CLOCK)
-        self.clock_ms = int(clock) if clock else 0
+        self.clock = ShardClock(state)
         counts = state.get_meta(_COUNTS)
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0) | (orjson.loads(counts) if counts else {})
         # (due, device key): due = latest kept ping + gap; fires once the watermark passes it.
@@ -130,8 +129,7 @@ class Visits(StageOperator):
                 continue
             first = len(emitted)
             ts = event.ts_ms
-            if ts > self.clock_ms:
-                self.clock_ms = ts
+            if self.clock.advance(ts):
                 if self._timers and self._timers[0][0] < ts - self.lateness_ms:
                     self._fire_timers(ts - self.lateness_ms, event.seq, emitted, first)
             body = event.body
@@ -142,11 +140,11 @@ class Visits(StageOperator):
                 counts["excluded_source_pings"] += 1
             elif body["accuracy_m"] > self.max_accuracy_m:
                 counts["inaccurate_pings"] += 1
-            elif ts < self.clock_ms - self.lateness_ms:
+            elif ts < self.clock.now_ms - self.lateness_ms:
                 counts["late_pings"] += 1
             else:
                 self._on_ping(event, out, emitted, first)
-        self.state.put_meta(_CLOCK, str(self.clock_ms).encode())
+        self.clock.save()
         self.state.put_meta(_COUNTS, orjson.dumps(counts))
         return OperatorResult(out, emitted)
 
@@ -260,7 +258,7 @@ class Visits(StageOperator):
         """Whether a visit of `customer` may be written: location consent granted (latest change wins)."""
         if not self.require_location_consent:
             return True
-        raw = self.state.get(_LOCATION + customer.encode(), self.clock_ms) if customer is not None else None
+        raw = self.state.get(_LOCATION + customer.encode(), self.clock.now_ms) if customer is not None else None
         return raw is not None and orjson.loads(raw)[0] == "granted"
 
     def _on_location_consent(self, customer: str, status: str, ts_ms: int) -> None:

@@ -68,7 +68,7 @@ def run(path: Path, timers_in_memory: int | None) -> tuple[list[Any], int]:
     rules = Rules(ShardState(store, Rules.name, 0), config)
     for n, batch in enumerate(workload()):
         emitted += rules.on_events(batch).emitted
-        most = max(most, len(rules._timers))
+        most = max(most, rules.timers.in_memory_now())
         rules.state.commit()
         if n % 17 == 16:  # a restart: the queue is rebuilt from the state
             rules = Rules(ShardState(store, Rules.name, 0), config)

@@ -1,0 +1,335 @@
+"""The rules host: one operator per rules shard that keeps the customer's facts, the deadlines and the
+timers, the policy and the outputs, and calls each configured rule (operators/rules/registry.py).
+
+What the host keeps, so no rule does (namespace "rules", one per shard; keys by state/keys.py):
+    V <customer> 0 <product> -> [view_ts, event id]          last view, kept the offer's lookback
+    P <customer> 0 <product> -> purchase ts                  last purchase, kept 2 x lookback
+    R <customer> 0 <product> -> [trigger id, rule, ts]       a trigger sent, kept retraction_window
+    I <customer>             -> [[type, value], ...]         its identifiers: a trigger's recipient
+    <code> <customer> 0 <product> -> [due, set_ms, [evidence ids]]   a rule's pending deadline
+    T <due> <code> <len> <customer> <product>  -> b""        its timer (state/timers.py)
+plus the policy's C, F and G keys (operators/policy.py).
+
+A purchase is a web purchase or a till receipt whose identifiers resolve to the customer, so buying in
+any channel cancels; a line with a quantity of zero or less, or a receipt of `"type": "return"`, is a
+return and cancels nothing. Deadlines fire when the event-time clock (operators/clock.py) passes them
+plus `[rules] purchase_grace` (5 min), so a purchase made before a deadline that reaches us a few
+minutes late still cancels it; a trigger's `ts` stays the deadline. Then the policy decides: trigger,
+or suppressed with the reason. Cancellations are written to the suppressed stream too. A purchase made
+before a trigger's time that arrives after the trigger went out (within `[rules] retraction_window`)
+gives a record on the retractions stream (`purchased_before_due`). Live (`Config.wall_clock`), a trigger
+decided more than `[policy] max_delay` after its time is suppressed as `stale`.
+
+Every operation is ordered by event time rather than arrival (a purchase cancels only what was set
+before it), so applying a merged customer's history after the winner's own events gives the same state
+as if the events had always been one customer's. On a merge the host retires the loser's keys (every
+rule's included) and replays its history through the rules. Output records sort by (event time of the
+decision, hash of its id): the same input gives the same files whatever the batch size or worker count.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import xxhash
+
+from omnitrigger.operators.base import OperatorResult, StageOperator
+from omnitrigger.operators.policy import Policy
+from omnitrigger.operators.quiet_hours import QuietHours
+from omnitrigger.operators.rules.registry import HOST_TOPICS, configured_rules
+from omnitrigger.operators.rules.rule import Pending, Rule, iso, trigger_id
+from omnitrigger.records import (
+    IDENTITY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
+    is_returned_line,
+)
+from omnitrigger.state import ShardState
+from omnitrigger.state.clock import ShardClock
+from omnitrigger.state.keys import end_of, owned_key, owner_prefix, subject_of
+from omnitrigger.state.timers import TimerQueue
+from omnitrigger.stores import store_zones
+
+#: The identifiers a sender needs, by channel (email and phone are the keyed hashes; the CRM matches them).
+RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id", "loyalty_id"),
+                   "sms": ("phone", "auth_id", "loyalty_id")}
+_SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
+_SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
+_VIEW, _PURCHASE, _SENT, _IDENTIFIERS = b"V", b"P", b"R", b"I"
+
+
+class Rules(StageOperator):
+    """The rules host (see the module docstring); implements the `RuleContext` each rule acts through."""
+
+    name = "rules"
+
+    def __init__(self, state: ShardState, config: Any) -> None:
+        super().__init__(state, config)
+        self.rules: list[Rule] = configured_rules(config)
+        self.by_name = {rule.name: rule for rule in self.rules}
+        self.by_code = {rule.code: rule for rule in self.rules if rule.code is not None}
+        self.policy = Policy(state, config, frozenset(self.by_name))
+        lookbacks = [rule.options["lookback"] for rule in self.rules if "lookback" in rule.options]
+        self.lookback_ms = int(max([config.offer_lookback_s, *lookbacks]) * 1000)
+        self.grace_ms = int(config.purchase_grace_s * 1000)
+        self.retraction_window_ms = int(config.retraction_window_s * 1000)
+        self.quiet = QuietHours(config.quiet_hours, config.timezone)
+        # An in-store rule's quiet hours are the store's local time (a stores CSV `timezone` column).
+        zones = store_zones(config.stores_file) if config.stores_file and any(
+            rule.uses_location for rule in self.rules) else {}
+        self.store_quiet = {store: QuietHours(config.quiet_hours, zone) for store, zone in zones.items()}
+        # Live only (a replay has no wall clock): a trigger more than max_delay past its time is stale.
+        self.max_delay_ms = int(config.max_delay_s * 1000) if config.wall_clock else 0
+        self.clock = ShardClock(state, _SWEEP_EVERY_MS, _SWEEP_MARGIN_MS, remember_sweep=True)
+        self.replaying = False  # applying a merged customer's history: state only, no new outputs for the past
+        self.timers = TimerQueue(state, config.rule_timers_in_memory)
+        self._out: list[Emitted] = []
+
+    @property
+    def watermark_ms(self) -> int:
+        return self.clock.now_ms
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def on_events(self, events: list[Event]) -> OperatorResult:
+        self._out = []
+        for event in events:
+            topic = event.topic
+            if topic == WATERMARK_TOPIC:
+                self._advance(event.ts_ms)
+            elif event.customer is None:
+                continue
+            elif topic in HOST_TOPICS:
+                self._on_fact(topic, event.customer, event.body, event.ts_ms)
+            elif topic == VISIT_CONFIRMED:
+                for rule in self.rules:
+                    rule.on_visit(self, event.customer, event.body, event.ts_ms)
+            elif topic == MERGE_TOPIC:
+                self._on_merge(event.body)
+            elif topic == IDENTITY_TOPIC:
+                self.state.put(_IDENTIFIERS + event.customer.encode(), orjson.dumps(event.body["ids"]))
+        self.clock.save()
+        out, self._out = self._out, []
+        return OperatorResult(list(events), out)
+
+    def _on_fact(self, topic: str, customer: str, body: dict[str, Any], ts_ms: int) -> None:
+        """A web event, a till receipt or a consent change of `customer`: live, or from a merged history."""
+        if topic == "web.events":
+            kind = body["type"]
+            if kind == "purchase":
+                self._on_purchase(customer, body["items"], ts_ms, body["event_id"], body.get("channel", "web"))
+                return
+            if kind == "view_item":
+                self._on_view(customer, body["product_id"], ts_ms, body["event_id"])
+            for rule in self.rules:
+                rule.on_web(self, customer, body, ts_ms)
+        elif topic == "pos.receipts":
+            if body.get("type") != "return":
+                self._on_purchase(customer, body["items"], ts_ms, f"{body['terminal_id']}/{body['receipt_no']}",
+                                  "pos")
+        else:
+            self.policy.on_consent(customer, body["channel"], body["status"], ts_ms)
+
+    # -- the facts --------------------------------------------------------------------
+
+    def _on_view(self, customer: str, product: Any, ts_ms: int, event_id: str) -> None:
+        key = owned_key(_VIEW, customer, product)
+        last = self.state.get(key)
+        if last is None or orjson.loads(last)[0] <= ts_ms:
+            self.state.put(key, orjson.dumps([ts_ms, event_id]), ts_ms + self.lookback_ms)
+
+    def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
+                     channel: str | None) -> None:
+        """Lines bought (a quantity above zero; the rest are returns) cancel what they were set before them,
+        and retract what already went out for them although they were bought before its time."""
+        bought = list(dict.fromkeys(item["product_id"] for item in items if not is_returned_line(item)))
+        for product in bought:
+            key = owned_key(_PURCHASE, customer, product)
+            last = self.state.get(key)
+            if last is None or int(last) < ts_ms:
+                self.state.put(key, b"%d" % ts_ms, ts_ms + 2 * self.lookback_ms)
+        if not bought:
+            return
+        for rule in self.rules:
+            rule.on_purchase(self, customer, bought, ts_ms, evidence, channel)
+        if not self.replaying:
+            self._retract(customer, bought, ts_ms, evidence, channel)
+
+    def _retract(self, customer: str, products: list[Any], ts_ms: int, evidence: str, channel: str | None) -> None:
+        """One retraction per trigger sent for these products whose time is after this purchase."""
+        by_trigger: dict[str, tuple[str, int, list[Any]]] = {}
+        for product in products:
+            key = owned_key(_SENT, customer, product)
+            raw = self.state.get(key, ts_ms)
+            if raw is None:
+                continue
+            sent_id, rule, sent_ms = orjson.loads(raw)
+            if ts_ms < sent_ms:
+                self.state.delete(key)
+                by_trigger.setdefault(sent_id, (rule, sent_ms, []))[2].append(product)
+        for sent_id, (rule, sent_ms, bought) in sorted(by_trigger.items()):
+            record = {"retraction_id": xxhash.xxh3_128_hexdigest(f"{sent_id}\x1f{evidence}".encode())[:32],
+                      "trigger_id": sent_id, "rule": rule, "customer_id": customer, "products": bought,
+                      "purchase_channel": channel, "purchase_ts": iso(ts_ms), "purchase_ts_ms": ts_ms,
+                      "trigger_ts": iso(sent_ms), "trigger_ts_ms": sent_ms, "evidence": [evidence],
+                      "reason": "purchased_before_due", "emitted_at": iso(ts_ms)}
+            self._out.append(Emitted(RETRACTIONS, _sort_key(ts_ms, record["retraction_id"]), record))
+
+    def bought_since(self, customer: str, product: Any, ts_ms: int) -> bool:
+        last = self.state.get(owned_key(_PURCHASE, customer, product))
+        return last is not None and int(last) >= ts_ms
+
+    def views(self, customer: str) -> list[tuple[Any, int, str]]:
+        """(product, view ts, event id) of the customer's last views still kept, in key order."""
+        prefix = owner_prefix(_VIEW, customer)
+        return [(subject_of(key, len(prefix)), *orjson.loads(value))
+                for key, value in self.state.scan(prefix, end_of(prefix))]
+
+    def is_quiet(self, ts_ms: int, store: str | None = None) -> bool:
+        return self.store_quiet.get(store, self.quiet).is_quiet(ts_ms) if store else self.quiet.is_quiet(ts_ms)
+
+    # -- deadlines ----------------------------------------------------------------------
+
+    def pending(self, rule: Rule, customer: str, product: Any) -> Pending | None:
+        raw = self.state.get(owned_key(bytes((rule.code,)), customer, product))
+        return orjson.loads(raw) if raw is not None else None
+
+    def pending_of(self, rule: Rule, customer: str) -> list[tuple[Any, Pending]]:
+        prefix = owner_prefix(bytes((rule.code,)), customer)
+        return [(subject_of(key, len(prefix)), orjson.loads(value))
+                for key, value in self.state.scan(prefix, end_of(prefix))]
+
+    def drop_pending(self, rule: Rule, customer: str, product: Any) -> None:
+        self.state.delete(owned_key(bytes((rule.code,)), customer, product))
+
+    def schedule(self, rule: Rule, customer: str, product: Any, set_ms: int, event_id: str,
+                 evidence: list[str] | None = None) -> None:
+        due = set_ms + rule.delay_ms()
+        deadline = self.quiet.defer(due) if getattr(rule, "quiet_hours", False) else due  # night waits for morning
+        evidence = evidence or [event_id]
+        if deadline + self.grace_ms <= self.watermark_ms:  # later than the lateness and the grace: too late to remind
+            if not self.replaying:
+                self.suppress(rule, customer, [product], deadline, "late_event", evidence, None)
+            return
+        self.state.put(owned_key(bytes((rule.code,)), customer, product), orjson.dumps([deadline, set_ms, evidence]))
+        self.timers.schedule(deadline, rule.code, customer, orjson.dumps(product))
+
+    def cancel(self, rule: Rule | str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
+               channel: str | None) -> None:
+        """Cancel a pending deadline set at or before `ts_ms` and due after it (one due earlier stands)."""
+        rule = self.by_name[rule] if isinstance(rule, str) else rule
+        pending = self.pending(rule, customer, product)
+        if pending is None or pending[1] > ts_ms or pending[0] <= ts_ms:
+            return
+        self.drop_pending(rule, customer, product)
+        if self.replaying:
+            return
+        record = self._record(rule.name, customer, [product], ts_ms, None, pending[2] + [evidence], None)
+        record["reason"] = reason
+        if channel is not None:
+            record["purchase_channel" if reason == "purchased" else "channel_of_event"] = channel
+        self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"] + reason), record))
+
+    def fire(self, rule: Rule, customer: str, product: Any, pending: Pending) -> None:
+        """A pending deadline is due: it leaves the state (its timer, if any, is stale now) and the rule decides."""
+        self.drop_pending(rule, customer, product)
+        rule.on_due(self, customer, product, pending)
+
+    def _advance(self, watermark_ms: int) -> None:
+        if not self.clock.advance(watermark_ms):
+            return
+        # A deadline fires once the clock has passed it plus the grace.
+        for timer in self.timers.pop_due(watermark_ms - self.grace_ms):
+            rule = self.by_code.get(timer.kind)
+            if rule is None:
+                continue
+            product = orjson.loads(timer.payload)
+            pending = self.pending(rule, timer.owner, product)
+            if pending is None or pending[0] != timer.due_ms:
+                continue  # moved, cancelled, fired early, or retired by a merge
+            self.fire(rule, timer.owner, product, pending)
+        # Expired views, purchases and caps leave the disk too, once no decision can look at them any more:
+        # every deadline up to the watermark has fired, and a late visit is never a day behind it.
+        self.clock.sweep_if_due()
+
+    # -- policy and output --------------------------------------------------------------------
+
+    def decide(self, rule: Rule, customer: str, products: list[Any], ts_ms: int, store: str | None,
+               evidence: list[str], subject: str | None = None) -> None:
+        decision = self.policy.decide(rule.name, customer, products, ts_ms, needs_location=rule.uses_location)
+        record = self._record(rule.name, customer, decision.products, ts_ms, store, evidence, decision.channel,
+                              subject)
+        if decision.reason is not None:
+            record["reason"] = decision.reason
+            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
+            return
+        delay_ms = wall_clock_ms() - ts_ms if self.max_delay_ms else 0
+        if delay_ms > self.max_delay_ms:
+            # A backlog or an outage: a reminder this late reads as spam. Not sent, so it uses no cap.
+            record["reason"] = "stale"
+            record["delay_s"] = round(delay_ms / 1000, 1)
+            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
+            return
+        record["recipient"] = self._recipient(customer, decision.channel)
+        self.policy.record_trigger(rule.name, customer, decision.products, ts_ms)
+        for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
+            self.state.put(owned_key(_SENT, customer, product), orjson.dumps([record["trigger_id"], rule.name, ts_ms]),
+                           ts_ms + self.retraction_window_ms)
+        self._out.append(Emitted(TRIGGERS, _sort_key(ts_ms, record["trigger_id"]), record))
+
+    def _recipient(self, customer: str, channel: str | None) -> dict[str, list[str]]:
+        """Whom the sender addresses on `channel`: the customer's identifiers of the kinds it needs, now."""
+        raw = self.state.get(_IDENTIFIERS + customer.encode())
+        wanted = RECIPIENT_TYPES.get(channel or "", ())
+        recipient: dict[str, list[str]] = {}
+        for kind, value in (orjson.loads(raw) if raw else []):
+            if kind in wanted:
+                recipient.setdefault(kind, []).append(value)
+        return {kind: sorted(values) for kind, values in sorted(recipient.items())}
+
+    def suppress(self, rule: Rule, customer: str, products: list[Any], ts_ms: int, reason: str,
+                 evidence: list[str], store: str | None) -> None:
+        record = self._record(rule.name, customer, products, ts_ms, store, evidence, None)
+        record["reason"] = reason
+        self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"] + reason), record))
+
+    def _record(self, rule: str, customer: str, products: list[Any], ts_ms: int, store: str | None,
+                evidence: list[str], channel: str | None, subject: str | None = None) -> dict[str, Any]:
+        """The output record. `emitted_at` is the event time it fired at; live mode's Kafka sink stamps the wall clock."""
+        subject = subject if subject is not None else str(products[0])
+        when = iso(ts_ms)
+        return {"trigger_id": trigger_id(rule, customer, subject, ts_ms), "rule": rule, "customer_id": customer,
+                "ts": when, "ts_ms": ts_ms, "channel": channel, "products": products, "store_id": store,
+                "evidence": evidence, "emitted_at": when}
+
+    # -- merges -----------------------------------------------------------------------------------
+
+    def _on_merge(self, body: dict[str, Any]) -> None:
+        """Retire the loser's state (its shard) and replay its history into the winner (the winner's shard)."""
+        role = body.get("role", "both")
+        winner, loser = body["winner"], body["loser"]
+        if role in ("retire", "both"):
+            self.state.delete(_IDENTIFIERS + loser.encode())
+            for prefix in (*(bytes((code,)) for code in self.by_code), _VIEW, _PURCHASE, _SENT):
+                start = owner_prefix(prefix, loser)
+                for state_key, _ in self.state.scan(start, end_of(start)):
+                    self.state.delete(state_key)
+            self.policy.retire(loser)
+        if role in ("absorb", "both"):
+            # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).
+            self.policy.merge_consents(winner, body.get("consents", {}))
+            self.replaying = True
+            for _seq, topic, ts_ms, event_body in body.get("history", []):
+                # a past visit confirmation is not replayed: its offer was decided when it happened
+                if topic in HOST_TOPICS:
+                    self._on_fact(topic, winner, event_body, ts_ms)
+            self.replaying = False
+
+
+def wall_clock_ms() -> int:
+    """Now, by the wall clock: only live mode's stale check asks (`Config.wall_clock`)."""
+    return int(time.time() * 1000)
+
+
+def _sort_key(ts_ms: int, identity: str) -> tuple[int, int]:
+    return ts_ms, xxhash.xxh3_64_intdigest(identity.encode())

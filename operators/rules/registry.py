@@ -1,0 +1,240 @@
+"""The rule registry: the kinds there are, the built-in rules, and the rules a config declares.
+
+A rule is a `[rules.<name>]` table: `kind = "..."` and the kind's settings. The three built-in
+rules are such entries with their defaults (a table of the same name overrides single settings):
+
+    cart_abandoned      kind "abandonment", state code A
+    browse_abandoned    kind "abandonment", state code B
+    store_visit_offer   kind "store_visit_offer"
+
+Everything that used to be a hand-kept table is derived from `configured_rules(config)`: the rule
+names the kill switch accepts, the state codes (part of the state folder's layout, `rule_layout`),
+the topics routed to the rules shards and journaled across merges (`rule_topics`), and how long the
+journal must keep a customer's facts (`longest_delay_ms`). `register_kind` adds a kind (a user
+module named in `plugins` calls it).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from omnitrigger.operators.rules.abandonment import START_TYPES, Abandonment
+from omnitrigger.operators.rules.rule import Rule
+from omnitrigger.operators.rules.store_visit_offer import StoreVisitOffer
+
+#: Topics whose records every rule sees through the host (facts it keeps, and consent for the policy).
+HOST_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})
+#: Key prefixes the host and the policy use in the rules namespace: no rule may take one as its code.
+RESERVED_CODES = frozenset(b"CFGIPRTV")
+
+KINDS: dict[str, type[Rule]] = {}
+
+
+class RuleConfigError(ValueError):
+    """A `[rules.<name>]` table that cannot be a rule; the message names the setting."""
+
+
+def register_kind(kind: type[Rule]) -> type[Rule]:
+    """Make a rule kind available to `[rules.<name>] kind = "<kind.kind>"` tables."""
+    KINDS[kind.kind] = kind
+    return kind
+
+
+register_kind(Abandonment)
+register_kind(StoreVisitOffer)
+
+
+@dataclass(frozen=True)
+class BuiltIn:
+    kind: str
+    code: int | None
+
+    def defaults(self, name: str, config: Any) -> dict[str, Any]:
+        if name == "cart_abandoned":
+            return {"starts_on": ("add_to_cart",), "cancelled_by": ("purchase", "remove_from_cart"),
+                    "after": config.cart_abandoned_after_s, "restart": "move",
+                    "group_window": config.cart_group_window_s,
+                    "replaces": ("browse_abandoned",) if config.add_cancels_browse else (),
+                    "replace_reason": "moved_to_cart", "quiet_hours": True}
+        if name == "browse_abandoned":
+            return {"starts_on": ("view_item",), "cancelled_by": ("purchase",),
+                    "after": config.browse_abandoned_after_s, "restart": "keep_first", "group_window": 0.0,
+                    "replaces": (), "replace_reason": "", "quiet_hours": True}
+        return {"quiet_hours": config.offer_quiet_hours, "lookback": config.offer_lookback_s,
+                "max_products": config.offer_max_products}
+
+
+#: The built-in rules, in the order the host calls them (a cart deadline fires before a browse one due
+#: at the same millisecond: their state codes order the timers).
+BUILT_IN: dict[str, BuiltIn] = {
+    "cart_abandoned": BuiltIn("abandonment", ord("A")),
+    "browse_abandoned": BuiltIn("abandonment", ord("B")),
+    "store_visit_offer": BuiltIn("store_visit_offer", None),
+}
+BUILT_IN_RULES = tuple(BUILT_IN)
+
+
+def kind_defaults(kind: str) -> dict[str, Any]:
+    """Defaults of a kind's settings in a table that declares a new rule (None: the table must give it)."""
+    if kind == "abandonment":
+        return {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
+                "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
+    if kind == "store_visit_offer":
+        return {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5}
+    return dict(getattr(KINDS[kind], "default_settings", {}))
+
+
+def configured_rules(config: Any) -> list[Rule]:
+    """Every rule of `config`: the built-ins (their tables override single settings), then the rules its
+    `[rules.<name>]` tables declare, in name order. Raises RuleConfigError for a table that cannot be one."""
+    return list(_configured(config.rule_tables, _built_in_inputs(config)))
+
+
+def _built_in_inputs(config: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    return tuple((name, tuple(sorted(spec.defaults(name, config).items()))) for name, spec in BUILT_IN.items())
+
+
+@functools.lru_cache(maxsize=64)
+def _configured(tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
+                built_in: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> tuple[Rule, ...]:
+    given = {name: dict(settings) for name, settings in tables}
+    rules: list[Rule] = []
+    used_codes: set[int] = set()
+    for name, defaults in built_in:
+        spec = BUILT_IN[name]
+        table = given.pop(name, {})
+        kind = table.pop("kind", spec.kind)
+        if kind != spec.kind:
+            raise RuleConfigError(f"rules.{name}.kind: {name} is a built-in rule of kind {spec.kind!r}, not {kind!r}")
+        table.pop("state_code", None)
+        settings = {**dict(defaults), **_checked(name, kind, table)}
+        rules.append(KINDS[kind](name, spec.code, settings))
+        if spec.code is not None:
+            used_codes.add(spec.code)
+    for name in sorted(given):
+        table = given[name]
+        kind = table.pop("kind", None)
+        if kind not in KINDS:
+            raise RuleConfigError(f"rules.{name}.kind: expected one of {sorted(KINDS)}, got {kind!r}")
+        code = table.pop("state_code", None)
+        settings = {**kind_defaults(kind), **_checked(name, kind, table)}
+        missing = sorted(key for key, value in settings.items() if value is None)
+        if missing:
+            raise RuleConfigError(f"rules.{name}: a rule of kind {kind!r} needs {', '.join(missing)}")
+        if KINDS[kind].deferred:
+            code = _state_code(name, code, used_codes)
+            used_codes.add(code)
+        rules.append(KINDS[kind](name, code, settings))
+    names = {rule.name for rule in rules}
+    for rule in rules:
+        for other in getattr(rule, "replaces", ()):
+            if other not in names or other == rule.name:
+                raise RuleConfigError(f"rules.{rule.name}.replaces: {other!r} is not another rule "
+                                      f"(rules: {', '.join(sorted(names))})")
+    return tuple(rules)
+
+
+def _checked(name: str, kind: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The table's settings, converted; an unknown setting or a bad value is one line naming it."""
+    from omnitrigger.config import ConfigError
+
+    allowed = KINDS[kind].settings
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in allowed:
+            raise RuleConfigError(f"rules.{name}: unknown setting {key!r} for a rule of kind {kind!r} "
+                                  f"(known: kind, state_code, {', '.join(sorted(allowed))})")
+        try:
+            out[key] = allowed[key](value, f"rules.{name}.{key}")
+        except ConfigError as error:
+            raise RuleConfigError(str(error)) from None
+    return out
+
+
+def _state_code(name: str, given: Any, used: set[int]) -> int:
+    if given is not None:
+        if not isinstance(given, str) or len(given) != 1 or not given.isalpha() or not given.isascii():
+            raise RuleConfigError(f"rules.{name}.state_code: expected one letter, got {given!r}")
+        code = ord(given)
+        if code in RESERVED_CODES or code in used:
+            raise RuleConfigError(f"rules.{name}.state_code: {given!r} is taken (reserved: "
+                                  f"{''.join(sorted(chr(c) for c in RESERVED_CODES | used))})")
+        return code
+    for code in range(ord("a"), ord("z") + 1):  # rules without one get the first free lowercase letter
+        if code not in used:
+            return code
+    raise RuleConfigError(f"rules.{name}: no state code left; give it a state_code")
+
+
+def rule_names(config: Any) -> tuple[str, ...]:
+    return tuple(rule.name for rule in configured_rules(config))
+
+
+def rule_topics(config: Any) -> frozenset[str]:
+    """What the router sends to the rules shards and the history journals: the host's topics and the
+    internal topics the rules read."""
+    topics = set(HOST_TOPICS)
+    for rule in configured_rules(config):
+        topics |= rule.topics
+    return frozenset(topics)
+
+
+def longest_delay_ms(config: Any) -> int:
+    return max((rule.delay_ms() for rule in configured_rules(config)), default=0)
+
+
+def rule_layout(config: Any) -> list[str]:
+    """The rule set as the state folder's layout records it: "name:kind:code" (a folder made with another
+    rule set or other codes is refused)."""
+    return [f"{rule.name}:{rule.kind}:{chr(rule.code) if rule.code is not None else '-'}"
+            for rule in configured_rules(config)]
+
+
+def _event_types(value: Any, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    from omnitrigger.config import ConfigError
+
+    if not isinstance(value, (list, tuple)) or not value or any(item not in allowed for item in value):
+        raise ConfigError(f"{name}: expected a non-empty list drawn from {list(allowed)}, got {value!r}")
+    return tuple(dict.fromkeys(value))
+
+
+def _settings_of_abandonment() -> dict[str, Any]:
+    from omnitrigger.config import _boolean, parse_duration_s
+
+    def restart(value: Any, name: str) -> str:
+        from omnitrigger.config import ConfigError
+
+        if value not in ("move", "keep_first"):
+            raise ConfigError(f"{name}: expected \"move\" or \"keep_first\", got {value!r}")
+        return value
+
+    def names(value: Any, name: str) -> tuple[str, ...]:
+        from omnitrigger.config import ConfigError
+
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{name}: expected a list of rule names, got {list(value) if isinstance(value, tuple) else value!r}")
+        return tuple(value)
+
+    def reason(value: Any, name: str) -> str:
+        from omnitrigger.config import ConfigError
+
+        if not isinstance(value, str) or not value.replace("_", "").isalnum():
+            raise ConfigError(f"{name}: expected a reason code such as \"moved_to_cart\", got {value!r}")
+        return value
+
+    return {"starts_on": lambda value, name: _event_types(value, name, START_TYPES),
+            "cancelled_by": lambda value, name: _event_types(value, name, ("purchase",) + START_TYPES),
+            "after": parse_duration_s, "restart": restart, "group_window": parse_duration_s,
+            "replaces": names, "replace_reason": reason, "quiet_hours": _boolean}
+
+
+def _settings_of_offer() -> dict[str, Any]:
+    from omnitrigger.config import _boolean, _positive_int, parse_duration_s
+
+    return {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int}
+
+
+Abandonment.settings = _settings_of_abandonment()
+StoreVisitOffer.settings = _settings_of_offer()

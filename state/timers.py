@@ -1,0 +1,93 @@
+"""Event-time timers of one shard: every timer in the shard's state, the earliest also in a bounded heap.
+
+A timer is a key `<prefix> <due: 8 bytes> <kind: 1 byte> <owner length: 1 byte> <owner> <payload>` with
+an empty value, so timers are ordered by due time, then kind, then owner, then payload, and a shard
+resumed from its state has them all (Bytewax's own timers are wall-clock: DESIGN.md section 4). The
+owner's length is in the key, so decoding needs no knowledge of id formats.
+
+In memory a queue keeps only the earliest timers, at most `in_memory`, in a heap: every timer key
+below `_horizon` is in the heap, every later one only in the state. When the heap has fired
+everything below the horizon and the clock is past it, the next timers are read from the state in
+key order; when scheduling pushes the heap over its bound, its later half goes back to being state
+only. So timers fire in the same order as with every timer in memory, and memory does not grow with
+the number of pending timers. A timer whose reason went away (a deadline moved or cancelled) is not
+removed: its owner checks, when it fires, that it is still wanted.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from omnitrigger.state.shard_state import ShardState
+
+
+class Timer(NamedTuple):
+    due_ms: int
+    kind: int  # the byte its owner scheduled it under (a rule's state code)
+    owner: str  # whose it is: a customer id
+    payload: bytes  # what it is about, as the scheduler encoded it
+
+
+def timer_key(prefix: bytes, due_ms: int, kind: int, owner: str, payload: bytes) -> bytes:
+    owner_bytes = owner.encode()
+    return prefix + due_ms.to_bytes(8, "big") + bytes((kind, len(owner_bytes))) + owner_bytes + payload
+
+
+def decode_timer(key: bytes, prefix_length: int = 1) -> Timer:
+    at = prefix_length
+    due_ms = int.from_bytes(key[at:at + 8], "big")
+    kind, owner_length = key[at + 8], key[at + 9]
+    owner_end = at + 10 + owner_length
+    return Timer(due_ms, kind, key[at + 10:owner_end].decode(), key[owner_end:])
+
+
+class TimerQueue:
+    def __init__(self, state: ShardState, in_memory: int, prefix: bytes = b"T") -> None:
+        self.state = state
+        self.prefix = prefix
+        self.end = prefix[:-1] + bytes((prefix[-1] + 1,))  # the first key after every timer
+        self.in_memory = in_memory
+        self._heap: list[bytes] = []
+        self._horizon: bytes | None = prefix  # every timer key below it is in the heap (None: every timer)
+        self._load()
+
+    def in_memory_now(self) -> int:
+        """How many timers the heap holds now (at most `in_memory` after each schedule)."""
+        return len(self._heap)
+
+    def schedule(self, due_ms: int, kind: int, owner: str, payload: bytes) -> None:
+        key = timer_key(self.prefix, due_ms, kind, owner, payload)
+        self.state.put(key, b"")
+        if self._horizon is None or key < self._horizon:
+            heapq.heappush(self._heap, key)
+            if len(self._heap) > self.in_memory:
+                self._shed()
+
+    def pop_due(self, up_to_ms: int) -> Iterator[Timer]:
+        """Every timer due at or before `up_to_ms`, earliest first, each removed before it is handed out
+        (timers scheduled meanwhile are seen if due)."""
+        limit = self.prefix + max(0, up_to_ms + 1).to_bytes(8, "big")
+        while self._heap and self._heap[0] < limit or self._load(limit):
+            key = heapq.heappop(self._heap)
+            self.state.delete(key)
+            yield decode_timer(key, len(self.prefix))
+
+    def _load(self, limit: bytes | None = None) -> bool:
+        """With the heap empty and timers below `limit` left in the state only, read the next ones into it."""
+        limit = self.end if limit is None else limit
+        if self._heap or self._horizon is None or self._horizon >= limit:
+            return False
+        batch = max(1, self.in_memory // 2)
+        loaded = [key for key, _ in self.state.scan(self._horizon, self.end, limit=batch)]
+        self._heap = loaded  # in key order: a heap
+        self._horizon = loaded[-1] + b"\x00" if len(loaded) == batch else None
+        return bool(loaded) and loaded[0] < limit
+
+    def _shed(self) -> None:
+        """Keep the earliest half of the heap; the rest stay in the state, read again when due."""
+        ordered = sorted(self._heap)
+        keep = max(1, self.in_memory // 2)
+        self._horizon = ordered[keep]
+        self._heap = [key for key in ordered[:keep] if key < self._horizon]
