@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 
 from omnitrigger import __version__
+from omnitrigger.catalog import CatalogError, with_catalog
 from omnitrigger.cluster import ClusterError, cluster_options, resolve_cluster
 from omnitrigger.config import ConfigError, load_config
 from omnitrigger.kafka_tools import KafkaSetupError
@@ -34,7 +35,7 @@ from omnitrigger.replay import ReplayError, ReplayInterrupted, ReplayOptions, ru
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 
-USER_ERRORS = (ClusterError, ConfigError, KafkaSetupError, OutputError, PiiKeyError, RecordingError, ReplayError,
+USER_ERRORS = (CatalogError, ClusterError, ConfigError, KafkaSetupError, OutputError, PiiKeyError, RecordingError, ReplayError,
                StateError, StoresError)
 
 _file = click.Path(dir_okay=False, path_type=Path)
@@ -49,7 +50,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("recording_dir", type=_dir)
-@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m][,timezone].")
 @click.option("--out", type=_file, help="Triggers, one JSON line each (required, except on a cluster's processes 1 and up).")
 @click.option("--dead-letter", type=_file, help="Records that broke their contract, with reason and source offset.")
 @click.option("--visits", type=_file, help="Confirmed store visits.")
@@ -60,13 +61,15 @@ def cli() -> None:
 @click.option("--events", type=_file, help="The cleaned, deduplicated events.")
 @click.option("--retractions", type=_file, help="Triggers sent although their products were bought before their time.")
 @click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
+@click.option("--catalog", type=_file, help="Product catalogue CSV: product_id,category,repurchase_days (replenishment).")
 @click.option("--state-dir", type=_dir, help="Keep state here, to resume an interrupted replay.")
 @cluster_options
 @click.option("--stop-after", type=click.IntRange(min=0), help="Stop after this many records (resume later with --state-dir).")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
            suppressed: Path | None, identities: Path | None, refused_links: Path | None, duplicates: Path | None, events: Path | None,
-           retractions: Path | None, config_file: Path | None, state_dir: Path | None, processes: int | None, addresses: str | None,
+           retractions: Path | None, config_file: Path | None, catalog: Path | None, state_dir: Path | None,
+           processes: int | None, addresses: str | None,
            hostfile: Path | None, process_id: int | None, stop_after: int | None, quiet: bool) -> None:
     """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
@@ -75,9 +78,34 @@ def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | Non
     summary = run_replay(ReplayOptions(
         recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
         suppressed=suppressed, identities=identities, refused_links=refused_links, duplicates=duplicates, events=events,
-        retractions=retractions, state_dir=state_dir, config=load_config(config_file), processes=processes, addresses=address_list,
+        retractions=retractions, state_dir=state_dir, config=with_catalog(load_config(config_file), catalog),
+        processes=processes, addresses=address_list,
         process_id=process_id, stop_after=stop_after, progress=not quiet))
     click.echo("\n".join(summary.lines()))
+
+
+@cli.command(name="rules")
+@click.option("--config", "config_file", type=_file, help="TOML config file (default: the defaults).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document, for tools.")
+def list_rules(config_file: Path | None, as_json: bool) -> None:
+    """List every rule the config runs: its kind, state code and settings (durations in seconds)."""
+    import orjson
+
+    from omnitrigger.operators.rules import configured_rules
+
+    config = load_config(config_file)
+    rules = [rule.describe() for rule in configured_rules(config)]
+    for rule in rules:
+        rule["disabled"] = rule["rule"] in config.disabled_rules
+    if as_json:
+        click.echo(orjson.dumps(rules, option=orjson.OPT_INDENT_2).decode())
+        return
+    for rule in rules:
+        settings = {key: value for key, value in rule.items() if key not in ("rule", "kind", "state_code", "disabled")}
+        click.echo(f"{rule['rule']}  kind={rule['kind']}  state_code={rule['state_code'] or '-'}"
+                   + ("  (disabled)" if rule["disabled"] else ""))
+        for key, value in settings.items():
+            click.echo(f"    {key} = {orjson.dumps(value).decode()}")
 
 
 @cli.command()
@@ -95,7 +123,7 @@ def demo(keep: Path | None) -> None:
 
 @cli.command()
 @click.argument("recording_dir", type=_dir)
-@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m][,timezone].")
 @click.option("--config", "config_file", type=_file, help="The config in force, A (default: the defaults).")
 @click.option("--against", "against_file", type=_file, required=True, help="The config to try, B.")
 @click.option("--keep", type=_dir, help="Write each run's triggers, suppressed and retractions to DIR/a and DIR/b.")
@@ -159,7 +187,7 @@ for _command in LIVE_COMMANDS:  # run, record, publish: omnitrigger/live_cli.py
 
 def main() -> None:
     command = " ".join(sys.argv[1:2])
-    with rust_panics_hidden(command in ("replay", "demo")):
+    with rust_panics_hidden(command in ("replay", "demo", "backtest")):
         code = _run(command)
     sys.exit(code)
 

@@ -101,6 +101,10 @@ class Config:
     # [rules.<name>] tables as the file gives them (lists as tuples): the built-in rules' overrides and the
     # rules the config declares (operators/rules/registry.py checks and builds them).
     rule_tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    # plugins = ["my_rules"] (top level): Python modules that register rule kinds, imported before the rules
+    # are built, from the config file's folder or the Python path.
+    plugins: tuple[str, ...] = ()
+    plugin_dirs: tuple[str, ...] = ()  # run time: the config file's folder, where plugins are found first
     cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     max_delay_s: float = 900.0  # live: a trigger this late after its time is suppressed (stale), not sent; 0: off
@@ -133,6 +137,7 @@ class Config:
     # there is a wall clock (`omnitrigger run`: max_delay applies; a replay has none, so nothing is stale).
     stores_file: str | None = None
     wall_clock: bool = False
+    catalog_file: str | None = None  # --catalog: product_id,category,repurchase_days (replenishment rules)
 
     def with_overrides(self, **overrides: Any) -> "Config":
         return replace(self, **overrides)
@@ -377,9 +382,9 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
 }
 
 #: Fields set by the program at run time, never from the file.
-RUNTIME_FIELDS = {"stores_file", "wall_clock"}
+RUNTIME_FIELDS = {"stores_file", "wall_clock", "plugin_dirs", "catalog_file"}
 #: Fields set from [rules.<name>] tables (offer_quiet_hours: the offer's quiet_hours default, for code).
-TABLE_FIELDS = {"rule_tables", "offer_quiet_hours"}
+TABLE_FIELDS = {"rule_tables", "offer_quiet_hours", "plugins"}
 
 
 def load_config(path: Path | None) -> Config:
@@ -394,6 +399,12 @@ def load_config(path: Path | None) -> Config:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     overrides: dict[str, Any] = {}
     rule_tables: dict[str, Any] = {}
+    plugins = document.pop("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(name, str) and name for name in plugins):
+        raise ConfigError(f"config file {path}: plugins: expected a list of Python module names, got {plugins!r}")
+    if plugins:
+        overrides["plugins"] = tuple(plugins)
+        overrides["plugin_dirs"] = (str(Path(path).resolve().parent),)
     for section, table in document.items():
         if not isinstance(table, dict):
             raise ConfigError(f"config file {path}: [{section}] must be a table")
@@ -417,7 +428,7 @@ def _check_rules(config: Config, path: Path) -> None:
     from omnitrigger.operators.rules import RuleConfigError, rule_names
 
     try:
-        names = rule_names(config)
+        names = rule_names(config)  # imports the plugins first
     except RuleConfigError as error:
         raise ConfigError(f"config file {path}: {error}") from None
     unknown = [rule for rule in config.disabled_rules if rule not in names]

@@ -17,8 +17,9 @@ _config = click.option("--config", "config_file", type=_file, help="TOML config 
 
 @click.command()
 @_brokers
-@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m].")
+@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m][,timezone].")
 @_config
+@click.option("--catalog", type=_file, help="Product catalogue CSV: product_id,category,repurchase_days (replenishment).")
 @click.option("--state-dir", type=_dir, default=Path("omnitrigger-state"), show_default=True,
               help="State folder: offsets, snapshots and RocksDB state; a restart resumes from it.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
@@ -30,14 +31,17 @@ _config = click.option("--config", "config_file", type=_file, help="TOML config 
 @click.option("--allow-public-cluster", is_flag=True,
               help="Start a cluster on addresses that are not private (the cluster's channel is unauthenticated "
                    "TCP: only on a network protected otherwise). Also OMNITRIGGER_ALLOW_PUBLIC_CLUSTER=1.")
-def run(brokers: str, stores: Path, config_file: Path | None, state_dir: Path, metrics_port: int | None,
+def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | None, state_dir: Path,
+        metrics_port: int | None,
         metrics_bind: str | None, processes: int | None, addresses: str | None, hostfile: Path | None,
         process_id: int | None, allow_public_cluster: bool) -> None:
     """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
+    from omnitrigger.catalog import with_catalog
     from omnitrigger.live import LiveOptions, run_live
 
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
-    run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir, config=load_config(config_file),
+    run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir,
+                         config=with_catalog(load_config(config_file), catalog),
                          metrics_port=metrics_port, metrics_bind=metrics_bind, processes=processes,
                          addresses=address_list, process_id=process_id, allow_public_cluster=allow_public_cluster))
 

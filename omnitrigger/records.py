@@ -72,7 +72,9 @@ WATERMARK_TOPIC = "omnitrigger.watermark"
 #: An idle live source's wall clock, as an event for the clock operator: ts_ms is the wall-clock time.
 HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
 #: A customer's identifiers changed (new, attached, merged in): body {"ids": [[type, value], ...]}, for the
-#: rules to know whom a trigger reaches (its `recipient`).
+#: rules to know whom a trigger reaches (its `recipient`); when the event brought identifiers seen for the
+#: first time, also "new_types" (their types), "known_types" (the types the customer had already) and "source"
+#: (the input record's id).
 IDENTITY_TOPIC = "omnitrigger.identity"
 #: A device's store visit was confirmed: body is the visit (operators/visits.py).
 VISIT_CONFIRMED = "omnitrigger.visit_confirmed"

@@ -40,7 +40,7 @@ import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.rules.registry import longest_delay_ms, rule_topics
-from omnitrigger.records import MERGE_TOPIC, Event
+from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, Event
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -74,7 +74,8 @@ class History(StageOperator):
                 continue
             if event.customer is not None and event.topic == "consent.changes":
                 self._on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)
-            if event.customer is not None and event.topic in self.journaled:
+            if event.customer is not None and event.topic in self.journaled and \
+                    (event.topic != IDENTITY_TOPIC or "new_types" in event.body):
                 entry = _journal_entry(event)
                 if entry is not None:
                     self.state.put(_entry_key(event.customer, event.seq), entry, event.ts_ms + self.retention_ms)
@@ -130,13 +131,15 @@ class History(StageOperator):
 
 
 def rule_fact(topic: str, body: dict[str, Any]) -> dict[str, Any]:
-    """What a rule reads of an event (operators/rules.py `_on_fact`): the journal keeps only this."""
+    """What a rule reads of an event (operators/rules/host.py `_on_fact`): the journal keeps only this."""
     if topic == "web.events":
         fact = {key: body[key] for key in ("event_id", "type", "channel", "product_id") if key in body}
     elif topic == "pos.receipts":
         fact = {key: body[key] for key in ("terminal_id", "receipt_no", "type") if key in body}
     elif topic == "consent.changes":
         return {key: body[key] for key in ("event_id", "channel", "status") if key in body}
+    elif topic == IDENTITY_TOPIC:  # journaled only for a welcome rule: the types, never the identifiers
+        return {key: body[key] for key in ("new_types", "known_types", "source") if key in body}
     else:
         return body  # a visit confirmation: omnitrigger's own record
     if "items" in body:

@@ -69,6 +69,7 @@ class Identity(StageOperator):
         self.min_confidence = config.min_link_confidence
         self._blocked_memo: dict[str, bool] = {}  # the same few device ids come again and again
         self._changed: dict[str, list[list[str]]] = {}  # customers whose identifiers this event changed
+        self._new: dict[str, list[list[str]]] = {}  # identifiers this event showed for the first time, by customer
         saved = state.get_meta(_IGNORED)
         self.ignored: Counter[str] = Counter(orjson.loads(saved) if saved else {})  # blocked values by type
         self.retention_ms = int(config.identifier_retention_s * 1000)
@@ -93,9 +94,12 @@ class Identity(StageOperator):
             if self.publish_updates and (self._changed or self._merged_away):
                 emitted.extend(self._updates(event.seq))
             if self._changed:  # whom a trigger reaches: the rules keep each customer's identifiers
-                out.extend(Event(event.seq, IDENTITY_TOPIC, -1, -1, event.ts_ms, {"ids": ids_now}, changed)
+                new = self._new
+                out.extend(Event(event.seq, IDENTITY_TOPIC, -1, -1, event.ts_ms,
+                                 _first_seen(ids_now, new[changed], event) if changed in new else {"ids": ids_now},
+                                 changed)
                            for changed, ids_now in sorted(self._changed.items()))
-                self._changed = {}
+                self._changed, self._new = {}, {}
             out.append(event._replace(customer=customer))
             for sub, refusal in enumerate(refusals):
                 emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
@@ -252,6 +256,7 @@ class Identity(StageOperator):
         self._point(identifier, customer, ts_ms)
         self._save(customer, record, ts_ms)
         self._changed[customer] = record["ids"]
+        self._new.setdefault(customer, []).append(list(identifier))
 
     def _touch(self, identifier: Identifier, customer: str, last_seen: int, ts_ms: int) -> None:
         """Renew an identifier's last-seen time (and its expiry), at most once a day."""
@@ -284,6 +289,9 @@ class Identity(StageOperator):
         self._save(winner, winner_record, ts_ms)
         self._changed.pop(loser, None)
         self._changed[winner] = winner_record["ids"]
+        moved = self._new.pop(loser, None)
+        if moved:
+            self._new.setdefault(winner, []).extend(moved)
 
     def _refusal(self, reason: str, event: Event, identifiers: list[Identifier], **extra: Any) -> dict[str, Any]:
         return {"reason": reason, "identifiers": [list(identifier) for identifier in identifiers],
@@ -297,6 +305,25 @@ def identities(state: ShardState) -> Iterator[dict[str, Any]]:
     now_ms = saved_clock(state)
     for key, value in state.iter_committed(b"i", b"j", now_ms):
         yield {"type": _CODE_TYPE[key[1]], "value": key[2:].decode(), "customer_id": orjson.loads(value)[0]}
+
+
+def _first_seen(ids_now: list[list[str]], new: list[list[str]], event: Event) -> dict[str, Any]:
+    """An identity change that brought identifiers seen for the first time: their types, the types the
+    customer had already, and the input record behind it (what a welcome rule reads; no values)."""
+    fresh = {tuple(identifier) for identifier in new}
+    return {"ids": ids_now, "new_types": sorted({kind for kind, _ in fresh}),
+            "known_types": sorted({kind for kind, value in ids_now if (kind, value) not in fresh}),
+            "source": _source(event)}
+
+
+def _source(event: Event) -> str:
+    """The input record behind an identity change, as evidence: its event id, a receipt's till and number."""
+    body = event.body
+    if "event_id" in body:
+        return str(body["event_id"])
+    if "receipt_no" in body:
+        return f"{body.get('terminal_id')}/{body['receipt_no']}"
+    return f"{event.topic}:{event.partition}:{event.offset}"
 
 
 def _identifier_key(identifier: Identifier) -> bytes:

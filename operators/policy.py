@@ -93,7 +93,7 @@ class Policy:
         if len(recent) >= self.max_per_customer:
             return Decision(channel, products, "customer_cap")
         allowed = [p for p in products if not self._product_capped(customer, rule, p, ts_ms)]
-        if not allowed:
+        if products and not allowed:  # (a message about no product, a welcome, has no product cap)
             return Decision(channel, products, "product_cap")
         return Decision(channel, allowed, None)
 

@@ -1,6 +1,8 @@
 """The conformance suite every operator passes (in the spirit of river's estimator checks).
 
-For each operator in `omnitrigger.operators.OPERATORS` and its case below:
+For each operator in `omnitrigger.operators.OPERATORS`, on the demo's synthetic recording (always there:
+no ../shared needed to check a new operator) and on its real-data case below; and for the rules stage with
+every rule kind switched on (`JOURNEYS`, the synthetic `journeys` case):
   * the logic alone gives the same output for the same input across two runs and across batch sizes;
   * a shard rolled back to its last snapshot and fed the rest gives the uninterrupted output (crash safety);
   * through the Bytewax flow, outputs are byte-identical across batch sizes and between one process and a
@@ -183,6 +185,65 @@ def test_flow_output_is_identical_across_batch_sizes(case: tuple[str, Path], tmp
     _, small = replay(tmp_path, recording, name="b3", operators=tuple(chain_of(name)),
                       config=CONFIG.with_overrides(batch_size=3), **case_stores(recording))
     assert small == reference
+
+
+# -- synthetic cases: the demo's generated recording, no ../shared needed ---------------------------------------
+
+#: Every rule kind switched on: the rules a table declares, and each built-in kind once more.
+JOURNEYS = (
+    ("checkout_abandoned", (("after", "30m"), ("cancelled_by", ("purchase",)), ("kind", "abandonment"),
+                            ("starts_on", ("begin_checkout", "add_to_cart")))),
+    ("replenishment", (("kind", "replenishment"),)),
+    ("welcome", (("kind", "welcome"),)),
+)
+
+
+def demo_recording(folder: Path) -> Path:
+    """The demo's recording (omnitrigger/demo/generator.py, seed 7) with its stores and a catalogue."""
+    from omnitrigger.demo.generator import RecordingGenerator
+
+    generator = RecordingGenerator(seed=7).generate()
+    recording = folder / "recording"
+    generator.write(recording)
+    generator.write_stores(folder / CASE_STORES)
+    (folder / "catalog.csv").write_text("product_id,category,repurchase_days\n" + "".join(
+        f"{product},demo,\n" for product in generator.products) + ",demo,3\n")
+    return recording
+
+
+def assert_conformant(name: str, recording: Path, tmp_path: Path, config: Config, rule: str | None = None) -> None:
+    """The suite's checks for one operator (and its upstream) under `config`; with `rule`, that rule must
+    have made some output on the way."""
+    events = read_all(recording)
+    config = config.with_overrides(stores_file=str(recording.parent / CASE_STORES))
+    reference = run_logic(name, events, tmp_path / "db-ref", batch_size=100, config=config)
+    assert reference[0], "the case must pass some events on"
+    if rule is not None:
+        assert any(e.record.get("rule") == rule for e in reference[1]), f"{rule} made no output on the case"
+    for batch_size in (1, 7, len(events)):
+        assert run_logic(name, events, tmp_path / f"db-{batch_size}", batch_size, config=config) == reference
+    for crash_at in (0, len(events) // 2):
+        assert run_logic(name, events, tmp_path / f"db-crash-{crash_at}", 50, crash_at, config=config) == reference
+    stores = {"stores": recording.parent / CASE_STORES}
+    _, big = replay(tmp_path, recording, name="flow-b1000", operators=tuple(chain_of(name)), config=config, **stores)
+    _, small = replay(tmp_path, recording, name="flow-b3", operators=tuple(chain_of(name)),
+                      config=config.with_overrides(batch_size=3), **stores)
+    assert small == big
+
+
+def journeys_config(folder: Path) -> Config:
+    return CONFIG.with_overrides(rule_tables=JOURNEYS, catalog_file=str(folder / "catalog.csv"))
+
+
+@pytest.mark.parametrize("name", OPERATOR_NAMES)
+def test_every_operator_is_conformant_on_the_synthetic_recording(name: str, tmp_path: Path) -> None:
+    assert_conformant(name, demo_recording(tmp_path / "demo"), tmp_path, CONFIG)
+
+
+@pytest.mark.parametrize("rule", [name for name, _ in JOURNEYS])
+def test_every_rule_kind_is_conformant(rule: str, tmp_path: Path) -> None:
+    recording = demo_recording(tmp_path / "demo")
+    assert_conformant("rules", recording, tmp_path, journeys_config(recording.parent), rule=rule)
 
 
 @pytest.mark.cluster

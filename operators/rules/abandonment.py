@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from omnitrigger.operators.rules.rule import MAX_EVIDENCE, Pending, Rule, RuleContext
+from omnitrigger.operators.rules.rule import MAX_EVIDENCE, Pending, Rule, RuleContext, event_products
 
 #: The suppressed stream's reason for a cancelling event type.
 CANCEL_REASONS = {"purchase": "purchased", "remove_from_cart": "removed_from_cart"}
@@ -54,10 +54,12 @@ class Abandonment(Rule):
     def on_web(self, ctx: RuleContext, customer: str, body: dict[str, Any], ts_ms: int) -> None:
         kind = body["type"]
         if kind in self.starts_on:
-            self._start(ctx, customer, body["product_id"], ts_ms, body["event_id"])
+            for product in event_products(body):
+                self._start(ctx, customer, product, ts_ms, body["event_id"])
         elif kind in self.cancel_types:
-            ctx.cancel(self, customer, body["product_id"], ts_ms, CANCEL_REASONS.get(kind, kind), body["event_id"],
-                       body.get("channel"))
+            for product in event_products(body):
+                ctx.cancel(self, customer, product, ts_ms, CANCEL_REASONS.get(kind, kind), body["event_id"],
+                           body.get("channel"))
 
     def on_purchase(self, ctx: RuleContext, customer: str, products: list[Any], ts_ms: int, evidence: str,
                     channel: str | None) -> None:

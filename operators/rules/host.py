@@ -7,6 +7,7 @@ What the host keeps, so no rule does (namespace "rules", one per shard; keys by 
     R <customer> 0 <product> -> [trigger id, rule, ts]       a trigger sent, kept retraction_window
     I <customer>             -> [[type, value], ...]         its identifiers: a trigger's recipient
     <code> <customer> 0 <product> -> [due, set_ms, [evidence ids]]   a rule's pending deadline
+    M <code> <customer> 0 <subject> -> value                a rule's own memory (ctx.remember), with an expiry
     T <due> <code> <len> <customer> <product>  -> b""        its timer (state/timers.py)
 plus the policy's C, F and G keys (operators/policy.py).
 
@@ -55,7 +56,7 @@ RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id
                    "sms": ("phone", "auth_id", "loyalty_id")}
 _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
-_VIEW, _PURCHASE, _SENT, _IDENTIFIERS = b"V", b"P", b"R", b"I"
+_VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY = b"V", b"P", b"R", b"I", b"M"
 
 
 class Rules(StageOperator):
@@ -108,6 +109,9 @@ class Rules(StageOperator):
                 self._on_merge(event.body)
             elif topic == IDENTITY_TOPIC:
                 self.state.put(_IDENTIFIERS + event.customer.encode(), orjson.dumps(event.body["ids"]))
+                if "new_types" in event.body:
+                    for rule in self.rules:
+                        rule.on_identity(self, event.customer, event.body, event.ts_ms)
         self.clock.save()
         out, self._out = self._out, []
         return OperatorResult(list(events), out)
@@ -202,9 +206,18 @@ class Rules(StageOperator):
     def drop_pending(self, rule: Rule, customer: str, product: Any) -> None:
         self.state.delete(owned_key(bytes((rule.code,)), customer, product))
 
+    def remember(self, rule: Rule, customer: str, subject: Any, value: Any, expires_ms: int) -> None:
+        """Keep `value` for the rule and customer until `expires_ms` (event time); retired with the customer."""
+        self.state.put(owned_key(_MEMORY + bytes((rule.code,)), customer, subject), orjson.dumps(value), expires_ms)
+
+    def recall(self, rule: Rule, customer: str, subject: Any) -> Any:
+        """What `remember` kept, or None once it expired."""
+        raw = self.state.get(owned_key(_MEMORY + bytes((rule.code,)), customer, subject), self.watermark_ms)
+        return orjson.loads(raw) if raw is not None else None
+
     def schedule(self, rule: Rule, customer: str, product: Any, set_ms: int, event_id: str,
-                 evidence: list[str] | None = None) -> None:
-        due = set_ms + rule.delay_ms()
+                 evidence: list[str] | None = None, delay_ms: int | None = None) -> None:
+        due = set_ms + (rule.delay_ms() if delay_ms is None else delay_ms)
         deadline = self.quiet.defer(due) if getattr(rule, "quiet_hours", False) else due  # night waits for morning
         evidence = evidence or [event_id]
         if deadline + self.grace_ms <= self.watermark_ms:  # later than the lateness and the grace: too late to remind
@@ -310,7 +323,8 @@ class Rules(StageOperator):
         winner, loser = body["winner"], body["loser"]
         if role in ("retire", "both"):
             self.state.delete(_IDENTIFIERS + loser.encode())
-            for prefix in (*(bytes((code,)) for code in self.by_code), _VIEW, _PURCHASE, _SENT):
+            for prefix in (*(bytes((code,)) for code in self.by_code), *(_MEMORY + bytes((code,)) for code in self.by_code),
+                           _VIEW, _PURCHASE, _SENT):
                 start = owner_prefix(prefix, loser)
                 for state_key, _ in self.state.scan(start, end_of(start)):
                     self.state.delete(state_key)
@@ -323,6 +337,9 @@ class Rules(StageOperator):
                 # a past visit confirmation is not replayed: its offer was decided when it happened
                 if topic in HOST_TOPICS:
                     self._on_fact(topic, winner, event_body, ts_ms)
+                elif topic == IDENTITY_TOPIC:  # journaled for a welcome rule
+                    for rule in self.rules:
+                        rule.on_identity(self, winner, event_body, ts_ms)
             self.replaying = False
 
 

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnitrigger.operators.rules.abandonment import START_TYPES, Abandonment
+from omnitrigger.operators.rules.replenishment import Replenishment
 from omnitrigger.operators.rules.rule import Rule
 from omnitrigger.operators.rules.store_visit_offer import StoreVisitOffer
+from omnitrigger.operators.rules.welcome import Welcome
 
 #: Topics whose records every rule sees through the host (facts it keeps, and consent for the policy).
 HOST_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})
 #: Key prefixes the host and the policy use in the rules namespace: no rule may take one as its code.
-RESERVED_CODES = frozenset(b"CFGIPRTV")
+RESERVED_CODES = frozenset(b"CFGIMPRTV")
 
 KINDS: dict[str, type[Rule]] = {}
 
@@ -42,8 +44,8 @@ def register_kind(kind: type[Rule]) -> type[Rule]:
     return kind
 
 
-register_kind(Abandonment)
-register_kind(StoreVisitOffer)
+for _kind in (Abandonment, StoreVisitOffer, Welcome, Replenishment):
+    register_kind(_kind)
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,35 @@ BUILT_IN_RULES = tuple(BUILT_IN)
 
 def kind_defaults(kind: str) -> dict[str, Any]:
     """Defaults of a kind's settings in a table that declares a new rule (None: the table must give it)."""
-    if kind == "abandonment":
-        return {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
-                "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
-    if kind == "store_visit_offer":
-        return {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5}
-    return dict(getattr(KINDS[kind], "default_settings", {}))
+    return dict(KINDS[kind].default_settings)
 
 
 def configured_rules(config: Any) -> list[Rule]:
     """Every rule of `config`: the built-ins (their tables override single settings), then the rules its
     `[rules.<name>]` tables declare, in name order. Raises RuleConfigError for a table that cannot be one."""
-    return list(_configured(config.rule_tables, _built_in_inputs(config)))
+    load_plugins(config.plugins, config.plugin_dirs)
+    run_time = tuple((name, getattr(config, name)) for name in sorted(
+        {name for kind in KINDS.values() for name in kind.run_time_settings}))
+    return list(_configured(config.rule_tables, _built_in_inputs(config), run_time))
+
+
+def load_plugins(modules: tuple[str, ...], folders: tuple[str, ...] = ()) -> None:
+    """Import the config's `plugins` (each registers its kinds with `register_kind`), looking in `folders`
+    (the config file's) first; a module that cannot be imported is a RuleConfigError naming it."""
+    import importlib
+    import sys
+
+    for folder in folders:
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    for module in modules:
+        if module in sys.modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # a user's module: any error is theirs to see, in one line
+            raise RuleConfigError(f"plugins: cannot import {module!r} ({type(error).__name__}: {error}); it must be "
+                                  f"a Python module beside the config file or on PYTHONPATH") from None
 
 
 def _built_in_inputs(config: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
@@ -98,8 +117,10 @@ def _built_in_inputs(config: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...
 
 @functools.lru_cache(maxsize=64)
 def _configured(tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
-                built_in: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]) -> tuple[Rule, ...]:
+                built_in: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
+                run_time: tuple[tuple[str, Any], ...]) -> tuple[Rule, ...]:
     given = {name: dict(settings) for name, settings in tables}
+    run_time_values = dict(run_time)
     rules: list[Rule] = []
     used_codes: set[int] = set()
     for name, defaults in built_in:
@@ -113,6 +134,7 @@ def _configured(tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
         rules.append(KINDS[kind](name, spec.code, settings))
         if spec.code is not None:
             used_codes.add(spec.code)
+    used_codes.add(ord("O"))  # kept free for the offer
     for name in sorted(given):
         table = given[name]
         kind = table.pop("kind", None)
@@ -120,12 +142,13 @@ def _configured(tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
             raise RuleConfigError(f"rules.{name}.kind: expected one of {sorted(KINDS)}, got {kind!r}")
         code = table.pop("state_code", None)
         settings = {**kind_defaults(kind), **_checked(name, kind, table)}
-        missing = sorted(key for key, value in settings.items() if value is None)
+        settings.update({key: run_time_values.get(key) for key in KINDS[kind].run_time_settings})
+        missing = sorted(key for key, value in settings.items() if value is None
+                         and key not in KINDS[kind].run_time_settings)
         if missing:
             raise RuleConfigError(f"rules.{name}: a rule of kind {kind!r} needs {', '.join(missing)}")
-        if KINDS[kind].deferred:
-            code = _state_code(name, code, used_codes)
-            used_codes.add(code)
+        code = _state_code(name, code, used_codes)
+        used_codes.add(code)
         rules.append(KINDS[kind](name, code, settings))
     names = {rule.name for rule in rules}
     for rule in rules:
@@ -236,5 +259,24 @@ def _settings_of_offer() -> dict[str, Any]:
     return {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int}
 
 
+def _settings_of_welcome() -> dict[str, Any]:
+    from omnitrigger.config import _boolean, parse_duration_s
+    from omnitrigger.operators.identity import IDENTIFIER_TYPES
+
+    return {"identifiers": lambda value, name: _event_types(value, name, IDENTIFIER_TYPES),
+            "after": parse_duration_s, "quiet_hours": _boolean}
+
+
+def _settings_of_replenishment() -> dict[str, Any]:
+    from omnitrigger.config import _boolean
+
+    return {"quiet_hours": _boolean}
+
+
 Abandonment.settings = _settings_of_abandonment()
+Abandonment.default_settings = {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
+                                "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
 StoreVisitOffer.settings = _settings_of_offer()
+StoreVisitOffer.default_settings = {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5}
+Welcome.settings = _settings_of_welcome()
+Replenishment.settings = _settings_of_replenishment()

@@ -1,7 +1,8 @@
 """What a rule is: a plain class the rules host (host.py) calls with a customer's facts, and the context
 it acts through. A rule never touches keys, timers or output streams itself.
 
-A rule of a deferred kind keeps, per (customer, product), one pending deadline `[due_ms, set_ms,
+A rule may keep values of its own per customer (`ctx.remember`, `ctx.recall`, with an event-time
+expiry). A rule of a deferred kind keeps, per (customer, product), one pending deadline `[due_ms, set_ms,
 evidence]` (a `Pending`) under its one-byte state code; the host stores it, keeps its timer, moves it
 on a merge and retires it with the customer. When the event-time clock passes the deadline (plus
 `[rules] purchase_grace`) the host calls `on_due`. A rule decides through `ctx.decide`, which applies
@@ -15,6 +16,8 @@ history through the same hooks with `ctx.replaying` set, to rebuild state withou
                                                    products bought in any channel (web, app, pos);
                                                    returned lines are left out
     on_visit(ctx, customer, visit, ts_ms)          a confirmed store visit (operators/visits.py)
+    on_identity(ctx, customer, change, ts_ms)      identifiers seen for the first time: change["new_types"],
+                                                   change["known_types"], change["source"]
     on_due(ctx, customer, product, pending)        a pending deadline is due (already removed)
 """
 
@@ -42,6 +45,15 @@ def trigger_id(rule: str, customer: str, subject: str, ts_ms: int) -> str:
     return xxhash.xxh3_128_hexdigest(f"{rule}\x1f{customer}\x1f{subject}\x1f{ts_ms}".encode())[:32]
 
 
+def event_products(body: dict[str, Any]) -> list[Any]:
+    """The products a web event is about: its `product_id`, or the lines of its `items` (a begin_checkout
+    may carry the basket instead), each once, returned lines left out."""
+    if "product_id" in body:
+        return [body["product_id"]]
+    return list(dict.fromkeys(item["product_id"] for item in body.get("items", ())
+                              if not isinstance(item.get("qty"), (int, float)) or item["qty"] > 0))
+
+
 class RuleContext(Protocol):
     """What the host gives a rule (operators/rules/host.py implements it)."""
 
@@ -51,8 +63,10 @@ class RuleContext(Protocol):
     def pending(self, rule: "Rule", customer: str, product: Any) -> Pending | None: ...
     def pending_of(self, rule: "Rule", customer: str) -> list[tuple[Any, Pending]]: ...
     def drop_pending(self, rule: "Rule", customer: str, product: Any) -> None: ...
+    def remember(self, rule: "Rule", customer: str, subject: Any, value: Any, expires_ms: int) -> None: ...
+    def recall(self, rule: "Rule", customer: str, subject: Any) -> Any: ...
     def schedule(self, rule: "Rule", customer: str, product: Any, set_ms: int, event_id: str,
-                 evidence: list[str] | None = None) -> None: ...
+                 evidence: list[str] | None = None, delay_ms: int | None = None) -> None: ...
     def cancel(self, rule: "Rule | str", customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
                channel: str | None) -> None: ...
     def fire(self, rule: "Rule", customer: str, product: Any, pending: Pending) -> None: ...
@@ -72,13 +86,18 @@ class Rule:
     kind: ClassVar[str] = ""
     #: The settings a table may give, with their converters; `defaults` fills the rest.
     settings: ClassVar[dict[str, Converter]] = {}
-    #: Whether the kind keeps pending deadlines (then it has a state code).
+    #: Whether the kind keeps pending deadlines. Every rule a table declares has a state code (its keys'
+    #: prefix: deadlines, timers, memory); the built-in offer, which keeps nothing, has none.
     deferred: ClassVar[bool] = False
     #: Topics the kind reads besides the host's facts (web events, receipts, consents): routed to the
     #: rules shards (operators/router.py) and journaled across merges (operators/history.py).
     topics: ClassVar[frozenset[str]] = frozenset()
     #: Whether its triggers use where the customer is (then the policy asks for location consent).
     uses_location: ClassVar[bool] = False
+    #: Defaults of its settings in a table that declares a rule of this kind (None: the table must give it).
+    default_settings: ClassVar[dict[str, Any]] = {}
+    #: Config fields handed to it as settings (given on the command line, not in its table).
+    run_time_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, code: int | None, settings: dict[str, Any]) -> None:
         self.name = name
@@ -104,11 +123,14 @@ class Rule:
     def on_visit(self, ctx: RuleContext, customer: str, visit: dict[str, Any], ts_ms: int) -> None:
         pass
 
+    def on_identity(self, ctx: RuleContext, customer: str, change: dict[str, Any], ts_ms: int) -> None:
+        """Identifiers seen for the first time (only for kinds whose `topics` has IDENTITY_TOPIC)."""
+
     def on_due(self, ctx: RuleContext, customer: str, product: Any, pending: Pending) -> None:
         ctx.decide(self, customer, [product], pending[0], None, pending[2])
 
     def describe(self) -> dict[str, Any]:
         """Its kind, state code and settings, as `omnitrigger rules` lists them."""
         return {"rule": self.name, "kind": self.kind, "state_code": chr(self.code) if self.code is not None else None,
-                **{key: list(value) if isinstance(value, (tuple, frozenset)) else value
-                   for key, value in sorted(self.options.items())}}
+                **{key: sorted(value) if isinstance(value, frozenset) else list(value) if isinstance(value, tuple)
+                   else value for key, value in sorted(self.options.items())}}
