@@ -8,7 +8,7 @@ a test can create topics with a chosen partition count (the mock's
 simulate an outage, slow it down, and delete a partition's oldest records as retention
 would. The cluster speaks the real protocol on 127.0.0.1, so
 any client (the job's consumer and producer included, in other processes)
-can use `bootstrap_servers`. DESIGN.md section 6 lists its limits.
+can use `bootstrap_servers`. docs/design.md#mock-cluster-limits lists its limits.
 """
 
 from __future__ import annotations

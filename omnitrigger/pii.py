@@ -51,7 +51,7 @@ DEVELOPMENT_KEY = "omnitrigger-development-key-not-for-production"
 MIN_KEY_LENGTH = 16
 MIN_KEY_DISTINCT = 8  # "aaaaaaaaaaaaaaaa" is 16 characters and no secret
 PII_TYPES = ("email", "phone")
-#: The identifier types of `ids` (DESIGN.md section 2): left to `protect`, never masked by pattern.
+#: The identifier types of `ids` (docs/design.md#event-contracts): left to `protect`, never masked by pattern.
 ID_TYPES = frozenset({"device_id", "cookie_id", "auth_id", "email", "phone", "loyalty_id"})
 INVALID = "!invalid"
 REDACTED = "[redacted]"

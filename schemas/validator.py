@@ -3,7 +3,7 @@
 The schema files are the contracts: people read them, `jsonschema` can check
 them, and this module turns them into closures that check a decoded event in
 about a microsecond (fastjsonschema costs ~6 µs and jsonschema ~65 µs an event
-on these machines; DESIGN.md section 5). Only the subset of JSON Schema that
+on these machines; docs/design.md#validation-cost). Only the subset of JSON Schema that
 the contracts use is supported, and an unsupported keyword is an error at
 load time rather than a silently skipped check. The test suite cross-checks
 these validators against the `jsonschema` reference implementation.
