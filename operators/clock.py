@@ -1,6 +1,6 @@
 """The event-time clock: a watermark from the data, inserted into the stream where it moves.
 
-Bytewax's timers are wall-clock (DESIGN.md section 4), so deadlines keep a
+Bytewax's timers are wall-clock (docs/design.md#bytewax-timers-are-wall-clock), so deadlines keep a
 clock of their own: the watermark is the latest event time seen minus
 `rules_lateness_s`, and never goes back. Whenever an event moves it, a
 `WATERMARK_TOPIC` event carrying the new value goes downstream *before*

@@ -7,7 +7,7 @@ changes, purchases online and at a till, consent changes, confirmed
 visits) under its customer, and when a `MERGE_TOPIC` event passes it
 re-files the loser's journal under the winner and attaches it to the merge
 event as `history`: the rules, whichever shard holds the winner, replay it
-into the winner's state and retire the loser (DESIGN.md section 4). The
+into the winner's state and retire the loser (docs/design.md#bytewax-dataflows-have-no-loops). The
 shape's ceiling is the identity stage: one shard, one core.
 
 The journal holds rule facts, not raw events: of each event only the

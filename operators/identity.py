@@ -1,6 +1,6 @@
 """Identity resolution: every event's identifiers resolve to one customer id, with merge protection.
 
-A customer is a connected component of identifiers (DESIGN.md section 3).
+A customer is a connected component of identifiers (docs/semantics.md, Identity).
 Identifiers link when they appear together in one event: an
 `identity.links` record, a login on a device, a receipt with a loyalty card
 and a phone. Within an event the strongest identifier (auth_id, then

@@ -1,4 +1,4 @@
-"""Policy at fire time (DESIGN.md section 3), in order: the rule's kill switch, location consent (in-store
+"""Policy at fire time (docs/semantics.md, Rules and policy), in order: the rule's kill switch, location consent (in-store
 offers), channel consent, frequency caps.
 
 A plain helper of the rules operator, sharing its shard state:

@@ -12,7 +12,7 @@ missed at its radius edge, whatever the radius, latitude or cell shape
 (pentagons and class III cells included). The map is a superset; the exact
 haversine check then decides.
 
-Why resolution 9 and a precomputed map (DESIGN.md section 5): a lookup is
+Why resolution 9 and a precomputed map (docs/design.md#h3-store-lookup): a lookup is
 one `latlng_to_cell` (0.5 µs with the int API), one dict get and a distance
 per candidate, 2.3 µs a ping against 17 µs when computing `grid_disk` per
 ping. At 1 km a fixed ring would need k=5 to be guaranteed by geometry; the

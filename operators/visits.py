@@ -1,6 +1,6 @@
 """Store visits: a device that stayed inside a store's radius, not one that drove past.
 
-The definition (DESIGN.md section 3), per device, over the pings kept:
+The definition (docs/semantics.md, Store visits), per device, over the pings kept:
   * kept: `geo.pings` with `accuracy_m` <= `max_accuracy_m` (100) from a source not in
     `excluded_sources` (`cell`); the others are counted and ignored, they neither continue nor end a visit;
   * inside store S: great-circle distance to S <= S's radius (operators/store_index.py);
