@@ -3,7 +3,7 @@
 One partition on purpose: the merged event-time order is what makes a replay
 deterministic, and it is produced in one place. Each Bytewax item is a whole
 micro-batch (a list), because Bytewax's per-item cost dominates otherwise
-(DESIGN.md section 4: 106k items/s one at a time, millions carried in batches).
+(docs/design.md#bytewax-per-item-cost: 106k items/s one at a time, millions carried in batches).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RocksDB backend (rocksdict) for operator state.
 
-Options follow DESIGN.md section 5: a bloom filter makes the common
+Options follow docs/design.md#rocksdb-through-rocksdict: a bloom filter makes the common
 "key not there" lookup cost 0.34 µs instead of 3 µs, and writes go in one
 WriteBatch per snapshot. One store is opened per process and state folder,
 shared by every shard and worker thread of that process.

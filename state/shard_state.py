@@ -2,7 +2,7 @@
 
 Why buffered: Bytewax recovers a shard from its last *committed* snapshot.
 RocksDB must therefore hold, for that shard, exactly the state as of that
-snapshot, never anything newer (DESIGN.md section 4: ignoring this left 4,453
+snapshot, never anything newer (docs/design.md#state-never-runs-ahead-of-bytewax: ignoring this left 4,453
 of 5,000 keys wrong after a kill -9). So writes collect in memory during an
 epoch; `commit()` (called from the Bytewax `snapshot()`) writes them in one
 atomic batch as generation `g`, together with the values they replace, and

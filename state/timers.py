@@ -2,7 +2,7 @@
 
 A timer is a key `<prefix> <due: 8 bytes> <kind: 1 byte> <owner length: 1 byte> <owner> <payload>` with
 an empty value, so timers are ordered by due time, then kind, then owner, then payload, and a shard
-resumed from its state has them all (Bytewax's own timers are wall-clock: DESIGN.md section 4). The
+resumed from its state has them all (Bytewax's own timers are wall-clock: docs/design.md#bytewax-timers-are-wall-clock). The
 owner's length is in the key, so decoding needs no knowledge of id formats.
 
 In memory a queue keeps only the earliest timers, at most `in_memory`, in a heap: every timer key
