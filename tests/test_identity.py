@@ -203,7 +203,7 @@ def test_a_merge_keeps_limits_of_expired_identifiers_out(tmp_path: Path) -> None
 
 # -- the real-data cross-check ----------------------------------------------------
 
-PRIORITY = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")  # DESIGN.md: strongest first
+PRIORITY = ("auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id")  # docs/semantics.md, Identity: strongest first
 
 
 def independent_components(recording: Path, refused: list[dict[str, Any]]) -> list[set[tuple[str, str]]]:

@@ -1,4 +1,4 @@
-"""The trigger rules and the policy, scenario by scenario (DESIGN.md section 3), on the real operators."""
+"""The trigger rules and the policy, scenario by scenario (docs/semantics.md, Rules and policy), on the real operators."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The triggers of a replay of real data equal an independent computation of DESIGN.md section 3.
+"""The triggers of a replay of real data equal an independent computation of docs/semantics.md's rules.
 
 The recording (tests/recordings.py `omnichannel_recording`): real Taobao clickstream, real bakery
 receipts, real GeoLife GPS traces carried by shoppers' phones, stores where those traces dwell, and
@@ -46,7 +46,7 @@ def quiet_hours_end(ts_ms: int) -> int:
 
 
 class IndependentRules:
-    """DESIGN.md section 3, written plainly: dictionaries, a heap of deadlines, SQLite for the offers."""
+    """docs/semantics.md's rules, written plainly: dictionaries, a heap of deadlines, SQLite for the offers."""
 
     def __init__(self, config: Config) -> None:
         self.delay = {"cart_abandoned": int(config.cart_abandoned_after_s * 1000),

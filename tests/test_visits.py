@@ -1,5 +1,5 @@
 """Store visits: the H3 store index at its radius edges, the noise cases of issue 4, lateness, state, and
-the real GeoLife traces against an independent computation of the definition (DESIGN.md section 3)."""
+the real GeoLife traces against an independent computation of the definition (docs/semantics.md, Store visits)."""
 
 from __future__ import annotations
 
