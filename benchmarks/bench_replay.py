@@ -13,7 +13,7 @@ first run's: they must be byte-identical.
 
 A replay has no per-record latency worth the name (it reads as fast as the
 flow takes records); latency percentiles are live mode's, `bench_live.py`.
-The floor is DESIGN.md section 5's ~10 µs an event for a Python flow.
+The floor is ~10 µs an event for a Python flow (docs/design.md#per-event-cost-floor).
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def main() -> int:
         print(f"  {name:26s} {seconds / records * 1e6:9.1f} {records / seconds:10,.0f} "
               f"{percentile(per_batch[name], 0.5) * 1000:8.2f}ms {percentile(per_batch[name], 0.99) * 1000:8.2f}ms")
     print(f"  {'total':26s} {total / records * 1e6:9.1f} {records / total:10,.0f}   "
-          f"({total / records * 1e6 / 10:.1f}x the 10 µs floor of DESIGN.md section 5)")
+          f"({total / records * 1e6 / 10:.1f}x the 10 µs floor of docs/design.md#per-event-cost-floor)")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else ""))

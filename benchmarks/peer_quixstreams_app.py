@@ -85,7 +85,7 @@ from quixstreams.models.topics.topic import TopicConfig  # noqa: E402
 # -- Running against librdkafka's mock cluster ---------------------------------------------------------
 # quixstreams 3.28 asks the broker for each topic's config with DescribeConfigs (`TopicAdmin.inspect_topics`),
 # which librdkafka's mock cluster does not implement, and creates missing topics with CreateTopics, which the
-# mock never answers ("waiting for controller"; DESIGN.md section 6). So inspect_topics is replaced by one that
+# mock never answers ("waiting for controller"; docs/design.md#mock-cluster-limits). So inspect_topics is replaced by one that
 # builds each TopicConfig from list_topics metadata (partitions, replication factor 1, retention.ms and
 # retention.bytes unlimited, which is what derive_topic_config reads), and create_topics by one that refuses:
 # bench_peer.py creates every topic this app needs (`--list-topics` names them) in the mock beforehand.
