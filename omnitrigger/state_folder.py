@@ -78,6 +78,8 @@ SETUP_MARKER = "setup-in-progress"
 _held_locks: dict[Path, int] = {}
 
 _NO_SPACE = "No space left on device"
+#: Bytewax's recovery store is SQLite, which says a full disk its own way.
+_SQLITE_FULL = ("database or disk is full", "DiskFull")
 _UNWRITABLE = re.compile(r"Permission denied|Read-only file system|Operation not permitted")
 
 _NAMES = {"processes": "--processes", "rule_shards": "[rules] shards", "input_topics": "input topics"}
@@ -426,7 +428,8 @@ def raise_if_corrupted(state_dir: Path, error: BaseException) -> None:
         if isinstance(cause, PartFileError):
             raise PartFileError(str(cause)) from None
         text = str(cause)
-        if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or _NO_SPACE in text:
+        if (isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or _NO_SPACE in text \
+                or any(marker in text for marker in _SQLITE_FULL):
             raise no_space(state_dir) from None
         if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise not_writable(Path(cause.filename).parent if cause.filename else state_dir, cause) from None
