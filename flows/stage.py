@@ -21,7 +21,7 @@ from bytewax.operators import StatefulBatchLogic
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.operators.router import ShardRouter, shard_key
-from omnitrigger.operators.rules import Rules, rule_topics
+from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import StageChain
 from omnitrigger.records import Emitted, Event
 from omnitrigger.state import ShardState, open_store
@@ -66,7 +66,7 @@ def sequencer_builder(state_path: Path, factories: list[OperatorFactory], config
         states = [counter_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
-        router = ShardRouter(config.rule_shards, rule_topics(config)) if route_to_rules else None
+        router = ShardRouter(config.rule_shards, rule_topics(config), broadcast_topics(config)) if route_to_rules else None
         return _SequencerLogic(StageChain(operators, counter_state, emit_events), states, router)
 
     return build

@@ -76,6 +76,8 @@ HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
 #: first time, also "new_types" (their types), "known_types" (the types the customer had already) and "source"
 #: (the input record's id).
 IDENTITY_TOPIC = "omnitrigger.identity"
+#: The stock of a product in a store or online (an input topic, broadcast to every rules shard).
+INVENTORY_TOPIC = "inventory.levels"
 #: A device's store visit was confirmed: body is the visit (operators/visits.py).
 VISIT_CONFIRMED = "omnitrigger.visit_confirmed"
 

@@ -10,8 +10,10 @@ triggers identical. A merge goes to both customers' shards: the loser's
 retires its state, the winner's absorbs its history (one copy, role
 "both", when they share a shard).
 
-Events no rule reads (geo pings, identity links, events with no customer)
-stop here. Nothing is stored: after a restart a shard may hear a watermark
+Stock levels (`inventory.levels`, when a rule reads them) go to every
+shard, in order like everything else: each shard keeps the levels its
+customers' rules need. Events no rule reads (geo pings, identity links,
+events with no customer) stop here. Nothing is stored: after a restart a shard may hear a watermark
 twice, which changes nothing.
 """
 
@@ -35,10 +37,13 @@ def shard_key(shard: int) -> str:
 
 
 class ShardRouter:
-    def __init__(self, shards: int, topics: frozenset[str] = RULE_TOPICS) -> None:
-        """`topics`: what the rules read (`rule_topics(config)`); the rest stops here."""
+    def __init__(self, shards: int, topics: frozenset[str] = RULE_TOPICS,
+                 broadcast: frozenset[str] = frozenset()) -> None:
+        """`topics`: what the rules read of a customer (`rule_topics(config)`); `broadcast`: what every shard
+        reads, customer or not (stock levels: `broadcast_topics(config)`); the rest stops here."""
         self.shards = shards
         self.topics = topics
+        self.broadcast = broadcast
         self.watermark_ms = 0
         self._told: dict[int, int] = {}  # shard -> the last watermark it was sent
 
@@ -60,6 +65,9 @@ class ShardRouter:
                     self._send(routed, winner_shard, event._replace(body={**event.body, "role": "absorb"}))
             elif event.customer is not None and (topic in self.topics or topic == IDENTITY_TOPIC):
                 self._send(routed, shard_of(event.customer, self.shards), event)
+            elif topic in self.broadcast:
+                for shard in range(self.shards):
+                    self._send(routed, shard, event)
         if last_seq >= 0:
             for shard in range(self.shards):
                 if self._told.get(shard, 0) < self.watermark_ms:

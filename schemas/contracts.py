@@ -9,7 +9,9 @@ from typing import Any
 from omnitrigger.schemas.acceptor import compile_acceptor
 from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler, depth_exceeds
 
-INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes")
+INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes", "inventory.levels")
+#: Input topics a live job reads when they exist and does without otherwise (their rules then see no data).
+OPTIONAL_INPUT_TOPICS = ("inventory.levels",)
 
 DAY_MS = 86_400_000
 #: Default `[contracts] max_depth`: events nest about 3 levels (body, items, item); a deeper record is a dead letter.

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import orjson
 import pytest
 
 from conftest import replay
@@ -25,7 +26,7 @@ from omnitrigger.config import Config
 from omnitrigger.operators import OPERATORS, StageOperator
 from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
-from omnitrigger.schemas import Contracts
+from omnitrigger.schemas import ContractViolation, Contracts, parse_event_time
 from omnitrigger.state import RocksDBStore, ShardState
 from geolife import load_rows, ping_bodies, place_stores, write_stores_csv
 from recordings import identity_recording, omnichannel_recording, receipts_with_redeliveries, taobao_web_events
@@ -195,6 +196,8 @@ JOURNEYS = (
                             ("starts_on", ("begin_checkout", "add_to_cart")))),
     ("replenishment", (("kind", "replenishment"),)),
     ("welcome", (("kind", "welcome"),)),
+    ("back_in_stock", (("kind", "back_in_stock"),)),
+    ("store_visit_offer", (("min_stock", 1),)),
 )
 
 
@@ -208,7 +211,30 @@ def demo_recording(folder: Path) -> Path:
     generator.write_stores(folder / CASE_STORES)
     (folder / "catalog.csv").write_text("product_id,category,repurchase_days\n" + "".join(
         f"{product},demo,\n" for product in generator.products) + ",demo,3\n")
+    # Stock levels: every other product out of stock online and in the first store for the first half day.
+    first = min(orjson.loads(line)["ts_ms"] for line in _events_of(recording / "web.events.jsonl"))
+    store = generator_store(folder / CASE_STORES)
+    write_lines(recording / "inventory.levels.jsonl", [
+        {"event_id": f"s-{n}-{where}-{phase}", "ts": first + phase * 43_200_000 - 3_600_000, "store_id": where,
+         "product_id": product, "qty": (0 if n % 2 == 0 else 7) if phase == 0 else 9}
+        for phase in (0, 1) for n, product in enumerate(generator.products) for where in ("online", store)])
     return recording
+
+
+def _events_of(path: Path) -> list[bytes]:
+    """Each valid line's body with its event time, as JSON lines ({"ts_ms": ...})."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        try:
+            body = orjson.loads(line)
+            out.append(orjson.dumps({"ts_ms": parse_event_time(body["ts"])}))
+        except (orjson.JSONDecodeError, ContractViolation, KeyError, TypeError):
+            continue
+    return out
+
+
+def generator_store(stores_csv: Path) -> str:
+    return stores_csv.read_text().splitlines()[1].split(",")[0]
 
 
 def assert_conformant(name: str, recording: Path, tmp_path: Path, config: Config, rule: str | None = None) -> None:

@@ -12,7 +12,8 @@ or a file with a `Rule` subclass for a new kind.
 
 from omnitrigger.operators.rules.host import RECIPIENT_TYPES, Rules
 from omnitrigger.operators.rules.registry import (
-    BUILT_IN_RULES, KINDS, RuleConfigError, configured_rules, register_kind, rule_layout, rule_names, rule_topics,
+    BUILT_IN_RULES, KINDS, RuleConfigError, broadcast_topics, configured_rules, register_kind, rule_layout, rule_names,
+    rule_topics,
 )
 from omnitrigger.operators.rules.rule import Rule, RuleContext, iso, trigger_id
 
@@ -21,5 +22,5 @@ RULES = BUILT_IN_RULES
 CART, BROWSE, OFFER = BUILT_IN_RULES
 
 __all__ = ["BROWSE", "BUILT_IN_RULES", "CART", "KINDS", "OFFER", "RECIPIENT_TYPES", "RULES", "Rule", "RuleConfigError",
-           "RuleContext", "Rules", "configured_rules", "iso", "register_kind", "rule_layout", "rule_names",
+           "RuleContext", "Rules", "broadcast_topics", "configured_rules", "iso", "register_kind", "rule_layout", "rule_names",
            "rule_topics", "trigger_id"]

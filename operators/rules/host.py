@@ -8,6 +8,8 @@ What the host keeps, so no rule does (namespace "rules", one per shard; keys by 
     I <customer>             -> [[type, value], ...]         its identifiers: a trigger's recipient
     <code> <customer> 0 <product> -> [due, set_ms, [evidence ids]]   a rule's pending deadline
     M <code> <customer> 0 <subject> -> value                a rule's own memory (ctx.remember), with an expiry
+    S <store> 0 <product>    -> [qty, ts]                    the latest stock level (inventory.levels, when read)
+    W <code> <product> 0 <customer> -> b""                   who waits for a product (ctx.watch), with an expiry
     T <due> <code> <len> <customer> <product>  -> b""        its timer (state/timers.py)
 plus the policy's C, F and G keys (operators/policy.py).
 
@@ -42,7 +44,7 @@ from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.operators.rules.registry import HOST_TOPICS, configured_rules
 from omnitrigger.operators.rules.rule import Pending, Rule, iso, trigger_id
 from omnitrigger.records import (
-    IDENTITY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
+    IDENTITY_TOPIC, INVENTORY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
     is_returned_line,
 )
 from omnitrigger.state import ShardState
@@ -56,7 +58,7 @@ RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id
                    "sms": ("phone", "auth_id", "loyalty_id")}
 _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
-_VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY = b"V", b"P", b"R", b"I", b"M"
+_VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY, _STOCK, _WATCH = b"V", b"P", b"R", b"I", b"M", b"S", b"W"
 
 
 class Rules(StageOperator):
@@ -98,6 +100,8 @@ class Rules(StageOperator):
             topic = event.topic
             if topic == WATERMARK_TOPIC:
                 self._advance(event.ts_ms)
+            elif topic == INVENTORY_TOPIC:
+                self._on_stock(event)
             elif event.customer is None:
                 continue
             elif topic in HOST_TOPICS:
@@ -188,6 +192,42 @@ class Rules(StageOperator):
         prefix = owner_prefix(_VIEW, customer)
         return [(subject_of(key, len(prefix)), *orjson.loads(value))
                 for key, value in self.state.scan(prefix, end_of(prefix))]
+
+    def _on_stock(self, event: Event) -> None:
+        """A stock level: kept per (store, product), the latest by event time winning; rules hear of changes."""
+        body = event.body
+        store, product, qty = str(body["store_id"]), body["product_id"], body["qty"]
+        key = _stock_key(store, product)
+        raw = self.state.get(key)
+        previous = orjson.loads(raw) if raw is not None else None
+        if previous is not None and previous[1] > event.ts_ms:
+            return  # an older level, late: the newer one stands
+        self.state.put(key, orjson.dumps([qty, event.ts_ms]))
+        evidence = str(body.get("event_id") or f"stock:{store}:{product}:{event.ts_ms}")
+        for rule in self.rules:
+            rule.on_stock(self, store, product, qty, previous[0] if previous is not None else None, event.ts_ms,
+                          evidence)
+
+    def stock(self, store: str, product: Any) -> float | None:
+        """Units of `product` in `store` ("online": the web shop) by the latest level, or None if never told."""
+        raw = self.state.get(_stock_key(store, product))
+        return orjson.loads(raw)[0] if raw is not None else None
+
+    def watch(self, rule: Rule, product: Any, customer: str, expires_ms: int) -> None:
+        """Note that `customer` waits for `product` (an index by product; retired customers drop out when read)."""
+        self.state.put(_watch_key(rule, product, customer), b"", expires_ms)
+
+    def watchers(self, rule: Rule, product: Any) -> list[str]:
+        """The customers watching `product` for `rule`, each once; the index entries are removed."""
+        start = _watch_key(rule, product, "")
+        customers = []
+        for key, _ in self.state.scan(start, end_of(start), self.watermark_ms):
+            self.state.delete(key)
+            customers.append(key[len(start):].decode())
+        return customers
+
+    def forget(self, rule: Rule, customer: str, subject: Any) -> None:
+        self.state.delete(owned_key(_MEMORY + bytes((rule.code,)), customer, subject))
 
     def is_quiet(self, ts_ms: int, store: str | None = None) -> bool:
         return self.store_quiet.get(store, self.quiet).is_quiet(ts_ms) if store else self.quiet.is_quiet(ts_ms)
@@ -341,6 +381,14 @@ class Rules(StageOperator):
                     for rule in self.rules:
                         rule.on_identity(self, winner, event_body, ts_ms)
             self.replaying = False
+
+
+def _stock_key(store: str, product: Any) -> bytes:
+    return owned_key(_STOCK, store, product)
+
+
+def _watch_key(rule: Rule, product: Any, customer: str) -> bytes:
+    return _WATCH + bytes((rule.code,)) + orjson.dumps(product) + b"\x00" + customer.encode()
 
 
 def wall_clock_ms() -> int:

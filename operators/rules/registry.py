@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omnitrigger.operators.rules.abandonment import START_TYPES, Abandonment
+from omnitrigger.operators.rules.back_in_stock import BackInStock
 from omnitrigger.operators.rules.replenishment import Replenishment
 from omnitrigger.operators.rules.rule import Rule
 from omnitrigger.operators.rules.store_visit_offer import StoreVisitOffer
@@ -29,7 +30,7 @@ from omnitrigger.operators.rules.welcome import Welcome
 #: Topics whose records every rule sees through the host (facts it keeps, and consent for the policy).
 HOST_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})
 #: Key prefixes the host and the policy use in the rules namespace: no rule may take one as its code.
-RESERVED_CODES = frozenset(b"CFGIMPRTV")
+RESERVED_CODES = frozenset(b"CFGIMPRSTVW")
 
 KINDS: dict[str, type[Rule]] = {}
 
@@ -44,7 +45,7 @@ def register_kind(kind: type[Rule]) -> type[Rule]:
     return kind
 
 
-for _kind in (Abandonment, StoreVisitOffer, Welcome, Replenishment):
+for _kind in (Abandonment, StoreVisitOffer, Welcome, Replenishment, BackInStock):
     register_kind(_kind)
 
 
@@ -65,7 +66,7 @@ class BuiltIn:
                     "after": config.browse_abandoned_after_s, "restart": "keep_first", "group_window": 0.0,
                     "replaces": (), "replace_reason": "", "quiet_hours": True}
         return {"quiet_hours": config.offer_quiet_hours, "lookback": config.offer_lookback_s,
-                "max_products": config.offer_max_products}
+                "max_products": config.offer_max_products, "min_stock": 0}
 
 
 #: The built-in rules, in the order the host calls them (a cart deadline fires before a browse one due
@@ -204,6 +205,11 @@ def rule_topics(config: Any) -> frozenset[str]:
     return frozenset(topics)
 
 
+def broadcast_topics(config: Any) -> frozenset[str]:
+    """Topics every rules shard reads whatever the customer (stock levels), when a rule needs them."""
+    return frozenset(topic for rule in configured_rules(config) for topic in rule.broadcast_topics)
+
+
 def longest_delay_ms(config: Any) -> int:
     return max((rule.delay_ms() for rule in configured_rules(config)), default=0)
 
@@ -256,7 +262,14 @@ def _settings_of_abandonment() -> dict[str, Any]:
 def _settings_of_offer() -> dict[str, Any]:
     from omnitrigger.config import _boolean, _positive_int, parse_duration_s
 
-    return {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int}
+    def whole(value: Any, name: str) -> int:
+        from omnitrigger.config import ConfigError
+
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{name}: expected a whole number of units, 0 or more, got {value!r}")
+        return value
+
+    return {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int, "min_stock": whole}
 
 
 def _settings_of_welcome() -> dict[str, Any]:
@@ -265,6 +278,20 @@ def _settings_of_welcome() -> dict[str, Any]:
 
     return {"identifiers": lambda value, name: _event_types(value, name, IDENTIFIER_TYPES),
             "after": parse_duration_s, "quiet_hours": _boolean}
+
+
+def _duration() -> Any:
+    from omnitrigger.config import parse_duration_s
+
+    return parse_duration_s
+
+
+def _store_name(value: Any, name: str) -> str:
+    from omnitrigger.config import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise ConfigError(f"{name}: expected \"online\" or a store id, got {value!r}")
+    return str(value)
 
 
 def _settings_of_replenishment() -> dict[str, Any]:
@@ -277,6 +304,7 @@ Abandonment.settings = _settings_of_abandonment()
 Abandonment.default_settings = {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
                                 "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
 StoreVisitOffer.settings = _settings_of_offer()
-StoreVisitOffer.default_settings = {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5}
+StoreVisitOffer.default_settings = {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5, "min_stock": 0}
+BackInStock.settings = {"store": lambda value, name: _store_name(value, name), "within": _duration()}
 Welcome.settings = _settings_of_welcome()
 Replenishment.settings = _settings_of_replenishment()

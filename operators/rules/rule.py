@@ -16,6 +16,8 @@ history through the same hooks with `ctx.replaying` set, to rebuild state withou
                                                    products bought in any channel (web, app, pos);
                                                    returned lines are left out
     on_visit(ctx, customer, visit, ts_ms)          a confirmed store visit (operators/visits.py)
+    on_stock(ctx, store, product, qty, previous, ts_ms, evidence)
+                                                   a stock level (inventory.levels; store "online" for the web)
     on_identity(ctx, customer, change, ts_ms)      identifiers seen for the first time: change["new_types"],
                                                    change["known_types"], change["source"]
     on_due(ctx, customer, product, pending)        a pending deadline is due (already removed)
@@ -64,6 +66,10 @@ class RuleContext(Protocol):
     def pending_of(self, rule: "Rule", customer: str) -> list[tuple[Any, Pending]]: ...
     def drop_pending(self, rule: "Rule", customer: str, product: Any) -> None: ...
     def remember(self, rule: "Rule", customer: str, subject: Any, value: Any, expires_ms: int) -> None: ...
+    def forget(self, rule: "Rule", customer: str, subject: Any) -> None: ...
+    def stock(self, store: str, product: Any) -> float | None: ...
+    def watch(self, rule: "Rule", product: Any, customer: str, expires_ms: int) -> None: ...
+    def watchers(self, rule: "Rule", product: Any) -> list[str]: ...
     def recall(self, rule: "Rule", customer: str, subject: Any) -> Any: ...
     def schedule(self, rule: "Rule", customer: str, product: Any, set_ms: int, event_id: str,
                  evidence: list[str] | None = None, delay_ms: int | None = None) -> None: ...
@@ -92,6 +98,8 @@ class Rule:
     #: Topics the kind reads besides the host's facts (web events, receipts, consents): routed to the
     #: rules shards (operators/router.py) and journaled across merges (operators/history.py).
     topics: ClassVar[frozenset[str]] = frozenset()
+    #: Topics every rules shard must see whatever their customer (stock levels): `on_stock` gets them.
+    broadcast_topics: ClassVar[frozenset[str]] = frozenset()
     #: Whether its triggers use where the customer is (then the policy asks for location consent).
     uses_location: ClassVar[bool] = False
     #: Defaults of its settings in a table that declares a rule of this kind (None: the table must give it).
@@ -122,6 +130,11 @@ class Rule:
 
     def on_visit(self, ctx: RuleContext, customer: str, visit: dict[str, Any], ts_ms: int) -> None:
         pass
+
+    def on_stock(self, ctx: RuleContext, store: str, product: Any, qty: float, previous: float | None,
+                 ts_ms: int, evidence: str) -> None:
+        """A stock level changed (only for kinds whose `broadcast_topics` has INVENTORY_TOPIC); `previous` is
+        the level before (None: not known)."""
 
     def on_identity(self, ctx: RuleContext, customer: str, change: dict[str, Any], ts_ms: int) -> None:
         """Identifiers seen for the first time (only for kinds whose `topics` has IDENTITY_TOPIC)."""

@@ -11,13 +11,14 @@ asks for the customer's location consent (`[policy] require_location_consent`).
     quiet_hours = false
     lookback = "24h"
     max_products = 5
+    min_stock = 0           # leave out products the store has fewer units of (inventory.levels); 0: off
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from omnitrigger.records import VISIT_CONFIRMED
+from omnitrigger.records import INVENTORY_TOPIC, VISIT_CONFIRMED
 from omnitrigger.operators.rules.rule import Rule, RuleContext
 
 
@@ -31,11 +32,15 @@ class StoreVisitOffer(Rule):
         self.quiet_hours: bool = settings["quiet_hours"]
         self.lookback_ms = int(settings["lookback"] * 1000)
         self.max_products: int = settings["max_products"]
+        self.min_stock: int = settings["min_stock"]
+        # Stock levels reach the rules shards only when an offer or a rule reads them.
+        self.broadcast_topics = frozenset({INVENTORY_TOPIC}) if self.min_stock > 0 else frozenset()
 
     def on_visit(self, ctx: RuleContext, customer: str, visit: dict[str, Any], ts_ms: int) -> None:
+        store = visit["store_id"]
         viewed = [(view_ts, str(product), product, event_id) for product, view_ts, event_id in ctx.views(customer)
                   if ts_ms - self.lookback_ms <= view_ts < ts_ms
-                  and not ctx.bought_since(customer, product, view_ts)]
+                  and not ctx.bought_since(customer, product, view_ts) and self._in_stock(ctx, store, product)]
         if not viewed:
             return
         viewed.sort(reverse=True)
@@ -46,3 +51,10 @@ class StoreVisitOffer(Rule):
             ctx.suppress(self, customer, products, ts_ms, "quiet_hours", evidence, visit["store_id"])
             return
         ctx.decide(self, customer, products, ts_ms, visit["store_id"], evidence, subject=visit["visit_id"])
+
+    def _in_stock(self, ctx: RuleContext, store: str, product: Any) -> bool:
+        """With `min_stock`, a product the store has fewer units of is left out (an unknown level is not)."""
+        if self.min_stock <= 0:
+            return True
+        level = ctx.stock(str(store), product)
+        return level is None or level >= self.min_stock
