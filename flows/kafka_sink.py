@@ -1,5 +1,5 @@
 """Bytewax sink publishing the output streams to Kafka: triggers, suppressed, visits, dead letters,
-retractions and identity changes.
+retractions, identity changes, refused identity links and dropped duplicates.
 
 Each record goes to its stream's topic as JSON (sorted keys), keyed by its
 `customer_id` when it has one, so one customer's records stay in order on
@@ -40,7 +40,10 @@ triggers topic (sent before a crash, re-decided later by the wall clock) is
 dropped: that trigger did go out. Identity changes go to the compacted
 identities topic keyed by customer id, a merged-away customer as a
 tombstone (a null value), so the topic compacts to each customer's
-current identifiers.
+current identifiers. Refused links and duplicates are written as a replay's
+`--refused-links` and `--duplicates` files hold them (no customer id, so no
+key), and counted (`omnitrigger_refused_links_total{reason}`,
+`omnitrigger_duplicates_total{topic}`) even when their topic is "".
 
 Headers: triggers carry `trigger_id`; dead letters carry `source_topic`,
 `source_partition`, `source_offset` and `reason` (the value is the dead
@@ -61,7 +64,9 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from omnitrigger import metrics
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
-from omnitrigger.records import DEAD_LETTERS, IDENTITIES, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted
+from omnitrigger.records import (
+    DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted,
+)
 from omnitrigger.schemas import ContractViolation, parse_event_time
 
 log = logging.getLogger("omnitrigger.live.sink")
@@ -193,6 +198,8 @@ class _KafkaOutput(StatelessSinkPartition):
             for emitted in emitted_list:
                 topic = self.topics.get(emitted.stream)
                 if topic is None:
+                    if emitted.stream in (DUPLICATES, REFUSED_LINKS):  # not published, but counted
+                        _count(emitted)
                     continue
                 record = emitted.record
                 headers: list[tuple[str, bytes]] = []
@@ -229,6 +236,8 @@ class _KafkaOutput(StatelessSinkPartition):
                     metrics.VISITS.inc()
                 elif emitted.stream == RETRACTIONS:
                     metrics.RETRACTIONS.labels(str(record.get("rule"))).inc()
+                elif emitted.stream in (DUPLICATES, REFUSED_LINKS):
+                    _count(emitted)
                 if emitted.stream in (TRIGGERS, SUPPRESSED, RETRACTIONS):  # the emit time is the wall clock live
                     record = {**record, "emitted_at": _wall_clock_iso()}
                 key = record.get("customer_id")
@@ -278,6 +287,14 @@ class _KafkaOutput(StatelessSinkPartition):
 
     def close(self) -> None:
         self.producer.flush(self.timeout_s)
+
+
+def _count(emitted: Emitted) -> None:
+    """Count a dropped duplicate by its (contract) topic, a refused link by its reason."""
+    if emitted.stream == DUPLICATES:
+        metrics.DUPLICATES.labels(str(emitted.record.get("topic"))).inc()
+    else:
+        metrics.REFUSED_LINKS.labels(str(emitted.record.get("reason"))).inc()
 
 
 def due_ms(record: dict[str, Any]) -> int | None:

@@ -19,7 +19,9 @@ from confluent_kafka import (
 )
 
 from omnitrigger.config import Config
-from omnitrigger.records import DEAD_LETTERS, IDENTITIES, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS
+from omnitrigger.records import (
+    DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
+)
 from omnitrigger.schemas import INPUT_TOPICS
 
 #: Header carrying the wall-clock time (epoch ms, ASCII) at which `publish` sent a record.
@@ -39,14 +41,18 @@ def input_topics(config: Config) -> dict[str, str]:
 
 
 def output_topics(config: Config) -> dict[str, str]:
-    """Output stream -> Kafka topic. Other streams (stats, duplicates, events) are not published; identity
-    changes only while `[kafka] identities_topic` is not "" (the topic should be compacted)."""
+    """Output stream -> Kafka topic. Other streams (stats, events) are not published; identity changes,
+    refused links and duplicates only while their `[kafka] ..._topic` is not "" (identities: compacted)."""
     prefix = config.kafka_topic_prefix
     topics = {TRIGGERS: prefix + config.kafka_triggers_topic, SUPPRESSED: prefix + config.kafka_suppressed_topic,
               VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic,
               RETRACTIONS: prefix + config.kafka_retractions_topic}
     if config.kafka_identities_topic:
         topics[IDENTITIES] = prefix + config.kafka_identities_topic
+    if config.kafka_refused_links_topic:
+        topics[REFUSED_LINKS] = prefix + config.kafka_refused_links_topic
+    if config.kafka_duplicates_topic:
+        topics[DUPLICATES] = prefix + config.kafka_duplicates_topic
     return topics
 
 
