@@ -37,6 +37,14 @@ offsets at or past those; the source hands them to this process's sinks
 (flows/kafka_sink.py `TriggersReadBack`), which read the topic back from
 there and drop the trigger ids already sent.
 
+Operations (docs/monitoring.md). The consumer's statistics (one report a
+second, served inside `consume`) give each input partition's lag, to
+`omnitrigger_consumer_lag_messages` and to /readyz (`metrics.READINESS`);
+`snapshot()` marks the snapshot age's clock (`metrics.SNAPSHOTS`); and every
+`[kafka] progress_interval` one "progress" line says what came in, what went
+out and how far behind the job is. All of it once a second or less, never
+per record.
+
 Broker outages are watched and reported by `omnitrigger.live.BrokerWatch`
 (its own thread: the flow's thread can be blocked for the whole outage in the
 sink's flush); the source only asks it whether one is under way, so the merge
@@ -143,6 +151,36 @@ class _TriggerEnds:
         self._stop.set()
 
 
+class _Progress:
+    """The "progress" line every `interval_s` (0: none): records in since the last line and in all, triggers
+    acknowledged by this process's sinks (`omnitrigger_triggers_total`), dead letters, the input's consumer lag
+    and the snapshot age. The source adds what it read once a second; `due` is one comparison."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.records = 0  # read since the start (added once a second)
+        self._last = time.monotonic()
+        self._records = 0
+        self._triggers = metrics.counter_total(metrics.TRIGGERS)
+        self._dead_letters = metrics.counter_total(metrics.DEAD_LETTERS)
+
+    def due(self, now: float) -> bool:
+        return self.interval_s > 0 and now - self._last >= self.interval_s
+
+    def log(self, now: float, seq: int) -> None:
+        triggers = metrics.counter_total(metrics.TRIGGERS)
+        dead_letters = metrics.counter_total(metrics.DEAD_LETTERS)
+        age = metrics.SNAPSHOTS.age_s()
+        log.info("progress", extra={"fields": {
+            "records_in": self.records - self._records, "records_in_total": self.records,
+            "triggers_out": int(triggers - self._triggers), "triggers_out_total": int(triggers),
+            "dead_letters": int(dead_letters - self._dead_letters),
+            "consumer_lag": metrics.READINESS.lag_total(),
+            "snapshot_age_s": round(age, 1) if age is not None else None,
+            "seq": seq, "interval_s": round(now - self._last, 1)}})
+        self._last, self._records, self._triggers, self._dead_letters = now, self.records, triggers, dead_letters
+
+
 class _KafkaPartition(StatefulSourcePartition):
     def __init__(self, brokers: str, config: Config, parts: dict[tuple[str, int], str], resume_state: Any,
                  shutdown: Shutdown, heartbeats: bool, outage: Callable[[], tuple[bool, int]] | None = None,
@@ -160,6 +198,9 @@ class _KafkaPartition(StatefulSourcePartition):
             Pseudonymizer(key_from_environment(), config.default_country_code),
             max_clock_skew_ms=int(config.max_clock_skew_s * 1000)))
         self.merger = EventTimeMerger(sorted(parts), resume_state, config.kafka_merge_wait_s)
+        metrics.SNAPSHOTS.started()
+        metrics.READINESS.reading(set(parts), config.kafka_ready_max_lag)
+        self._progress = _Progress(config.kafka_progress_interval_s)
         self.batch_size = config.batch_size
         self.shutdown = shutdown
         self.heartbeats = heartbeats and config.kafka_heartbeat_interval_s > 0
@@ -222,12 +263,24 @@ class _KafkaPartition(StatefulSourcePartition):
         if brokers_up and self._await_up_after is not None and stats.get("time", 0) > self._await_up_after \
                 and not self.outage()[0]:
             self._back_online()
+        lags: dict[tuple[str, int], int] = {}
+        queues = self.merger.queues
         for topic, topic_stats in stats.get("topics", {}).items():
             for partition, partition_stats in topic_stats.get("partitions", {}).items():
-                # No committed offsets (positions live in the snapshot): lag = end offset - next offset to read.
-                high, position = partition_stats.get("hi_offset", -1), partition_stats.get("app_offset", -1)
-                if partition != "-1" and high >= 0:
-                    metrics.CONSUMER_LAG.labels(topic, partition).set(max(0, high - max(position, 0)))
+                high = partition_stats.get("hi_offset", -1)
+                if partition == "-1" or high < 0 or (topic, int(partition)) not in queues:
+                    continue
+                part = (topic, int(partition))
+                # No committed offsets (positions live in the snapshot): lag = end offset - next offset to read,
+                # the furthest of what librdkafka handed out, what was read here, an end mark, the resumed
+                # offset and the earliest offset still there (app_offset is unset until a message is read).
+                position = max(partition_stats.get("app_offset", -1), self._next_fetch.get(part, -1),
+                               self._end_seen.get(part, -1), self.merger.start_offset(part),
+                               partition_stats.get("lo_offset", -1), 0)
+                lags[part] = max(0, high - position)
+                metrics.CONSUMER_LAG.labels(topic, partition).set(lags[part])
+        if lags:
+            metrics.READINESS.report_lag(lags)
 
     def _back_online(self) -> None:
         """The consumer is connected again: partitions still waiting for data wait `merge_wait` from now."""
@@ -381,7 +434,10 @@ class _KafkaPartition(StatefulSourcePartition):
         self._last_metrics = now
         for topic, count in self._events_in.items():
             metrics.EVENTS_IN.labels(topic).inc(count)
+            self._progress.records += count
         self._events_in.clear()
+        if self._progress.due(now):
+            self._progress.log(now, self.merger.next_seq)
         wall_ms = time.time() * 1000
         for (topic, partition), queue in self.merger.queues.items():
             if queue.max_ts > 0:
@@ -399,6 +455,7 @@ class _KafkaPartition(StatefulSourcePartition):
         return []
 
     def snapshot(self) -> Any:
+        metrics.SNAPSHOTS.taken()
         if self._snapshots_since_shutdown >= 0:
             self._snapshots_since_shutdown += 1
         state = self.merger.snapshot()
