@@ -5,9 +5,6 @@ the code relies on from them is now docs/design.md, and the exact trigger semant
 So no tracked file may cite the shared notes by name, and every citation of the form
 `docs/<file>.md#<anchor>` must name a file that exists and a heading in it (anchors as GitHub makes
 them: lower case, punctuation dropped, spaces turned to hyphens). A bare `docs/<file>.md` must exist.
-
-README.md is left out of both checks for now: it still cites the shared notes and its lead will move it
-to docs/design.md. Take it out of `EXCLUDED` then.
 """
 
 from __future__ import annotations
@@ -19,8 +16,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-#: Files neither check reads yet (see the module docstring).
-EXCLUDED = {"README.md"}
+#: Files neither check reads.
+EXCLUDED: set[str] = set()
 #: The shared notes' file name, spelt so that this file does not cite it.
 SHARED_NOTES = "DESIGN" + ".md"
 CITATION = re.compile(r"docs/([A-Za-z0-9_.-]+?\.md)(?:#([\w-]+))?")
