@@ -1,12 +1,28 @@
-"""The two things that flow between stages: events and emitted output records.
+"""What flows between operators and stages: events, control records and emitted output records.
 
-Both are NamedTuples: cheap to build, to compare and to pickle between the
-processes of a Bytewax cluster.
+All are module-level NamedTuples: cheap to build, to compare and to pickle
+between the processes of a Bytewax cluster. An operator's list holds events
+and control records mixed, in input order; it dispatches on the record's
+type (`type(item) is Merge`), and passes on what it does not handle.
+
+Control records (`Watermark`, `Merge`, `Heartbeat`) tell operators how to
+handle their state: the clock moved, two customers became one, an idle
+source's wall clock. They are not events: no contract, no topic, not counted.
+
+Two records operators make stay `Event`s with an internal topic
+(`IDENTITY_TOPIC`, `VISIT_CONFIRMED`): they are facts of one customer, which
+go every way an input event goes, by topic: routed to the customer's shard,
+journaled by history (`[seq, topic, ts_ms, fact]`, replayed on a merge) and
+declared in a rule's `topics`. A type of their own would need each of those
+topic-keyed paths to take a type too.
+
+They live in memory and in Bytewax's in-flight items only, never in a snapshot.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 
 class Event(NamedTuple):
@@ -28,7 +44,7 @@ class Event(NamedTuple):
 
 
 class Heartbeat(NamedTuple):
-    """A live source's note that it is idle at wall-clock time `wall_ms`.
+    """A live source's note that it is idle at wall-clock time `wall_ms` (a control record).
 
     Carried in a source's micro-batch like a record: it lets the event-time
     clock advance without traffic, so a deadline at 03:00 fires at 03:00
@@ -37,6 +53,42 @@ class Heartbeat(NamedTuple):
     """
 
     wall_ms: int
+    #: Its place in the input order: the last record read before it (set by the stage; -1 from the source).
+    seq: int = -1
+
+
+class Watermark(NamedTuple):
+    """The event-time clock moved to `ts_ms` (operators/clock.py): every deadline at or before it may fire."""
+
+    seq: int
+    ts_ms: int
+
+
+#: Which of a merge's customers a rules shard holds (operators/router.py): the loser's shard retires its
+#: state, the winner's absorbs its history, one shard holding both does both.
+MergeRole = Literal["retire", "absorb", "both"]
+
+
+class Merge(NamedTuple):
+    """Two customers became one (operators/identity.py): `loser`'s past moves to `winner`.
+
+    Made before the event that caused it, with its seq and time; the history operator fills in the
+    loser's journal and consents, the router the role each rules shard plays.
+    """
+
+    seq: int
+    ts_ms: int
+    winner: str
+    loser: str
+    #: The loser's journal, oldest first: [seq, topic, ts_ms, fact] each (operators/history.py).
+    history: Sequence[list[Any]] = ()
+    #: The loser's latest consent change per channel: {channel: [status, ts_ms]} (operators/history.py).
+    consents: dict[str, list[Any]] | None = None
+    role: MergeRole = "both"
+
+
+#: What an operator takes and passes on: events and the control records among them.
+Item = Event | Watermark | Merge | Heartbeat
 
 
 class Emitted(NamedTuple):
@@ -63,7 +115,7 @@ REFUSED_LINKS = "refused_links"
 RETRACTIONS = "retractions"
 STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS, RETRACTIONS)
 
-# Topics of the events operators make for the operators after them (never read from Kafka).
+# Topics of the events operators make for the operators after them (never read from Kafka; see above).
 INTERNAL_TOPIC_PREFIX = "omnitrigger."
 #: Two customers became one: body {"winner", "loser"}, and after the history operator "history".
 MERGE_TOPIC = "omnitrigger.merge"
