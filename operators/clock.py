@@ -3,7 +3,7 @@
 Bytewax's timers are wall-clock (docs/design.md#bytewax-timers-are-wall-clock), so deadlines keep a
 clock of their own: the watermark is the latest event time seen minus
 `rules_lateness_s`, and never goes back. Whenever an event moves it, a
-`WATERMARK_TOPIC` event carrying the new value goes downstream *before*
+`Watermark` record carrying the new value goes downstream *before*
 that event; the rules fire every deadline at or before it, then see the
 event. Because the watermark is a function of the input order alone, the
 same recording fires the same deadlines at the same places whatever the
@@ -24,14 +24,14 @@ from __future__ import annotations
 from typing import Any
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, WATERMARK_TOPIC, Event
+from omnitrigger.records import HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Event, Item, Watermark
 from omnitrigger.state import ShardState
 
 _CLOCK = b"clock"
 
 
-def watermark_event(seq: int, watermark_ms: int) -> Event:
-    return Event(seq, WATERMARK_TOPIC, -1, -1, watermark_ms, {})
+def watermark_event(seq: int, watermark_ms: int) -> Watermark:
+    return Watermark(seq, watermark_ms)
 
 
 class EventClock(StageOperator):
@@ -44,9 +44,12 @@ class EventClock(StageOperator):
         saved = state.get_meta(_CLOCK)
         self.max_ts_ms, self.watermark_ms = (int(part) for part in saved.split(b",")) if saved else (0, 0)
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        out: list[Event] = []
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        out: list[Item] = []
         for event in events:
+            if type(event) is not Event:  # a control record: not an event time
+                out.append(event)
+                continue
             if event.topic == HEARTBEAT_TOPIC:  # an idle live source: follow the wall clock
                 self._advance(event.seq, event.ts_ms - self.lateness_ms, out)
                 continue
@@ -58,12 +61,12 @@ class EventClock(StageOperator):
         return OperatorResult(out, [])
 
     def on_eof(self, end_seq: int) -> OperatorResult:
-        out: list[Event] = []
+        out: list[Item] = []
         self._advance(end_seq, self.max_ts_ms + self.grace_ms, out)
         self._save()
         return OperatorResult(out, [])
 
-    def _advance(self, seq: int, candidate_ms: int, out: list[Event]) -> None:
+    def _advance(self, seq: int, candidate_ms: int, out: list[Item]) -> None:
         if candidate_ms > self.watermark_ms:
             self.watermark_ms = candidate_ms
             out.append(watermark_event(seq, candidate_ms))

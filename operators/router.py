@@ -22,7 +22,7 @@ from __future__ import annotations
 import xxhash
 
 from omnitrigger.operators.clock import watermark_event
-from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, VISIT_CONFIRMED, WATERMARK_TOPIC, Event
+from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, VISIT_CONFIRMED, Event, Item, Watermark
 
 #: The topics the built-in rules read (a config's rules: operators/rules/registry.py `rule_topics`).
 RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
@@ -47,15 +47,19 @@ class ShardRouter:
         self.watermark_ms = 0
         self._told: dict[int, int] = {}  # shard -> the last watermark it was sent
 
-    def route(self, events: list[Event]) -> dict[int, list[Event]]:
-        routed: dict[int, list[Event]] = {}
+    def route(self, events: list[Item]) -> dict[int, list[Item]]:
+        routed: dict[int, list[Item]] = {}
         last_seq = -1
         for event in events:
             last_seq = event.seq
-            topic = event.topic
-            if topic == WATERMARK_TOPIC:
+            kind = type(event)
+            if kind is Watermark:
                 self.watermark_ms = max(self.watermark_ms, event.ts_ms)
-            elif topic == MERGE_TOPIC:
+                continue
+            if kind is not Event:  # a control record no shard needs
+                continue
+            topic = event.topic
+            if topic == MERGE_TOPIC:
                 winner, loser = event.body["winner"], event.body["loser"]
                 winner_shard, loser_shard = shard_of(winner, self.shards), shard_of(loser, self.shards)
                 if winner_shard == loser_shard:
@@ -75,7 +79,7 @@ class ShardRouter:
                     self._told[shard] = self.watermark_ms
         return routed
 
-    def _send(self, routed: dict[int, list[Event]], shard: int, event: Event) -> None:
+    def _send(self, routed: dict[int, list[Item]], shard: int, event: Item) -> None:
         batch = routed.setdefault(shard, [])
         if self._told.get(shard, 0) < self.watermark_ms:
             batch.append(watermark_event(event.seq, self.watermark_ms))

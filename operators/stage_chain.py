@@ -63,7 +63,8 @@ class StageChain:
         for emitted in out:
             if emitted.stream == DUPLICATES:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
-        external = [event for event in events if not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
+        external = [event for event in events
+                    if type(event) is Event and not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
         self.counters["events"].update(event.topic for event in external)
         self.counters["returns"].update(event.topic for event in external if is_return(event.topic, event.body))
         if self.emit_events:

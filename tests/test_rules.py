@@ -49,7 +49,8 @@ class Shop:
             state.commit()
         self.triggers += [e.record for e in emitted if e.stream == TRIGGERS]
         self.suppressed += [e.record for e in emitted if e.stream == SUPPRESSED]
-        real = [e for e in events if not e.topic.startswith("omnitrigger.") or e.topic == VISIT_CONFIRMED]
+        real = [e for e in events
+                if type(e) is Event and (not e.topic.startswith("omnitrigger.") or e.topic == VISIT_CONFIRMED)]
         self.last = real[-1] if real else None
 
     def web(self, kind: str, ts_ms: int, ids: dict[str, str], product: str | None = None, **body: Any) -> Event:

@@ -44,8 +44,8 @@ from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.operators.rules.registry import HOST_TOPICS, configured_rules
 from omnitrigger.operators.rules.rule import Pending, Rule, iso, trigger_id
 from omnitrigger.records import (
-    IDENTITY_TOPIC, INVENTORY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, WATERMARK_TOPIC, Emitted, Event,
-    is_returned_line,
+    IDENTITY_TOPIC, INVENTORY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, Emitted, Event, Item,
+    Watermark, is_returned_line,
 )
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
@@ -94,13 +94,16 @@ class Rules(StageOperator):
 
     # -- dispatch -------------------------------------------------------------------
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
+    def on_events(self, events: list[Item]) -> OperatorResult:
         self._out = []
         for event in events:
+            kind = type(event)
+            if kind is not Event:
+                if kind is Watermark:
+                    self._advance(event.ts_ms)
+                continue
             topic = event.topic
-            if topic == WATERMARK_TOPIC:
-                self._advance(event.ts_ms)
-            elif topic == INVENTORY_TOPIC:
+            if topic == INVENTORY_TOPIC:
                 self._on_stock(event)
             elif event.customer is None:
                 continue
