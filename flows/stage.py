@@ -7,7 +7,7 @@ its state generations; building a shard from a snapshot rolls RocksDB back
 to it.
 
 The sequencer's items out are tagged: `("out", [Emitted])` for the sinks
-and `("rules", shard key, (shard, [Event]))` for a rules shard.
+and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from omnitrigger.operators.base import StageOperator
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import StageChain
-from omnitrigger.records import Emitted, Event
+from omnitrigger.records import Emitted, Item
 from omnitrigger.state import ShardState, open_store
 
 OperatorFactory = Callable[[ShardState, Config], StageOperator]
@@ -43,7 +43,7 @@ class _SequencerLogic(StatefulBatchLogic):
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
         return self._tagged(*self.chain.on_eof()), StatefulBatchLogic.RETAIN
 
-    def _tagged(self, out: list[Emitted], events: list[Event]) -> list[tuple[Any, ...]]:
+    def _tagged(self, out: list[Emitted], events: list[Item]) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
         if self.router is not None:
             items += [("rules", shard_key(shard), (shard, batch))
@@ -91,7 +91,7 @@ class _RulesLogic(StatefulBatchLogic):
         self.rules = Rules(state, self.config)
         return self.rules
 
-    def on_batch(self, values: list[tuple[int, list[Event]]]) -> tuple[list[list[Emitted]], bool]:
+    def on_batch(self, values: list[tuple[int, list[Item]]]) -> tuple[list[list[Emitted]], bool]:
         rules = self.rules or self._open(values[0][0], 0)
         emitted = rules.on_events([event for _, batch in values for event in batch]).emitted
         return ([emitted] if emitted else []), StatefulBatchLogic.RETAIN

@@ -1,16 +1,19 @@
-"""The shape every operator has: events in, events and emitted records out, state in a ShardState."""
+"""The shape every operator has: events in, events and emitted records out, state in a ShardState.
+
+"Events" here are `Item`s: events and the control records among them (omnitrigger/records.py).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
-from omnitrigger.records import Emitted, Event
+from omnitrigger.records import Emitted, Item
 from omnitrigger.state import ShardState
 
 
 class OperatorResult(NamedTuple):
-    events: list[Event]  # what continues to the next operator
+    events: list[Item]  # what continues to the next operator
     emitted: list[Emitted]  # records for output streams (duplicates, visits, triggers, ...)
 
 
@@ -31,8 +34,8 @@ class StageOperator(ABC):
         self.config = config
 
     @abstractmethod
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        """Process events in order."""
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        """Process events in order; pass on the control records it does not handle."""
 
     def on_eof(self, end_seq: int) -> OperatorResult:
         """The input has ended (a replay's last record): emit what is due at the end.

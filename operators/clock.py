@@ -9,8 +9,8 @@ event. Because the watermark is a function of the input order alone, the
 same recording fires the same deadlines at the same places whatever the
 batch size, speed or worker count.
 
-In live mode an idle source sends `Heartbeat(wall_ms)` (the stage turns it
-into a `HEARTBEAT_TOPIC` event); the clock then
+In live mode an idle source sends `Heartbeat(wall_ms)` (the stage gives it
+its place in the input order); the clock then
 advances to the wall clock minus the lateness, so a deadline at 03:00
 fires at 03:00 plus the lateness without new traffic. At the end of a
 replay no purchase can still arrive, so the clock moves past the last
@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Event, Item, Watermark
+from omnitrigger.records import INTERNAL_TOPIC_PREFIX, Event, Heartbeat, Item, Watermark
 from omnitrigger.state import ShardState
 
 _CLOCK = b"clock"
@@ -47,13 +47,11 @@ class EventClock(StageOperator):
     def on_events(self, events: list[Item]) -> OperatorResult:
         out: list[Item] = []
         for event in events:
-            if type(event) is not Event:  # a control record: not an event time
-                out.append(event)
+            kind = type(event)
+            if kind is Heartbeat:  # an idle live source: follow the wall clock
+                self._advance(event.seq, event.wall_ms - self.lateness_ms, out)
                 continue
-            if event.topic == HEARTBEAT_TOPIC:  # an idle live source: follow the wall clock
-                self._advance(event.seq, event.ts_ms - self.lateness_ms, out)
-                continue
-            if event.ts_ms > self.max_ts_ms and not event.topic.startswith(INTERNAL_TOPIC_PREFIX):
+            if kind is Event and event.ts_ms > self.max_ts_ms and not event.topic.startswith(INTERNAL_TOPIC_PREFIX):
                 self.max_ts_ms = event.ts_ms
                 self._advance(event.seq, self.max_ts_ms - self.lateness_ms, out)
             out.append(event)

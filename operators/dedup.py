@@ -16,7 +16,7 @@ import orjson
 import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import DUPLICATES, Emitted, Event
+from omnitrigger.records import DUPLICATES, Emitted, Event, Item
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -47,12 +47,12 @@ class Dedup(StageOperator):
         self.key_functions = {topic: DEDUP_KEYS[topic] for topic in config.dedup_topics}
         self.clock = ShardClock(state, sweep_every_ms=60_000)
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        kept: list[Event] = []
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        kept: list[Item] = []
         duplicates: list[Emitted] = []
         state = self.state
         for event in events:
-            key_function = self.key_functions.get(event.topic)
+            key_function = self.key_functions.get(event.topic) if type(event) is Event else None
             if key_function is None:
                 kept.append(event)
                 continue

@@ -40,7 +40,7 @@ import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.rules.registry import longest_delay_ms, rule_topics
-from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, Event
+from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, Event, Heartbeat, Item
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -62,10 +62,14 @@ class History(StageOperator):
         self.max_events = config.history_max_events
         self.clock = ShardClock(state, sweep_every_ms=3_600_000)
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        out: list[Event] = []
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        out: list[Item] = []
         for event in events:
-            self.clock.advance(event.ts_ms)
+            kind = type(event)
+            self.clock.advance(event.wall_ms if kind is Heartbeat else event.ts_ms)  # an idle source: its wall clock
+            if kind is not Event:  # a control record
+                out.append(event)
+                continue
             if event.topic == MERGE_TOPIC:
                 winner, loser = event.body["winner"], event.body["loser"]
                 journal = self._move(loser, winner)

@@ -42,7 +42,7 @@ import xxhash
 
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event
+from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event, Item
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock, saved_clock
 
@@ -80,12 +80,12 @@ class Identity(StageOperator):
 
     # -- the operator ---------------------------------------------------------
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        out: list[Event] = []
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        out: list[Item] = []
         emitted: list[Emitted] = []
         for event in events:
-            ids = event.body.get("ids")
-            if type(ids) is not dict:  # a receipt paid without a card or a phone: anonymous
+            ids = event.body.get("ids") if type(event) is Event else None
+            if type(ids) is not dict:  # a control record, or a receipt paid without a card or a phone: anonymous
                 out.append(event)
                 continue
             self.clock.advance(event.ts_ms)

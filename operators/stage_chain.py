@@ -17,7 +17,7 @@ import orjson
 
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, HEARTBEAT_TOPIC, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat, is_return,
+    DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat, Item, is_return,
 )
 from omnitrigger.state import ShardState
 
@@ -36,10 +36,10 @@ class StageChain:
                                              for name in ("read", "dead_letters", "duplicates", "events", "returns")}
         self.last_seq = saved.get("last_seq", -1)
 
-    def on_batches(self, batches: Iterable[list[Event | Emitted | Heartbeat]]) -> tuple[list[Emitted], list[Event]]:
+    def on_batches(self, batches: Iterable[list[Event | Emitted | Heartbeat]]) -> tuple[list[Emitted], list[Item]]:
         """Run one delivery of micro-batches: (records for the output streams, events for the next stage)."""
         out: list[Emitted] = []
-        events: list[Event] = []
+        events: list[Item] = []
         read = self.counters["read"]
         for batch in batches:
             for item in batch:
@@ -49,7 +49,7 @@ class StageChain:
                     read[item.topic] += 1
                     self.last_seq = item.seq
                 elif kind is Heartbeat:
-                    events.append(Event(self.last_seq, HEARTBEAT_TOPIC, -1, -1, item.wall_ms, {}))
+                    events.append(item._replace(seq=self.last_seq))
                 else:
                     out.append(item)
                     if item.stream == DEAD_LETTERS:
@@ -74,10 +74,10 @@ class StageChain:
         self._save_counters()
         return out, events
 
-    def on_eof(self) -> tuple[list[Emitted], list[Event]]:
+    def on_eof(self) -> tuple[list[Emitted], list[Item]]:
         """End of input: each operator's end-of-input output (passed through the operators after it), then stats."""
         out: list[Emitted] = []
-        carried: list[Event] = []
+        carried: list[Item] = []
         end_seq = self.last_seq + 1
         for operator in self.operators:
             if carried:

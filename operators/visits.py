@@ -58,7 +58,7 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, VISITS, Emitted, Event
+from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, VISITS, Emitted, Event, Item
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -114,12 +114,14 @@ class Visits(StageOperator):
 
     # -- events -------------------------------------------------------------
 
-    def on_events(self, events: list[Event]) -> OperatorResult:
-        out: list[Event] = []
+    def on_events(self, events: list[Item]) -> OperatorResult:
+        out: list[Item] = []
         emitted: list[Emitted] = []
         counts = self.counts
         for event in events:
             out.append(event)
+            if type(event) is not Event:  # a control record
+                continue
             if event.topic != GEO_PINGS:
                 if event.topic == "consent.changes" and event.customer is not None \
                         and event.body["channel"] == "location":
