@@ -117,12 +117,6 @@ STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENT
 
 # Topics of the events operators make for the operators after them (never read from Kafka; see above).
 INTERNAL_TOPIC_PREFIX = "omnitrigger."
-#: Two customers became one: body {"winner", "loser"}, and after the history operator "history".
-MERGE_TOPIC = "omnitrigger.merge"
-#: The event-time clock moved: ts_ms is the new watermark (operators/clock.py).
-WATERMARK_TOPIC = "omnitrigger.watermark"
-#: An idle live source's wall clock, as an event for the clock operator: ts_ms is the wall-clock time.
-HEARTBEAT_TOPIC = "omnitrigger.heartbeat"
 #: A customer's identifiers changed (new, attached, merged in): body {"ids": [[type, value], ...]}, for the
 #: rules to know whom a trigger reaches (its `recipient`); when the event brought identifiers seen for the
 #: first time, also "new_types" (their types), "known_types" (the types the customer had already) and "source"

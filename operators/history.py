@@ -4,9 +4,9 @@ Bytewax dataflows have no loops, so when identity merges two customers the
 rules cannot ask upstream for the loser's past. Instead this operator, in
 the same stage as identity, journals every rule-relevant event (views, cart
 changes, purchases online and at a till, consent changes, confirmed
-visits) under its customer, and when a `MERGE_TOPIC` event passes it
+visits) under its customer, and when a `Merge` record passes it
 re-files the loser's journal under the winner and attaches it to the merge
-event as `history`: the rules, whichever shard holds the winner, replay it
+record as `history`: the rules, whichever shard holds the winner, replay it
 into the winner's state and retire the loser (docs/design.md#bytewax-dataflows-have-no-loops). The
 shape's ceiling is the identity stage: one shard, one core.
 
@@ -23,7 +23,7 @@ carries at most the latest `history_max_events`.
 Consent is a fact of the identifiers, not of the journal: the latest change
 per channel (and purpose) of each customer is kept as long as identifiers
 are (`[identity] retention`), merged into the winner's on a merge (the
-latest change wins) and attached to the merge event as `consents`, so an
+latest change wins) and attached to the merge record as `consents`, so an
 opt-out of any age is in force after any merge.
 
 State (namespace "history"):
@@ -40,7 +40,7 @@ import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.rules.registry import longest_delay_ms, rule_topics
-from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, Event, Heartbeat, Item
+from omnitrigger.records import IDENTITY_TOPIC, Event, Heartbeat, Item, Merge
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -67,14 +67,13 @@ class History(StageOperator):
         for event in events:
             kind = type(event)
             self.clock.advance(event.wall_ms if kind is Heartbeat else event.ts_ms)  # an idle source: its wall clock
-            if kind is not Event:  # a control record
-                out.append(event)
+            if kind is Merge:
+                journal = self._move(event.loser, event.winner)
+                consents = self._merge_consents(event.loser, event.winner)
+                out.append(event._replace(history=journal, consents=consents))
                 continue
-            if event.topic == MERGE_TOPIC:
-                winner, loser = event.body["winner"], event.body["loser"]
-                journal = self._move(loser, winner)
-                consents = self._merge_consents(loser, winner)
-                out.append(event._replace(body={**event.body, "history": journal, "consents": consents}))
+            if kind is not Event:  # another control record
+                out.append(event)
                 continue
             if event.customer is not None and event.topic == "consent.changes":
                 self._on_consent(event.customer, event.body["channel"], event.body["status"], event.ts_ms)

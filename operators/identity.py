@@ -21,7 +21,7 @@ Customer ids are `cus_` + a hash of the identifier and input position that
 first created the customer, so they are the same on every replay of the
 same input. When two customers merge, the one first seen (the lower
 position) keeps its id, every identifier of the other is re-pointed, and a
-`MERGE_TOPIC` event goes downstream (before the event that caused it) so
+`Merge` record goes downstream (before the event that caused it) so
 the history operator and the rules move the loser's past to the winner.
 
 State (namespace "identity"), all in RocksDB through ShardState:
@@ -42,7 +42,7 @@ import xxhash
 
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, MERGE_TOPIC, REFUSED_LINKS, Emitted, Event, Item
+from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, REFUSED_LINKS, Emitted, Event, Item, Merge
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock, saved_clock
 
@@ -111,7 +111,7 @@ class Identity(StageOperator):
 
     # -- resolution -------------------------------------------------------------
 
-    def _resolve(self, event: Event, ids: dict[str, Any]) -> tuple[str | None, list[Event], list[dict[str, Any]]]:
+    def _resolve(self, event: Event, ids: dict[str, Any]) -> tuple[str | None, list[Merge], list[dict[str, Any]]]:
         if len(ids) == 1:  # most events (a ping, a page view) carry one identifier: nothing to link
             (kind, value), = ids.items()
             if kind in _TYPE_CODE and type(value) is str and not self.is_blocked(value):
@@ -140,7 +140,7 @@ class Identity(StageOperator):
                                               confidence=confidence) for other in identifiers[1:])
         anchor = identifiers[0]
         fresh: set[str] = set()  # customers created by this very event: merging them away is not news
-        merges: list[Event] = []
+        merges: list[Merge] = []
         anchor_customer = self._customer_of(anchor, event, fresh)
         for other in identifiers[1:]:
             if not linking:
@@ -171,8 +171,7 @@ class Identity(StageOperator):
             if loser not in fresh:
                 if self.publish_updates:
                     self._merged_away.append(loser)
-                merges.append(Event(event.seq, MERGE_TOPIC, -1, -1, event.ts_ms,
-                                    {"winner": winner, "loser": loser}, winner))
+                merges.append(Merge(event.seq, event.ts_ms, winner, loser))
             anchor_customer = winner
         return anchor_customer, merges, refusals
 

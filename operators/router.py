@@ -22,7 +22,7 @@ from __future__ import annotations
 import xxhash
 
 from omnitrigger.operators.clock import watermark_event
-from omnitrigger.records import IDENTITY_TOPIC, MERGE_TOPIC, VISIT_CONFIRMED, Event, Item, Watermark
+from omnitrigger.records import IDENTITY_TOPIC, VISIT_CONFIRMED, Event, Item, Merge, Watermark
 
 #: The topics the built-in rules read (a config's rules: operators/rules/registry.py `rule_topics`).
 RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
@@ -55,21 +55,18 @@ class ShardRouter:
             kind = type(event)
             if kind is Watermark:
                 self.watermark_ms = max(self.watermark_ms, event.ts_ms)
-                continue
-            if kind is not Event:  # a control record no shard needs
-                continue
-            topic = event.topic
-            if topic == MERGE_TOPIC:
-                winner, loser = event.body["winner"], event.body["loser"]
-                winner_shard, loser_shard = shard_of(winner, self.shards), shard_of(loser, self.shards)
+            elif kind is Merge:
+                winner_shard, loser_shard = shard_of(event.winner, self.shards), shard_of(event.loser, self.shards)
                 if winner_shard == loser_shard:
-                    self._send(routed, winner_shard, event._replace(body={**event.body, "role": "both"}))
+                    self._send(routed, winner_shard, event._replace(role="both"))
                 else:
-                    self._send(routed, loser_shard, event._replace(body={**event.body, "role": "retire"}))
-                    self._send(routed, winner_shard, event._replace(body={**event.body, "role": "absorb"}))
-            elif event.customer is not None and (topic in self.topics or topic == IDENTITY_TOPIC):
+                    self._send(routed, loser_shard, event._replace(role="retire"))
+                    self._send(routed, winner_shard, event._replace(role="absorb"))
+            elif kind is not Event:  # a control record no shard needs
+                continue
+            elif event.customer is not None and (event.topic in self.topics or event.topic == IDENTITY_TOPIC):
                 self._send(routed, shard_of(event.customer, self.shards), event)
-            elif topic in self.broadcast:
+            elif event.topic in self.broadcast:
                 for shard in range(self.shards):
                     self._send(routed, shard, event)
         if last_seq >= 0:

@@ -58,7 +58,7 @@ import xxhash
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import MERGE_TOPIC, VISIT_CONFIRMED, VISITS, Emitted, Event, Item
+from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -121,13 +121,13 @@ class Visits(StageOperator):
         for event in events:
             out.append(event)
             if type(event) is not Event:  # a control record
+                if type(event) is Merge:
+                    self._on_merge(event.winner, event.loser)
                 continue
             if event.topic != GEO_PINGS:
                 if event.topic == "consent.changes" and event.customer is not None \
                         and event.body["channel"] == "location":
                     self._on_location_consent(event.customer, event.body["status"], event.ts_ms)
-                elif event.topic == MERGE_TOPIC:
-                    self._on_merge(event.body["winner"], event.body["loser"])
                 continue
             first = len(emitted)
             ts = event.ts_ms

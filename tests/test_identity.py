@@ -15,7 +15,7 @@ from omnitrigger.config import Config
 from omnitrigger.operators import History, Identity
 from omnitrigger.operators.identity import identities
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.records import MERGE_TOPIC, REFUSED_LINKS, Event
+from omnitrigger.records import REFUSED_LINKS, Event, Merge
 from omnitrigger.state import RocksDBStore, ShardState
 from recordings import identity_recording
 
@@ -35,7 +35,7 @@ class IdentityAndHistory:
         self.history = History(self.history_state, config)
         self.seq = 0
         self.refusals: list[dict[str, Any]] = []
-        self.merges: list[Event] = []
+        self.merges: list[Merge] = []
 
     def send(self, topic: str, ts_ms: int, ids: dict[str, str], **body: Any) -> Event:
         event = Event(self.seq, topic, 0, self.seq, ts_ms, {"ts": ts_ms, "ids": ids, **body})
@@ -43,7 +43,7 @@ class IdentityAndHistory:
         result = self.identity.on_events([event])
         self.refusals += [e.record for e in result.emitted if e.stream == REFUSED_LINKS]
         passed = self.history.on_events(result.events).events
-        self.merges += [e for e in passed if e.topic == MERGE_TOPIC]
+        self.merges += [e for e in passed if type(e) is Merge]
         self.identity_state.commit()
         self.history_state.commit()
         return passed[-1]
@@ -94,8 +94,8 @@ def test_a_merge_moves_the_newer_customers_history_to_the_older_one(ops: Identit
     logged_in = ops.login(T0 + 2 * HOUR, {"device_id": "phone", "auth_id": "anna"})
     assert logged_in.customer == account.customer, "the customer seen first keeps its id"
     [merge] = ops.merges
-    assert merge.body["winner"] == account.customer and merge.body["loser"] == phone.customer
-    assert [entry[3]["product_id"] for entry in merge.body["history"]] == ["P1", "P2"]
+    assert merge.winner == account.customer and merge.loser == phone.customer
+    assert [entry[3]["product_id"] for entry in merge.history] == ["P1", "P2"]
     assert ops.history.journal(phone.customer) == []
     moved = [entry[3].get("product_id") for entry in ops.history.journal(account.customer)]
     assert moved[:2] == ["P1", "P2"]

@@ -44,7 +44,7 @@ from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.operators.rules.registry import HOST_TOPICS, configured_rules
 from omnitrigger.operators.rules.rule import Pending, Rule, iso, trigger_id
 from omnitrigger.records import (
-    IDENTITY_TOPIC, INVENTORY_TOPIC, MERGE_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, Emitted, Event, Item,
+    IDENTITY_TOPIC, INVENTORY_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, Emitted, Event, Item, Merge,
     Watermark, is_returned_line,
 )
 from omnitrigger.state import ShardState
@@ -101,6 +101,8 @@ class Rules(StageOperator):
             if kind is not Event:
                 if kind is Watermark:
                     self._advance(event.ts_ms)
+                elif kind is Merge:
+                    self._on_merge(event)
                 continue
             topic = event.topic
             if topic == INVENTORY_TOPIC:
@@ -112,8 +114,6 @@ class Rules(StageOperator):
             elif topic == VISIT_CONFIRMED:
                 for rule in self.rules:
                     rule.on_visit(self, event.customer, event.body, event.ts_ms)
-            elif topic == MERGE_TOPIC:
-                self._on_merge(event.body)
             elif topic == IDENTITY_TOPIC:
                 self.state.put(_IDENTIFIERS + event.customer.encode(), orjson.dumps(event.body["ids"]))
                 if "new_types" in event.body:
@@ -360,10 +360,9 @@ class Rules(StageOperator):
 
     # -- merges -----------------------------------------------------------------------------------
 
-    def _on_merge(self, body: dict[str, Any]) -> None:
+    def _on_merge(self, merge: Merge) -> None:
         """Retire the loser's state (its shard) and replay its history into the winner (the winner's shard)."""
-        role = body.get("role", "both")
-        winner, loser = body["winner"], body["loser"]
+        role, winner, loser = merge.role, merge.winner, merge.loser
         if role in ("retire", "both"):
             self.state.delete(_IDENTIFIERS + loser.encode())
             for prefix in (*(bytes((code,)) for code in self.by_code), *(_MEMORY + bytes((code,)) for code in self.by_code),
@@ -374,9 +373,10 @@ class Rules(StageOperator):
             self.policy.retire(loser)
         if role in ("absorb", "both"):
             # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).
-            self.policy.merge_consents(winner, body.get("consents", {}))
+            if merge.consents:
+                self.policy.merge_consents(winner, merge.consents)
             self.replaying = True
-            for _seq, topic, ts_ms, event_body in body.get("history", []):
+            for _seq, topic, ts_ms, event_body in merge.history:
                 # a past visit confirmation is not replayed: its offer was decided when it happened
                 if topic in HOST_TOPICS:
                     self._on_fact(topic, winner, event_body, ts_ms)
