@@ -7,7 +7,9 @@ type (`type(item) is Merge`), and passes on what it does not handle.
 
 Control records (`Watermark`, `Merge`, `Heartbeat`) tell operators how to
 handle their state: the clock moved, two customers became one, an idle
-source's wall clock. They are not events: no contract, no topic, not counted.
+source's wall clock. They are not events: no contract, no topic, not counted in
+the run totals (operators/stage_chain.py). They live in memory and in Bytewax's
+in-flight items only, never in a snapshot.
 
 Two records operators make stay `Event`s with an internal topic
 (`IDENTITY_TOPIC`, `VISIT_CONFIRMED`): they are facts of one customer, which
@@ -15,8 +17,6 @@ go every way an input event goes, by topic: routed to the customer's shard,
 journaled by history (`[seq, topic, ts_ms, fact]`, replayed on a merge) and
 declared in a rule's `topics`. A type of their own would need each of those
 topic-keyed paths to take a type too.
-
-They live in memory and in Bytewax's in-flight items only, never in a snapshot.
 """
 
 from __future__ import annotations
