@@ -308,7 +308,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
     from omnitrigger.config import Config
     from omnitrigger.flows.stage import rules_builder, sequencer_builder
     from omnitrigger.operators import Dedup, EventClock, History, Identity, Visits
-    from omnitrigger.records import SUPPRESSED, TRIGGERS
+    from omnitrigger.records import SUPPRESSED, TRIGGERS, Merge
     from omnitrigger.state import open_store
 
     base = proc_status()
@@ -343,7 +343,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
             if item[0] != "rules":
                 continue
             shard, events = item[2]
-            counts["merges"] += sum(1 for event in events if event.topic == "omnitrigger.merge")
+            counts["merges"] += sum(1 for event in events if type(event) is Merge)
             for emitted in (shards[shard].on_batch([(shard, events)])[0] or [[]])[0]:
                 if emitted.stream == TRIGGERS:
                     counts["triggers"] += 1
