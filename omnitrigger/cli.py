@@ -181,6 +181,29 @@ def explain(state_dir: Path, customer: str | None, identifier: str | None, produ
         click.echo("\n".join(result.lines()))
 
 
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--html", "html_file", type=_file, required=True, help="Write the report here (one self-contained file).")
+@click.option("--conversion-window", default="7d", show_default=True,
+              help="How long after a product view a till purchase counts as ROPO (90s, 60m, 24h, 7d).")
+def report(out_dir: Path, html_file: Path, conversion_window: str) -> None:
+    """Write an HTML report of OUT_DIR (a replay's output files, or the live output topics recorded to files)."""
+    from omnitrigger.config import parse_duration_s
+    from omnitrigger.report import ReportError, write_report
+
+    try:
+        window_s = parse_duration_s(conversion_window, "--conversion-window")
+    except ConfigError as error:
+        raise click.BadParameter(str(error).split(": ", 1)[-1], param_hint="'--conversion-window'") from None
+    try:
+        numbers = write_report(out_dir, html_file, window_s)
+    except ReportError as error:
+        raise click.ClickException(str(error)) from None
+    s = numbers["summary"]
+    click.echo(f"report: {html_file} ({s['triggers']:,} triggers, {s['suppressed']:,} suppressed, "
+               f"{s['conversions']:,} conversions, {len(numbers['files'])} files read from {out_dir})")
+
+
 for _command in LIVE_COMMANDS:  # run, record, publish: omnitrigger/live_cli.py
     cli.add_command(_command)
 
