@@ -775,7 +775,7 @@ def render_html(numbers: dict[str, Any], title: str = "omnitrigger report") -> s
     parts.append(f"</main><footer><p>95 % intervals: {html.escape(INTERVAL_METHOD)}. Conversion rate = customers "
                  "of the arm who converted / customers of the arm.</p>"
                  f"<p>Read: {html.escape(files)}.</p></footer>")
-    data = orjson.dumps(numbers, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode().replace("</", "<\\/")
+    data = orjson.dumps(numbers, option=orjson.OPT_NON_STR_KEYS).decode().replace("</", "<\\/")
     parts.append(f"<script type=\"application/json\" id=\"report-numbers\">{data}</script></body></html>\n")
     return "".join(parts)
 
