@@ -22,7 +22,7 @@ from omnitrigger.config import Config
 from omnitrigger.records import (
     DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
-from omnitrigger.schemas import INPUT_TOPICS
+from omnitrigger.schemas import INPUT_TOPICS, OPTIONAL_INPUT_TOPICS
 
 #: Header carrying the wall-clock time (epoch ms, ASCII) at which `publish` sent a record.
 SENT_HEADER = "omnitrigger.sent_ms"
@@ -77,8 +77,10 @@ def client_settings(brokers: str, config: Config, **settings: Any) -> dict[str, 
     return base
 
 
-def preflight(brokers: str, topics: list[str], config: Config, what: str = "topics") -> dict[str, int]:
+def preflight(brokers: str, topics: list[str], config: Config, what: str = "topics",
+              optional: tuple[str, ...] = ()) -> dict[str, int]:
     """Check that the brokers answer and every topic in `topics` exists; returns partitions per topic.
+    A topic in `optional` may be missing: it is then left out of the answer.
 
     Bytewax's Kafka source hangs without a word on an unreachable broker, so
     this runs first and turns both failures into one line. Metadata is asked
@@ -109,11 +111,17 @@ def preflight(brokers: str, topics: list[str], config: Config, what: str = "topi
         raise KafkaSetupError(f"Kafka at {brokers} answered with no brokers after {time.monotonic() - started:.1f} s")
     partitions = {name: len(topic.partitions) for name, topic in metadata.topics.items()
                   if topic.error is None and topic.partitions}
-    missing = [topic for topic in topics if topic not in partitions]
+    missing = [topic for topic in topics if topic not in partitions and topic not in optional]
     if missing:
         raise KafkaSetupError(f"{what} missing on {brokers}: {', '.join(missing)} "
                               "(create them, or set [kafka] topic_prefix / topic names in the config)")
-    return {topic: partitions[topic] for topic in topics}
+    return {topic: partitions[topic] for topic in topics if topic in partitions}
+
+
+def optional_input_topics(config: Config) -> tuple[str, ...]:
+    """The Kafka names of the input topics a job does without when they do not exist (inventory.levels)."""
+    names = input_topics(config)
+    return tuple(names[topic] for topic in OPTIONAL_INPUT_TOPICS)
 
 
 # -- record: topics -> a recording folder ------------------------------------------------------
@@ -134,7 +142,8 @@ def record(brokers: str, out_dir: Path, config: Config, topics: list[str] | None
         raise KafkaSetupError(f"unknown topics {', '.join(unknown)}: record takes contract topic names "
                               f"({', '.join(names)}); the prefix and overrides come from the config")
     kafka_topics = {names[topic]: topic for topic in wanted}
-    partitions = preflight(brokers, list(kafka_topics), config, what="topics")
+    optional = optional_input_topics(config) if topics is None else ()
+    partitions = preflight(brokers, list(kafka_topics), config, what="topics", optional=optional)
     out_dir.mkdir(parents=True, exist_ok=True)
     consumer = Consumer(client_settings(brokers, config, **{
         "group.id": "omnitrigger-record", "enable.auto.commit": False, "enable.partition.eof": True,
@@ -177,6 +186,10 @@ def record(brokers: str, out_dir: Path, config: Config, topics: list[str] | None
         consumer.close()
         for handle in handles.values():
             handle.close()
+    for topic in OPTIONAL_INPUT_TOPICS:  # not asked for by name and empty: no file, no count
+        if topics is None and written.get(topic) == 0:
+            del written[topic]
+            (out_dir / f"{topic}.jsonl").unlink(missing_ok=True)
     return written
 
 

@@ -55,7 +55,7 @@ from typing import Any
 from omnitrigger import __version__, jsonlog, metrics
 from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import client_settings, input_topics, output_topics, preflight
+from omnitrigger.kafka_tools import client_settings, input_topics, optional_input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
 from omnitrigger.records import TRIGGERS
 from omnitrigger.state_folder import (
@@ -164,7 +164,8 @@ class BrokerWatch:
 def check_kafka(brokers: str, config: Config) -> dict[str, int]:
     """Preflight: partitions per input topic; KafkaSetupError (one line) when brokers or topics are missing."""
     inputs = list(input_topics(config).values())
-    partitions = preflight(brokers, inputs, config, what="input topics")
+    optional = optional_input_topics(config)
+    partitions = preflight(brokers, inputs, config, what="input topics", optional=optional)
     preflight(brokers, list(output_topics(config).values()), config, what="output topics")
     return partitions
 
@@ -319,7 +320,11 @@ def run_process(spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    topics = {kafka: contract for contract, kafka in input_topics(config).items()}
+    topics = {kafka: contract for contract, kafka in input_topics(config).items() if kafka in spec["partitions"]}
+    for topic in optional_input_topics(config):
+        if topic not in spec["partitions"] and (role is None or role.reads_input):
+            log.info("optional input topic not found: reading without it", extra={"fields": {
+                "topic": topic, "read_by": "back_in_stock rules, in-store offers with min_stock"}})
     # The source (here only on process 0) tells this process's sink from where to read the triggers back.
     read_back = TriggersReadBack() if role is None or role.reads_input else None
     source: Any = KafkaLiveSource(brokers, config, topics, spec["partitions"], shutdown, outage=watch.state,

@@ -139,3 +139,30 @@ def test_max_delay_shorter_than_the_grace_is_refused_in_one_line(tmp_path: Path)
         raise AssertionError("a max_delay every reminder exceeds must be refused")
     path.write_text('[policy]\nmax_delay = "0"\n')
     assert load_config(path).max_delay_s == 0
+
+
+def test_a_job_runs_without_the_optional_inventory_topic(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
+    """inventory.levels is optional: a cluster without it starts (one info line) and sends what it sends."""
+    from kafka_fixtures import config_file
+    from omnitrigger.kafka_tools import input_topics
+
+    now_ms = int(time.time() * 1000)
+    recording = tmp_path / "rec"
+    backlog(recording, now_ms)
+    stores = tmp_path / "stores.csv"
+    stores.write_text(STORES)
+    config = live_config("nostock.")
+    for topic in [*input_topics(config).values(), *output_topics(config).values()]:
+        if not topic.endswith("inventory.levels"):
+            mock_kafka.create_topic(topic, 2)
+    publish(recording, mock_kafka.bootstrap_servers, config)
+    job = LiveJob(mock_kafka.bootstrap_servers, stores, tmp_path / "state", config_file(tmp_path / "job.toml", config),
+                  tmp_path / "job.log")
+    try:
+        live = wait_for_counts(mock_kafka.bootstrap_servers, {TRIGGERS: output_topics(config)[TRIGGERS]},
+                               {TRIGGERS: 2}, job=job)
+        [line] = job.lines_with("optional input topic not found")
+        assert line["topic"] == "nostock.inventory.levels"
+    finally:
+        assert job.stop() == 0, job.log_path.read_text()[-3000:]
+    assert len(live[TRIGGERS]) >= 2  # max_delay off in live_config: the backlog's reminders go out
