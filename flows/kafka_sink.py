@@ -65,7 +65,7 @@ from omnitrigger import metrics
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted,
+    CONVERSIONS, DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted,
 )
 from omnitrigger.schemas import ContractViolation, parse_event_time
 
@@ -236,9 +236,12 @@ class _KafkaOutput(StatelessSinkPartition):
                     metrics.VISITS.inc()
                 elif emitted.stream == RETRACTIONS:
                     metrics.RETRACTIONS.labels(str(record.get("rule"))).inc()
+                elif emitted.stream == CONVERSIONS:
+                    metrics.CONVERSIONS.labels(str(record.get("rule")), str(record.get("arm")),
+                                               str(record.get("purchase_channel"))).inc()
                 elif emitted.stream in (DUPLICATES, REFUSED_LINKS):
                     _count(emitted)
-                if emitted.stream in (TRIGGERS, SUPPRESSED, RETRACTIONS):  # the emit time is the wall clock live
+                if emitted.stream in (TRIGGERS, SUPPRESSED, RETRACTIONS, CONVERSIONS):  # the emit time is the wall clock live
                     record = {**record, "emitted_at": _wall_clock_iso()}
                 key = record.get("customer_id")
                 self._produce(topic, orjson.dumps(record, option=orjson.OPT_SORT_KEYS),

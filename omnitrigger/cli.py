@@ -60,6 +60,7 @@ def cli() -> None:
 @click.option("--duplicates", type=_file, help="Redelivered records that were dropped.")
 @click.option("--events", type=_file, help="The cleaned, deduplicated events.")
 @click.option("--retractions", type=_file, help="Triggers sent although their products were bought before their time.")
+@click.option("--conversions", type=_file, help="Purchases of messaged (or held-out) products within [metrics] conversion_window.")
 @click.option("--config", "config_file", type=_file, help="TOML config file (see README).")
 @click.option("--catalog", type=_file, help="Product catalogue CSV: product_id,category,repurchase_days (replenishment).")
 @click.option("--state-dir", type=_dir, help="Keep state here, to resume an interrupted replay.")
@@ -68,7 +69,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress line.")
 def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | None, visits: Path | None,
            suppressed: Path | None, identities: Path | None, refused_links: Path | None, duplicates: Path | None, events: Path | None,
-           retractions: Path | None, config_file: Path | None, catalog: Path | None, state_dir: Path | None,
+           retractions: Path | None, conversions: Path | None, config_file: Path | None, catalog: Path | None, state_dir: Path | None,
            processes: int | None, addresses: str | None,
            hostfile: Path | None, process_id: int | None, stop_after: int | None, quiet: bool) -> None:
     """Replay RECORDING_DIR (<topic>.jsonl files: kcat -J envelopes or bare events) through the flow."""
@@ -78,7 +79,7 @@ def replay(recording_dir: Path, stores: Path, out: Path, dead_letter: Path | Non
     summary = run_replay(ReplayOptions(
         recording_dir=recording_dir, stores=stores, out=out, dead_letter=dead_letter, visits=visits,
         suppressed=suppressed, identities=identities, refused_links=refused_links, duplicates=duplicates, events=events,
-        retractions=retractions, state_dir=state_dir, config=with_catalog(load_config(config_file), catalog),
+        retractions=retractions, conversions=conversions, state_dir=state_dir, config=with_catalog(load_config(config_file), catalog),
         processes=processes, addresses=address_list,
         process_id=process_id, stop_after=stop_after, progress=not quiet))
     click.echo("\n".join(summary.lines()))

@@ -108,6 +108,9 @@ class Config:
     cross_rule_product_cap: bool = True  # one message per (customer, product) per product_cap_window across all rules
     require_location_consent: bool = True  # an in-store offer (and a visit record) needs the customer's location consent
     max_delay_s: float = 900.0  # live: a trigger this late after its time is suppressed (stale), not sent; 0: off
+    holdout: float = 0.0  # the share of customers held out of every rule (a rule's table may set its own)
+    # [metrics]
+    conversion_window_s: float = 7 * 86_400.0  # a purchase of a messaged product this soon after converts it
     # [kafka] (live mode: `omnitrigger run`, `record`, `publish`)
     kafka_topic_prefix: str = ""  # put in front of every topic name, input and output (per environment)
     kafka_input_topics: tuple[tuple[str, str], ...] = ()  # (contract topic, Kafka topic) overrides
@@ -116,6 +119,7 @@ class Config:
     kafka_visits_topic: str = "omnitrigger.visits"
     kafka_dead_letters_topic: str = "omnitrigger.dead_letters"
     kafka_retractions_topic: str = "omnitrigger.retractions"
+    kafka_conversions_topic: str = "omnitrigger.conversions"  # purchases of messaged (or held-out) products
     kafka_identities_topic: str = "omnitrigger.identities"  # compacted: customer id -> identifiers; "": not published
     kafka_refused_links_topic: str = "omnitrigger.refused_links"  # identity links refused, with why; "": not published
     kafka_duplicates_topic: str = "omnitrigger.duplicates"  # redelivered records dropped by dedup; "": not published
@@ -201,6 +205,13 @@ def _sources(value: Any, name: str) -> tuple[str, ...]:
 def _fraction(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise ConfigError(f"{name}: expected a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _holdout_share(value: Any, name: str) -> float:
+    """A share of customers from 0 to 0.5: a control group larger than the treated one is a typo."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5:
+        raise ConfigError(f"{name}: expected a share of customers from 0 to 0.5 (0.1: one in ten), got {value!r}")
     return float(value)
 
 
@@ -355,6 +366,8 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("policy", "quiet_hours"): ("quiet_hours", _quiet_window),
     ("policy", "timezone"): ("timezone", _time_zone),
     ("policy", "max_delay"): ("max_delay_s", parse_duration_s),
+    ("policy", "holdout"): ("holdout", _holdout_share),
+    ("metrics", "conversion_window"): ("conversion_window_s", parse_duration_s),
     ("kafka", "topic_prefix"): ("kafka_topic_prefix", _topic_name),
     ("kafka", "input_topics"): ("kafka_input_topics", _input_topic_map),
     ("kafka", "triggers_topic"): ("kafka_triggers_topic", _topic_name),
@@ -362,6 +375,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "visits_topic"): ("kafka_visits_topic", _topic_name),
     ("kafka", "dead_letters_topic"): ("kafka_dead_letters_topic", _topic_name),
     ("kafka", "retractions_topic"): ("kafka_retractions_topic", _topic_name),
+    ("kafka", "conversions_topic"): ("kafka_conversions_topic", _topic_name),
     ("kafka", "identities_topic"): ("kafka_identities_topic", _topic_name),
     ("kafka", "refused_links_topic"): ("kafka_refused_links_topic", _topic_name),
     ("kafka", "duplicates_topic"): ("kafka_duplicates_topic", _topic_name),

@@ -20,7 +20,7 @@ from confluent_kafka import (
 
 from omnitrigger.config import Config
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
+    CONVERSIONS, DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.schemas import INPUT_TOPICS, OPTIONAL_INPUT_TOPICS
 
@@ -46,7 +46,8 @@ def output_topics(config: Config) -> dict[str, str]:
     prefix = config.kafka_topic_prefix
     topics = {TRIGGERS: prefix + config.kafka_triggers_topic, SUPPRESSED: prefix + config.kafka_suppressed_topic,
               VISITS: prefix + config.kafka_visits_topic, DEAD_LETTERS: prefix + config.kafka_dead_letters_topic,
-              RETRACTIONS: prefix + config.kafka_retractions_topic}
+              RETRACTIONS: prefix + config.kafka_retractions_topic,
+              CONVERSIONS: prefix + config.kafka_conversions_topic}
     if config.kafka_identities_topic:
         topics[IDENTITIES] = prefix + config.kafka_identities_topic
     if config.kafka_refused_links_topic:

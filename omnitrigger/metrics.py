@@ -74,6 +74,9 @@ INPUT_GAP = Counter("omnitrigger_input_gap_messages",
                     "Input messages deleted by retention before the job read them (a resume found the partition's "
                     "earliest offset past the saved one), per input partition", ["topic", "partition"],
                     registry=REGISTRY)
+CONVERSIONS = Counter("omnitrigger_conversions",
+                      "Purchases of messaged products within [metrics] conversion_window, by rule, arm (treated, "
+                      "holdout) and purchase channel (web, app, pos)", ["rule", "arm", "channel"], registry=REGISTRY)
 STALE = Counter("omnitrigger_stale_triggers",
                 "Triggers suppressed as stale: they would have reached the topic more than [policy] max_delay "
                 "after their time (a backlog, an outage), by rule", ["rule"], registry=REGISTRY)

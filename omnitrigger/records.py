@@ -113,7 +113,9 @@ SUPPRESSED = "suppressed"
 IDENTITIES = "identities"
 REFUSED_LINKS = "refused_links"
 RETRACTIONS = "retractions"
-STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS, RETRACTIONS)
+CONVERSIONS = "conversions"
+STREAMS = (EVENTS, DEAD_LETTERS, DUPLICATES, TRIGGERS, VISITS, SUPPRESSED, IDENTITIES, REFUSED_LINKS, RETRACTIONS,
+           CONVERSIONS)
 
 # Topics of the events operators make for the operators after them (never read from Kafka; see above).
 INTERNAL_TOPIC_PREFIX = "omnitrigger."

@@ -68,7 +68,7 @@ from omnitrigger.outputs import (
 from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
+    CONVERSIONS, DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.operators.stage_chain import STATS
 from omnitrigger.state_folder import (
@@ -87,7 +87,7 @@ DISK_CHECK_INTERVAL_S = 0.25
 #: The output flags, by ReplayOptions field.
 OUTPUT_FLAGS = {"out": "--out", "dead_letter": "--dead-letter", "visits": "--visits", "suppressed": "--suppressed",
                 "identities": "--identities", "refused_links": "--refused-links", "duplicates": "--duplicates",
-                "events": "--events", "retractions": "--retractions"}
+                "events": "--events", "retractions": "--retractions", "conversions": "--conversions"}
 
 
 class ReplayError(Exception):
@@ -123,6 +123,7 @@ class ReplayOptions:
     duplicates: Path | None = None
     events: Path | None = None
     retractions: Path | None = None
+    conversions: Path | None = None
     state_dir: Path | None = None
     config: Config = field(default_factory=Config)
     processes: int = 1  # a one-machine cluster of this many processes
@@ -153,6 +154,8 @@ class ReplaySummary:
     #: confirmed visits not written because the customer had not allowed location processing
     visits_without_location_consent: int = 0
     returns: int = 0
+    #: purchases of messaged products within the conversion window, by arm ("treated", "holdout")
+    conversions_by_arm: dict[str, int] = field(default_factory=dict)
 
     @property
     def records_read(self) -> int:
@@ -181,6 +184,8 @@ class ReplaySummary:
         out += [f"  {reason}: {count:,}" for reason, count in self.suppressed_by_reason.items()]
         out.append(f"retracted (bought before their time): {sum(self.retractions_by_rule.values()):,}")
         out += [f"  {rule}: {count:,}" for rule, count in self.retractions_by_rule.items()]
+        out.append(f"conversions (bought within the window after a message): {sum(self.conversions_by_arm.values()):,}")
+        out += [f"  {arm}: {count:,}" for arm, count in self.conversions_by_arm.items()]
         out.append(f"events/s: {rate:,.0f} ({self.records_this_run:,} records in {self.seconds:.2f} s this run)")
         return out
 
@@ -596,7 +601,7 @@ def _write_identities(rocksdb_dir: Path, path: Path | None, files: OutputFiles |
 
 
 #: The field each counted stream's summary is by.
-_COUNTED = {TRIGGERS: "rule", SUPPRESSED: "reason", REFUSED_LINKS: "reason", RETRACTIONS: "rule"}
+_COUNTED = {TRIGGERS: "rule", SUPPRESSED: "reason", REFUSED_LINKS: "reason", RETRACTIONS: "rule", CONVERSIONS: "arm"}
 
 
 def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], seconds: float) -> ReplaySummary:
@@ -605,7 +610,8 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
     stats = parts.last(STATS) or {}
     outputs = {TRIGGERS: options.out, DEAD_LETTERS: options.dead_letter, VISITS: options.visits,
                SUPPRESSED: options.suppressed, DUPLICATES: options.duplicates,
-               EVENTS: options.events, REFUSED_LINKS: options.refused_links, RETRACTIONS: options.retractions}
+               EVENTS: options.events, REFUSED_LINKS: options.refused_links, RETRACTIONS: options.retractions,
+               CONVERSIONS: options.conversions}
     counts: dict[str, Counter] = {}
     written: dict[str, int] = {}
     with OutputFiles() as files:
@@ -638,6 +644,7 @@ def _finish(options: ReplayOptions, parts_dir: Path, before: dict[str, Any], sec
                              for kind, count in sorted(stats.get("identity", {}).items())},
         visits_without_location_consent=stats.get("visits", {}).get("visits_without_location_consent", 0),
         returns=sum(stats.get("returns", {}).values()),
+        conversions_by_arm=dict(sorted(counts[CONVERSIONS].items())),
     )
 
 

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("OMNITRIGGER_SHARED", REPO.parent / "shared"))
 REAL_DATA = SHARED / "data" / "real"
 
-STREAM_FLAGS = ("dead_letter", "visits", "suppressed", "identities", "refused_links", "duplicates", "events", "retractions")
+STREAM_FLAGS = ("dead_letter", "visits", "suppressed", "identities", "refused_links", "duplicates", "events", "retractions",
+                "conversions")
 
 
 @pytest.fixture

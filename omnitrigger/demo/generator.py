@@ -66,6 +66,7 @@ class RecordingGenerator:
         self.topics: dict[str, list[tuple[int, Any]]] = {
             "web.events": [], "pos.receipts": [], "geo.pings": [], "identity.links": [], "consent.changes": []}
         self._event_no = 0
+        self._left_carts: list[tuple[Customer, int, str]] = []  # (customer, added at, product): carts not bought
 
     def _event_id(self, prefix: str) -> str:
         self._event_no += 1
@@ -74,11 +75,30 @@ class RecordingGenerator:
     def _add(self, topic: str, ts_ms: int, record: Any) -> None:
         self.topics[topic].append((ts_ms, record))
 
-    def generate(self) -> "RecordingGenerator":
+    def generate(self, follow_ups: bool = False) -> "RecordingGenerator":
+        """`follow_ups`: some shoppers who left a cart buy it at a till one to four days later (what a
+        conversion is; drawn from a generator of their own, so the rest of the recording stays the same)."""
         for customer in self.customers:
             self._customer_story(customer)
         # Two days later one shopper is back: the event-time clock passes the day-long browse deadlines.
         self._web(self.customers[0], START_MS + 2 * 86_400_000, "view_item", self.products[0], anonymous=True)
+        if follow_ups:
+            rng = random.Random(self.rng.random())
+            for customer, added, product in self._left_carts:
+                if rng.random() < 0.4:
+                    continue
+                t = added + rng.randrange(24 * 60, 4 * 24 * 60) * MINUTE_MS
+                if rng.random() < 0.5:  # online, in the app
+                    self._web(customer, t, "purchase", product)
+                    continue
+                store = rng.choice(DEMO_STORES)[0]  # at a till, the app's loyalty card scanned
+                self._add("identity.links", t - 1000, {
+                    "event_id": self._event_id("link"), "ts": iso(t - 1000), "source": "loyalty_card",
+                    "ids": {"device_id": customer.device_id, "loyalty_id": customer.loyalty_id}})
+                self._add("pos.receipts", t, {
+                    "terminal_id": f"{store}-T9", "receipt_no": rng.randrange(100_000, 999_999), "ts": t,
+                    "store_id": store, "ids": {"loyalty_id": customer.loyalty_id},
+                    "items": [{"product_id": product, "qty": 1, "price": 19.9}], "total": 19.9})
         return self
 
     def _customer_story(self, c: Customer) -> None:
@@ -109,6 +129,8 @@ class RecordingGenerator:
             if rng.random() < 0.4:
                 t += 5 * MINUTE_MS
                 self._web(c, t, "purchase", viewed[0])
+            else:
+                self._left_carts.append((c, t, viewed[0]))
         if rng.random() < 0.5:  # later walks into a store and stays
             self._visit(c, t + rng.randrange(60, 600) * MINUTE_MS, rng.choice(DEMO_STORES), minutes=rng.choice([1, 4, 8]))
         if rng.random() < 0.4:  # pays at a till with the loyalty card

@@ -5,6 +5,8 @@ What the host keeps, so no rule does (namespace "rules", one per shard; keys by 
     V <customer> 0 <product> -> [view_ts, event id]          last view, kept the offer's lookback
     P <customer> 0 <product> -> purchase ts                  last purchase, kept 2 x lookback
     R <customer> 0 <product> -> [trigger id, rule, ts]       a trigger sent, kept retraction_window
+    X <customer> 0 <product> -> [message id, rule, ts, arm]  the latest trigger (arm "treated") or holdout
+                                                             suppression ("holdout"), kept conversion_window
     I <customer>             -> [[type, value], ...]         its identifiers: a trigger's recipient
     <code> <customer> 0 <product> -> [due, set_ms, [evidence ids]]   a rule's pending deadline
     M <code> <customer> 0 <subject> -> value                a rule's own memory (ctx.remember), with an expiry
@@ -44,7 +46,7 @@ from omnitrigger.operators.quiet_hours import QuietHours
 from omnitrigger.operators.rules.registry import HOST_TOPICS, configured_rules
 from omnitrigger.operators.rules.rule import Pending, Rule, iso, trigger_id
 from omnitrigger.records import (
-    IDENTITY_TOPIC, INVENTORY_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, Emitted, Event, Item, Merge,
+    CONVERSIONS, IDENTITY_TOPIC, INVENTORY_TOPIC, RETRACTIONS, SUPPRESSED, TRIGGERS, VISIT_CONFIRMED, Emitted, Event, Item, Merge,
     Watermark, is_returned_line,
 )
 from omnitrigger.state import ShardState
@@ -59,6 +61,7 @@ RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id
 _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
 _VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY, _STOCK, _WATCH = b"V", b"P", b"R", b"I", b"M", b"S", b"W"
+_MESSAGED = b"X"
 
 
 class Rules(StageOperator):
@@ -83,6 +86,8 @@ class Rules(StageOperator):
         self.store_quiet = {store: QuietHours(config.quiet_hours, zone) for store, zone in zones.items()}
         # Live only (a replay has no wall clock): a trigger more than max_delay past its time is stale.
         self.max_delay_ms = int(config.max_delay_s * 1000) if config.wall_clock else 0
+        self.holdout = {rule.name: rule.options.get("holdout", config.holdout) for rule in self.rules}
+        self.conversion_window_ms = int(config.conversion_window_s * 1000)
         self.clock = ShardClock(state, _SWEEP_EVERY_MS, _SWEEP_MARGIN_MS, remember_sweep=True)
         self.replaying = False  # applying a merged customer's history: state only, no new outputs for the past
         self.timers = TimerQueue(state, config.rule_timers_in_memory)
@@ -128,7 +133,7 @@ class Rules(StageOperator):
         if topic == "web.events":
             kind = body["type"]
             if kind == "purchase":
-                self._on_purchase(customer, body["items"], ts_ms, body["event_id"], body.get("channel", "web"))
+                self._on_purchase(customer, body["items"], ts_ms, body["event_id"], body.get("channel", "web"), None)
                 return
             if kind == "view_item":
                 self._on_view(customer, body["product_id"], ts_ms, body["event_id"])
@@ -137,7 +142,7 @@ class Rules(StageOperator):
         elif topic == "pos.receipts":
             if body.get("type") != "return":
                 self._on_purchase(customer, body["items"], ts_ms, f"{body['terminal_id']}/{body['receipt_no']}",
-                                  "pos")
+                                  "pos", str(body["store_id"]) if "store_id" in body else None)  # (the journal keeps none)
         else:
             self.policy.on_consent(customer, body["channel"], body["status"], ts_ms)
 
@@ -150,7 +155,7 @@ class Rules(StageOperator):
             self.state.put(key, orjson.dumps([ts_ms, event_id]), ts_ms + self.lookback_ms)
 
     def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
-                     channel: str | None) -> None:
+                     channel: str | None, store: str | None) -> None:
         """Lines bought (a quantity above zero; the rest are returns) cancel what they were set before them,
         and retract what already went out for them although they were bought before its time."""
         bought = list(dict.fromkeys(item["product_id"] for item in items if not is_returned_line(item)))
@@ -165,6 +170,7 @@ class Rules(StageOperator):
             rule.on_purchase(self, customer, bought, ts_ms, evidence, channel)
         if not self.replaying:
             self._retract(customer, bought, ts_ms, evidence, channel)
+            self._convert(customer, items, ts_ms, evidence, channel, store)
 
     def _retract(self, customer: str, products: list[Any], ts_ms: int, evidence: str, channel: str | None) -> None:
         """One retraction per trigger sent for these products whose time is after this purchase."""
@@ -185,6 +191,42 @@ class Rules(StageOperator):
                       "trigger_ts": iso(sent_ms), "trigger_ts_ms": sent_ms, "evidence": [evidence],
                       "reason": "purchased_before_due", "emitted_at": iso(ts_ms)}
             self._out.append(Emitted(RETRACTIONS, _sort_key(ts_ms, record["retraction_id"]), record))
+
+    def _convert(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str, channel: str | None,
+                 store: str | None) -> None:
+        """A purchase of a product a message (a trigger, or a holdout's suppression) named, within the conversion
+        window after it: one conversion per bought product, credited to the latest such message, once."""
+        amounts: dict[Any, float] = {}
+        for item in items:
+            if not is_returned_line(item):
+                amounts[item["product_id"]] = amounts.get(item["product_id"], 0.0) + \
+                    float(item.get("qty") or 0) * float(item.get("price") or 0)
+        for product, amount in amounts.items():
+            key = owned_key(_MESSAGED, customer, product)
+            raw = self.state.get(key, ts_ms)
+            if raw is None:
+                continue
+            message_id, rule, message_ms, arm = orjson.loads(raw)
+            if ts_ms < message_ms:
+                continue  # bought before the message's time: a retraction, not a conversion
+            self.state.delete(key)
+            conversion_id = xxhash.xxh3_128_hexdigest(f"{message_id}\x1f{evidence}\x1f{product}".encode())[:32]
+            record = {"conversion_id": conversion_id, "trigger_id": message_id, "rule": rule, "customer_id": customer,
+                      "product": product, "arm": arm, "purchase_channel": channel,
+                      "store_id": store if channel == "pos" else None, "amount": round(amount, 2),
+                      "delay_s": round((ts_ms - message_ms) / 1000, 3), "message_ts": iso(message_ms),
+                      "message_ts_ms": message_ms, "purchase_ts": iso(ts_ms), "ts_ms": ts_ms,
+                      "evidence": [evidence], "emitted_at": iso(ts_ms)}
+            self._out.append(Emitted(CONVERSIONS, _sort_key(ts_ms, conversion_id), record))
+
+    def _remember_message(self, customer: str, products: list[Any], message_id: str, rule: str, ts_ms: int,
+                          arm: str) -> None:
+        """What a later purchase converts: the latest message of each product, for the conversion window."""
+        for product in products:
+            key = owned_key(_MESSAGED, customer, product)
+            raw = self.state.get(key, ts_ms)
+            if raw is None or orjson.loads(raw)[2] <= ts_ms:
+                self.state.put(key, orjson.dumps([message_id, rule, ts_ms, arm]), ts_ms + self.conversion_window_ms)
 
     def bought_since(self, customer: str, product: Any, ts_ms: int) -> bool:
         last = self.state.get(owned_key(_PURCHASE, customer, product))
@@ -326,8 +368,18 @@ class Rules(StageOperator):
             record["delay_s"] = round(delay_ms / 1000, 1)
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
+        share = self.holdout.get(rule.name, 0.0)
+        if share > 0 and held_out(rule, customer, share):
+            # The control group: exactly the trigger that would have gone out, kept back. It takes the caps a
+            # sent one would (the arms see the same policy) and its products' purchases count as its conversions.
+            record["reason"] = "holdout"
+            self.policy.record_trigger(rule.name, customer, decision.products, ts_ms)
+            self._remember_message(customer, decision.products, record["trigger_id"], rule.name, ts_ms, "holdout")
+            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
+            return
         record["recipient"] = self._recipient(customer, decision.channel)
         self.policy.record_trigger(rule.name, customer, decision.products, ts_ms)
+        self._remember_message(customer, decision.products, record["trigger_id"], rule.name, ts_ms, "treated")
         for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
             self.state.put(owned_key(_SENT, customer, product), orjson.dumps([record["trigger_id"], rule.name, ts_ms]),
                            ts_ms + self.retraction_window_ms)
@@ -366,7 +418,7 @@ class Rules(StageOperator):
         if role in ("retire", "both"):
             self.state.delete(_IDENTIFIERS + loser.encode())
             for prefix in (*(bytes((code,)) for code in self.by_code), *(_MEMORY + bytes((code,)) for code in self.by_code),
-                           _VIEW, _PURCHASE, _SENT):
+                           _VIEW, _PURCHASE, _SENT, _MESSAGED):
                 start = owner_prefix(prefix, loser)
                 for state_key, _ in self.state.scan(start, end_of(start)):
                     self.state.delete(state_key)
@@ -392,6 +444,14 @@ def _stock_key(store: str, product: Any) -> bytes:
 
 def _watch_key(rule: Rule, product: Any, customer: str) -> bytes:
     return _WATCH + bytes((rule.code,)) + orjson.dumps(product) + b"\x00" + customer.encode()
+
+
+def held_out(rule: Rule, customer: str, share: float) -> bool:
+    """Whether `customer` is in `rule`'s control group: a hash of the customer id and the rule's salt (its
+    `holdout_salt`, by default its name) below `share`. The same on every run and restart; after a merge the
+    winner's id, so the winner's assignment, holds."""
+    salt = rule.options.get("holdout_salt", rule.name)
+    return xxhash.xxh3_64_intdigest(f"{salt}\x1f{customer}".encode()) < share * 18446744073709551616
 
 
 def wall_clock_ms() -> int:

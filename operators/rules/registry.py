@@ -164,7 +164,7 @@ def _checked(name: str, kind: str, table: dict[str, Any]) -> dict[str, Any]:
     """The table's settings, converted; an unknown setting or a bad value is one line naming it."""
     from omnitrigger.config import ConfigError
 
-    allowed = KINDS[kind].settings
+    allowed = {**KINDS[kind].settings, **common_settings()}
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in allowed:
@@ -175,6 +175,18 @@ def _checked(name: str, kind: str, table: dict[str, Any]) -> dict[str, Any]:
         except ConfigError as error:
             raise RuleConfigError(str(error)) from None
     return out
+
+
+def common_settings() -> dict[str, Any]:
+    """Settings every rule's table may give: its control group."""
+    from omnitrigger.config import ConfigError, _holdout_share
+
+    def salt(value: Any, name: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
+        return value
+
+    return {"holdout": _holdout_share, "holdout_salt": salt}
 
 
 def _state_code(name: str, given: Any, used: set[int]) -> int:
