@@ -77,6 +77,9 @@ INPUT_GAP = Counter("omnitrigger_input_gap_messages",
 CONVERSIONS = Counter("omnitrigger_conversions",
                       "Purchases of messaged products within [metrics] conversion_window, by rule, arm (treated, "
                       "holdout) and purchase channel (web, app, pos)", ["rule", "arm", "channel"], registry=REGISTRY)
+PENDING_DEADLINES = Gauge("omnitrigger_pending_deadlines",
+                          "Deadlines set and not yet fired or cancelled, by rule (this process's rules shards)",
+                          ["rule"], registry=REGISTRY)
 STALE = Counter("omnitrigger_stale_triggers",
                 "Triggers suppressed as stale: they would have reached the topic more than [policy] max_delay "
                 "after their time (a backlog, an outage), by rule", ["rule"], registry=REGISTRY)

@@ -52,7 +52,8 @@ def backlog(recording: Path, now_ms: int) -> None:
         web(3, "view_item", old + HOUR, "P5", cookie_id="c1"),  # a browse reminder due two days ago: stale
         web(5, "view_item", old + 2 * HOUR, "P6", cookie_id="c4"),  # c4: no consent of its own
         # The login merges u3's customer into c4's (seen first): u3's id is tombstoned on the identities topic.
-        web(6, "add_to_cart", now_ms - 70 * MINUTE, "P3", cookie_id="c4", auth_id="u3")])  # due 10 min ago: sent
+        web(6, "add_to_cart", now_ms - 70 * MINUTE, "P3", cookie_id="c4", auth_id="u3"),  # due 10 min ago: sent
+        web(7, "view_item", now_ms - 20 * HOUR, "P4", cookie_id="c5")])  # a browse reminder due in 4 hours
 
 
 def job_config(path: Path, prefix: str, metrics_port: int) -> Path:
@@ -113,6 +114,7 @@ def test_a_backlog_days_old_is_read_in_event_time_and_sends_nothing_stale(tmp_pa
     assert ("purchased", ["P2"]) in [(s["reason"], s["products"]) for s in suppressed]
     assert metrics['omnitrigger_stale_triggers_total{rule="cart_abandoned"}'] == 1
     assert metrics['omnitrigger_stale_triggers_total{rule="browse_abandoned"}'] == 1
+    assert metrics['omnitrigger_pending_deadlines{rule="browse_abandoned"}'] == 1  # c5's, due in 4 hours
 
     # The identities topic, compacted (the latest value per key), is the replay's --identities by customer.
     latest: dict[str, Any] = {}

@@ -40,6 +40,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.policy import Policy
 from omnitrigger.operators.quiet_hours import QuietHours
@@ -62,6 +63,7 @@ _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch'
 _SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
 _VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY, _STOCK, _WATCH = b"V", b"P", b"R", b"I", b"M", b"S", b"W"
 _MESSAGED = b"X"
+_PENDING_COUNTS = b"pending"
 
 
 class Rules(StageOperator):
@@ -88,6 +90,13 @@ class Rules(StageOperator):
         self.max_delay_ms = int(config.max_delay_s * 1000) if config.wall_clock else 0
         self.holdout = {rule.name: rule.options.get("holdout", config.holdout) for rule in self.rules}
         self.conversion_window_ms = int(config.conversion_window_s * 1000)
+        # Live only: pending deadlines per rule for `omnitrigger_pending_deadlines` (counted, not scanned).
+        self.count_pending = config.wall_clock
+        saved = state.get_meta(_PENDING_COUNTS) if self.count_pending else None
+        self.pending_counts: dict[str, int] = orjson.loads(saved) if saved else {}
+        for name, count in self.pending_counts.items():
+            metrics.PENDING_DEADLINES.labels(name).inc(count)
+        self._counts_changed = False
         self.clock = ShardClock(state, _SWEEP_EVERY_MS, _SWEEP_MARGIN_MS, remember_sweep=True)
         self.replaying = False  # applying a merged customer's history: state only, no new outputs for the past
         self.timers = TimerQueue(state, config.rule_timers_in_memory)
@@ -125,6 +134,9 @@ class Rules(StageOperator):
                     for rule in self.rules:
                         rule.on_identity(self, event.customer, event.body, event.ts_ms)
         self.clock.save()
+        if self._counts_changed:
+            self.state.put_meta(_PENDING_COUNTS, orjson.dumps(self.pending_counts))
+            self._counts_changed = False
         out, self._out = self._out, []
         return OperatorResult(list(events), out)
 
@@ -289,7 +301,15 @@ class Rules(StageOperator):
                 for key, value in self.state.scan(prefix, end_of(prefix))]
 
     def drop_pending(self, rule: Rule, customer: str, product: Any) -> None:
+        """Remove a pending deadline that is there (it fired, was cancelled, or went along with another)."""
         self.state.delete(owned_key(bytes((rule.code,)), customer, product))
+        if self.count_pending:
+            self._count(rule.name, -1)
+
+    def _count(self, rule: str, delta: int) -> None:
+        self.pending_counts[rule] = self.pending_counts.get(rule, 0) + delta
+        metrics.PENDING_DEADLINES.labels(rule).inc(delta)
+        self._counts_changed = True
 
     def remember(self, rule: Rule, customer: str, subject: Any, value: Any, expires_ms: int) -> None:
         """Keep `value` for the rule and customer until `expires_ms` (event time); retired with the customer."""
@@ -309,7 +329,10 @@ class Rules(StageOperator):
             if not self.replaying:
                 self.suppress(rule, customer, [product], deadline, "late_event", evidence, None)
             return
-        self.state.put(owned_key(bytes((rule.code,)), customer, product), orjson.dumps([deadline, set_ms, evidence]))
+        key = owned_key(bytes((rule.code,)), customer, product)
+        if self.count_pending and self.state.get(key) is None:
+            self._count(rule.name, 1)
+        self.state.put(key, orjson.dumps([deadline, set_ms, evidence]))
         self.timers.schedule(deadline, rule.code, customer, orjson.dumps(product))
 
     def cancel(self, rule: Rule | str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
@@ -422,6 +445,8 @@ class Rules(StageOperator):
                 start = owner_prefix(prefix, loser)
                 for state_key, _ in self.state.scan(start, end_of(start)):
                     self.state.delete(state_key)
+                    if self.count_pending and len(prefix) == 1 and prefix[0] in self.by_code:
+                        self._count(self.by_code[prefix[0]].name, -1)
             self.policy.retire(loser)
         if role in ("absorb", "both"):
             # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).

@@ -30,7 +30,7 @@ from omnitrigger.operators.rules.welcome import Welcome
 #: Topics whose records every rule sees through the host (facts it keeps, and consent for the policy).
 HOST_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes"})
 #: Key prefixes the host and the policy use in the rules namespace: no rule may take one as its code.
-RESERVED_CODES = frozenset(b"CFGIMPRSTVW")
+RESERVED_CODES = frozenset(b"CFGIMPRSTVWX")
 
 KINDS: dict[str, type[Rule]] = {}
 
