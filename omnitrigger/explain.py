@@ -77,6 +77,8 @@ class Explanation:
     pending: list[dict[str, Any]] = field(default_factory=list)
     customer_cap: dict[str, Any] | None = None
     product_caps: list[dict[str, Any]] = field(default_factory=list)
+    #: per rule with a control group: {"rule", "share", "held_out"} (a function of the customer id alone)
+    holdouts: list[dict[str, Any]] = field(default_factory=list)
     product: str | None = None
     out_dir: str | None = None
     triggers: list[dict[str, Any]] = field(default_factory=list)
@@ -115,6 +117,10 @@ class Explanation:
         out.append(f"product caps in force: {len(self.product_caps)}")
         out += [f"  {p['product']!r} ({'any rule' if p['rule'] == '*' else p['rule']}): last message {p['last']}, "
                 f"until {p['until']}" for p in self.product_caps]
+        if self.holdouts:
+            out.append("control groups:")
+            out += [f"  {h['rule']} (holdout {h['share']:g}): " + ("held out" if h["held_out"] else "treated")
+                    for h in self.holdouts]
         if self.out_dir is not None:
             out.append(f"outputs in {self.out_dir}:")
             out.append(f"  triggers: {len(self.triggers)}")
@@ -309,6 +315,7 @@ def explain(state_dir: Path, *, customer: str | None = None, identifier: tuple[s
             found |= _read_rules(view, customer, rules_now, config, product, result)
     finally:
         folder.close()
+    result.holdouts = holdout_assignments(customer, config)
     if out_dir is not None:
         found |= _read_outputs(Path(out_dir), customer, product, result)
     if not found:
@@ -333,6 +340,18 @@ def _read_identity(view: ShardState, customer: str, now_ms: int, result: Explana
                                        "last_seen_ms": last_seen})
     result.identifiers.sort(key=lambda i: (IDENTIFIER_TYPES.index(i["type"]), i["value"]))
     return True
+
+
+def holdout_assignments(customer: str, config: Config) -> list[dict[str, Any]]:
+    """Whether `customer` is held out of each rule that has a control group (as the rules host decides it)."""
+    from omnitrigger.operators.rules.host import held_out
+
+    out = []
+    for rule in configured_rules(config):
+        share = rule.options.get("holdout", config.holdout)
+        if share > 0:
+            out.append({"rule": rule.name, "share": share, "held_out": held_out(rule, customer, share)})
+    return out
 
 
 def _consents(raw: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:

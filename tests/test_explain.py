@@ -193,3 +193,21 @@ def test_a_cluster_state_folder_explains_the_same(run: dict, tmp_path: Path) -> 
     for doc in (alone, cluster):
         doc.pop("state_dir"), doc.pop("out_dir")
     assert cluster == alone and cluster["pending"] and cluster["triggers"]
+
+
+def test_explain_shows_the_customers_control_groups(run: dict, tmp_path: Path) -> None:
+    """With --config naming a holdout, explain says, per rule, whether the customer is held out, as the rules
+    decide it (the same hash of the customer id)."""
+    from omnitrigger.config import load_config
+    from omnitrigger.operators.rules import configured_rules
+    from omnitrigger.operators.rules.host import held_out
+
+    config_path = tmp_path / "holdout.toml"
+    config_path.write_text('[policy]\nholdout = 0.2\n[rules.cart_abandoned]\nholdout = 0.5\n')
+    doc = explain_json(run, "--customer", run["customer"], "--config", str(config_path))
+    rules = {rule.name: rule for rule in configured_rules(load_config(config_path))}
+    assert [(h["rule"], h["share"]) for h in doc["holdouts"]] == [
+        ("cart_abandoned", 0.5), ("browse_abandoned", 0.2), ("store_visit_offer", 0.2)]
+    for entry in doc["holdouts"]:
+        assert entry["held_out"] == held_out(rules[entry["rule"]], run["customer"], entry["share"])
+    assert explain_json(run, "--customer", run["customer"])["holdouts"] == []
