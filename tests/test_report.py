@@ -5,10 +5,9 @@ The browser is Debian's `chromium` (.ci/run installs it), driven by Playwright t
 `executable_path`, so nothing is downloaded; the context is offline and every request other than the
 report file itself is refused and counted. The browser tests skip only when no Chromium binary is found.
 
-conversions.jsonl is not written by a replay yet (the conversions stream comes with the holdouts): the
-tests write it in the stream's format (conversion_id, trigger_id, rule, customer_id, product, arm,
-purchase_channel, store_id, amount, delay_s, purchase_ts, ts_ms), by hand for the small case and, on the
-real-data mix, by `derive_conversions` from the triggers, the holdout suppressions and the events.
+The small case's conversions.jsonl is written by hand; the real-data mix is replayed with a control group
+(`[policy] holdout = 0.3`) and its conversions are the engine's, which `derive_conversions` (the issue's
+definition, computed from the triggers, the holdout suppressions and the events) checks.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from typing import Any
 
 import orjson
 import pytest
+
+from omnitrigger.config import Config
 
 from conftest import REPO, records, replay, write_lines
 from omnitrigger.report import (
@@ -437,13 +438,6 @@ def add_ropo_lines(recording: Path) -> int:
     return changed
 
 
-def held_out(customer: str, rule: str) -> bool:
-    """The test's stand-in for `[rules.<name>] holdout = 0.3`: a stable 30 % of each rule's customers."""
-    import hashlib
-
-    return int(hashlib.sha256(f"{rule}:{customer}".encode()).hexdigest()[:8], 16) % 10 < 3
-
-
 def derive_conversions(messages: list[tuple[str, dict[str, Any]]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The conversions stream as issue 17 defines it: each purchase line (a web purchase's item, or a till
     receipt's line of positive quantity) of a product of a message (a trigger sent, or a holdout
@@ -481,8 +475,8 @@ def derive_conversions(messages: list[tuple[str, dict[str, Any]]], events: list[
 
 @pytest.fixture(scope="module")
 def real_mix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The real-data mix replayed with every output, then a holdout of 30 % of each rule's customers (their
-    triggers become suppressions of reason holdout, as the holdout step writes them) and its conversions."""
+    """The real-data mix replayed with every output and a control group of 30 % of each rule's customers
+    (`[policy] holdout = 0.3`); the conversions are the engine's (checked against the issue's definition)."""
     from conftest import REAL_DATA
     from geolife import write_stores_csv
     from recordings import omnichannel_recording
@@ -495,24 +489,30 @@ def real_mix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     recording = tmp_path / "recording"
     _, stores = omnichannel_recording(REAL_DATA, recording)
     changed = add_ropo_lines(recording)
-    _, files = replay(tmp_path, recording, stores=write_stores_csv(tmp_path / "stores.csv", stores))
+    _, files = replay(tmp_path, recording, stores=write_stores_csv(tmp_path / "stores.csv", stores),
+                      config=Config(holdout=0.3))
     folder = tmp_path / "run"
-    triggers, suppressed = records(files["triggers"]), records(files["suppressed"])
-    kept, holdout = [], []
-    for trigger in triggers:
-        if held_out(trigger["customer_id"], trigger["rule"]):
-            holdout.append({key: value for key, value in trigger.items() if key != "recipient"} | {"reason": "holdout"})
-        else:
-            kept.append(trigger)
-    write_lines(folder / "triggers.jsonl", kept)
-    write_lines(folder / "suppressed.jsonl", suppressed + holdout)
-    events = records(files["events"])
-    conversions = derive_conversions([("treated", t) for t in kept] + [("holdout", h) for h in holdout], events)
-    write_lines(folder / "conversions.jsonl", conversions)
     html_file = tmp_path / "report.html"
     result = omnitrigger("report", str(folder), "--html", str(html_file))
     assert result.returncode == 0, result.stderr
-    return {"folder": folder, "html": html_file, "numbers": report_numbers(html_file), "ropo_lines": changed}
+    return {"folder": folder, "html": html_file, "numbers": report_numbers(html_file), "ropo_lines": changed,
+            "files": files}
+
+
+def test_the_engines_conversions_follow_the_issues_definition(real_mix: dict[str, Any]) -> None:
+    """Every conversion the engine wrote is one the definition finds, credited to the same message (the engine
+    has fewer where a message was converted once already: it converts once per product)."""
+    files = real_mix["files"]
+    triggers = records(files["triggers"])
+    holdouts = [s for s in records(files["suppressed"]) if s["reason"] == "holdout"]
+    derived = derive_conversions([("treated", t) for t in triggers] + [("holdout", h) for h in holdouts],
+                                 records(files["events"]))
+    expected = {(c["customer_id"], c["product"], c["ts_ms"]): (c["trigger_id"], c["arm"]) for c in derived}
+    engine = records(files["conversions"])
+    assert len(engine) > 10 and {c["arm"] for c in engine} == {"treated", "holdout"}
+    for conversion in engine:
+        key = (conversion["customer_id"], str(conversion["product"]), conversion["ts_ms"])
+        assert expected.get(key) == (conversion["trigger_id"], conversion["arm"]), conversion
 
 
 def test_real_data_numbers_equal_an_independent_computation(real_mix: dict[str, Any]) -> None:
