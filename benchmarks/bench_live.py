@@ -59,8 +59,10 @@ def job_config(path: Path, metrics_port: int) -> None:
     wanted = {
         "kafka": {"topic_prefix": f'"{PREFIX}"', "metrics_port": str(metrics_port), "heartbeat_interval": '"0.2s"'},
         "visits": {"min_dwell": '"10s"', "max_gap": '"30s"', "allowed_lateness": '"2s"'},
-        "rules": {"cart_abandoned_after": '"30s"', "allowed_lateness": '"0s"'},
-        "policy": {"max_triggers_per_customer": "1000"},
+        # No purchase grace and no quiet hours: a 30 s cart is due 30 s after its add, day or night, so the
+        # latency measured is the engine's, not the 5-minute grace's or the night's.
+        "rules": {"cart_abandoned_after": '"30s"', "allowed_lateness": '"0s"', "purchase_grace": '"0s"'},
+        "policy": {"max_triggers_per_customer": "1000", "quiet_hours": '""', "max_delay": '"0"'},
     }
     lines = []
     for section, values in wanted.items():
