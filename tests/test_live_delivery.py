@@ -168,3 +168,43 @@ def test_a_job_runs_without_the_optional_inventory_topic(tmp_path: Path, mock_ka
     finally:
         assert job.stop() == 0, job.log_path.read_text()[-3000:]
     assert len(live[TRIGGERS]) >= 2  # max_delay off in live_config: the backlog's reminders go out
+
+
+def test_live_publishes_conversions_as_a_replay_writes_them(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
+    """Issue 17 live: a cart reminder, then the product bought at a till two days later: the conversion is on
+    omnitrigger.conversions, equal to the replay's record, and counted in omnitrigger_conversions_total."""
+    from kafka_fixtures import config_file
+    from omnitrigger.records import CONVERSIONS
+
+    old = int(time.time() * 1000) - 10 * DAY
+    recording = tmp_path / "rec"
+    write_lines(recording / "consent.changes.jsonl", [consent(1, old - HOUR, cookie_id="c1")])
+    write_lines(recording / "identity.links.jsonl", [{"event_id": "l-1", "ts": old - HOUR + 1, "source": "loyalty_card",
+                                                      "ids": {"cookie_id": "c1", "loyalty_id": "L1"}}])
+    write_lines(recording / "web.events.jsonl", [web(1, "add_to_cart", old, "P1", cookie_id="c1"),
+                                                 web(2, "view_item", old + 3 * DAY, "P9", cookie_id="c-tick")])
+    write_lines(recording / "pos.receipts.jsonl", [
+        {"terminal_id": "T1", "receipt_no": 7, "ts": old + 2 * DAY, "store_id": "S1", "ids": {"loyalty_id": "L1"},
+         "items": [{"product_id": "P1", "qty": 1, "price": 9.9}]}])
+    stores = tmp_path / "stores.csv"
+    stores.write_text(STORES)
+    _, replayed = replay(tmp_path, recording, stores=stores, config=Config(quiet_hours="", max_delay_s=0))
+    [expected] = records(replayed["conversions"])
+    assert expected["purchase_channel"] == "pos" and expected["arm"] == "treated"
+    port = free_port()
+    config = live_config("convert.", kafka_metrics_port=port, kafka_metrics_bind="127.0.0.1")
+    create_topics(mock_kafka, config)
+    publish(recording, mock_kafka.bootstrap_servers, config)
+    path = config_file(tmp_path / "job.toml", config)
+    path.write_text(path.read_text() + 'quiet_hours = ""\n')  # the file ends in its [policy] table
+    job = LiveJob(mock_kafka.bootstrap_servers, stores, tmp_path / "state", path, tmp_path / "job.log")
+    try:
+        live = wait_for_counts(mock_kafka.bootstrap_servers, output_topics(config), {CONVERSIONS: 1}, job=job)
+        metrics = scrape(port)
+    finally:
+        assert job.stop() == 0, job.log_path.read_text()[-3000:]
+    [message] = live[CONVERSIONS]
+    assert {k: v for k, v in message["value"].items() if k != "emitted_at"} == \
+        {k: v for k, v in expected.items() if k != "emitted_at"}
+    assert message["key"] == expected["customer_id"]
+    assert metrics['omnitrigger_conversions_total{arm="treated",channel="pos",rule="cart_abandoned"}'] == 1
