@@ -32,7 +32,8 @@ from omnitrigger.operators.rules import RULES
 #: Example customers shown per change.
 EXAMPLES = 3
 #: The output files a backtest writes and compares, by stream.
-STREAM_FILES = {"triggers": "triggers.jsonl", "suppressed": "suppressed.jsonl", "retractions": "retractions.jsonl"}
+STREAM_FILES = {"triggers": "triggers.jsonl", "suppressed": "suppressed.jsonl", "retractions": "retractions.jsonl",
+                "conversions": "conversions.jsonl"}
 
 Record = dict[str, Any]
 
@@ -81,12 +82,16 @@ class RuleDiff:
     suppressed_b: int = 0
     retractions_added: Change = field(default_factory=Change)
     retractions_removed: Change = field(default_factory=Change)
+    #: conversions (issue 17) by arm: {"treated": n, "holdout": n} in each run
+    conversions_a: dict[str, int] = field(default_factory=dict)
+    conversions_b: dict[str, int] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         return bool(self.added.count or self.removed.count or self.reason_changed.count
                     or self.suppressions_added.count or self.suppressions_removed.count
-                    or self.retractions_added.count or self.retractions_removed.count)
+                    or self.retractions_added.count or self.retractions_removed.count
+                    or self.conversions_a != self.conversions_b)
 
     def lines(self) -> list[str]:
         head = (f"{self.rule}: triggers {self.triggers_a} -> {self.triggers_b}, suppressed {self.suppressed_a} -> "
@@ -109,6 +114,10 @@ class RuleDiff:
                               ("retractions only in A", self.retractions_removed)):
             if change.count:
                 out.append(f"  {title}: {change.describe()}")
+        if self.conversions_a != self.conversions_b:
+            def arms(counts: dict[str, int]) -> str:
+                return ", ".join(f"{arm} {n}" for arm, n in sorted(counts.items())) or "none"
+            out.append(f"  conversions: {arms(self.conversions_a)} -> {arms(self.conversions_b)}")
         return out
 
 
@@ -199,9 +208,10 @@ def compare_outputs(folder_a: Path, folder_b: Path, rules: Iterable[str] = RULES
                for name, folder in (("a", folder_a), ("b", folder_b))}
     seen = [record.get("rule") for run in streams.values() for records in run.values() for record in records]
     names = list(dict.fromkeys([*rules, *sorted({str(rule) for rule in seen if rule is not None} - set(rules))]))
-    report = BacktestReport(totals_a={stream: len(records) for stream, records in streams["a"].items()},
-                            totals_b={stream: len(records) for stream, records in streams["b"].items()},
-                            rules={})
+    def totals(run: dict[str, list[Record]]) -> dict[str, int]:  # conversions only where a run has them
+        return {stream: len(records) for stream, records in run.items() if stream != "conversions" or records}
+
+    report = BacktestReport(totals_a=totals(streams["a"]), totals_b=totals(streams["b"]), rules={})
     for rule in names:
         run_a = {stream: [r for r in records if r.get("rule") == rule] for stream, records in streams["a"].items()}
         run_b = {stream: [r for r in records if r.get("rule") == rule] for stream, records in streams["b"].items()}
@@ -246,6 +256,9 @@ def _compare_rule(rule: str, a: dict[str, list[Record]], b: dict[str, list[Recor
         diff.suppressions_added.add(record, record.get("reason"))
     for record in only_a:
         diff.suppressions_removed.add(record, record.get("reason"))
+    for counts, run in ((diff.conversions_a, a), (diff.conversions_b, b)):
+        for record in run["conversions"]:
+            counts[str(record.get("arm"))] = counts.get(str(record.get("arm")), 0) + 1
     retractions_a = {r["retraction_id"] for r in a["retractions"]}
     retractions_b = {r["retraction_id"] for r in b["retractions"]}
     for record in b["retractions"]:
@@ -333,7 +346,8 @@ def run_backtest(recording: Path, stores: Path, config_a: Config, config_b: Conf
                 say(f"backtest: replaying {recording} under {name}")
             run_replay(ReplayOptions(recording_dir=Path(recording), stores=Path(stores), out=out / STREAM_FILES["triggers"],
                                      suppressed=out / STREAM_FILES["suppressed"],
-                                     retractions=out / STREAM_FILES["retractions"], config=config))
+                                     retractions=out / STREAM_FILES["retractions"],
+                                     conversions=out / STREAM_FILES["conversions"], config=config))
         report = compare_outputs(folders["A"], folders["B"])
     report.settings_changed = settings_changed(config_a, config_b)
     report.recording = str(recording)

@@ -140,3 +140,31 @@ def test_suppressions_match_by_their_tuple_when_ids_differ(tmp_path: Path) -> No
     assert cart.reason_changed.examples == ["cus_a"]
     assert cart.suppressions_added.count == cart.suppressions_removed.count == 0
     assert report.totals_a == {"triggers": 0, "suppressed": 1, "retractions": 0}
+
+
+def test_a_control_group_and_its_conversions_in_a_backtest(tmp_path: Path) -> None:
+    """B holds every cart customer out (a share of 0.5 that takes c1, by its hash, or not): the cart trigger
+    becomes a `holdout` suppression or stays, and the till purchase two days later converts in that arm."""
+    rec = tmp_path / "rec"
+    write_lines(rec / "consent.changes.jsonl", [
+        {"event_id": "k-1", "ts": T0 - HOUR, "ids": {"cookie_id": "c1"}, "channel": "push", "status": "granted"}])
+    write_lines(rec / "identity.links.jsonl", [
+        {"event_id": "l-1", "ts": T0 - HOUR + 1, "ids": {"cookie_id": "c1", "loyalty_id": "L1"}, "source": "loyalty_card"}])
+    write_lines(rec / "web.events.jsonl", [web(1, "add_to_cart", T0, "P1", "c1"),
+                                           web(4, "view_item", T0 + 3 * 24 * HOUR, "P9", "c9")])
+    write_lines(rec / "pos.receipts.jsonl", [
+        {"terminal_id": "T1", "receipt_no": 1, "ts": T0 + 2 * 24 * HOUR, "store_id": "S1",
+         "ids": {"loyalty_id": "L1"}, "items": [{"product_id": "P1", "qty": 1, "price": 3.0}]}])
+    stores = write_stores(tmp_path / "stores.csv")
+    for salt in ("a", "b", "c", "d", "e", "f"):  # a salt whose draw holds c1 out
+        (tmp_path / "held.toml").write_text(f'[rules.cart_abandoned]\nholdout = 0.5\nholdout_salt = "{salt}"\n')
+        result = omnitrigger("backtest", str(rec), "--stores", str(stores), "--against", str(tmp_path / "held.toml"),
+                             "--json")
+        assert result.returncode == 0, result.stderr
+        cart = orjson.loads(result.stdout)["rules"]["cart_abandoned"]
+        if cart["triggers_b"] == 0:
+            break
+    assert cart["became_suppressed"]["by_reason"] == {"holdout": 1}
+    assert cart["conversions_a"] == {"treated": 1} and cart["conversions_b"] == {"holdout": 1}
+    text = omnitrigger("backtest", str(rec), "--stores", str(stores), "--against", str(tmp_path / "held.toml"))
+    assert "conversions: treated 1 -> holdout 1" in text.stdout
