@@ -129,21 +129,25 @@ def optional_input_topics(config: Config) -> tuple[str, ...]:
 
 
 def record(brokers: str, out_dir: Path, config: Config, topics: list[str] | None = None,
-           duration_s: float | None = None, progress: Callable[[str], None] | None = None) -> dict[str, int]:
+           duration_s: float | None = None, progress: Callable[[str], None] | None = None,
+           outputs: bool = False) -> dict[str, int]:
     """Write `<topic>.jsonl` files of kcat -J envelopes; returns records written per contract topic.
+
+    `outputs`: record the output topics instead (triggers, suppressed, conversions, ...), each file named
+    by its Kafka topic (`omnitrigger.triggers.jsonl`): what `omnitrigger report` reads.
 
     Without `duration_s`, reads every partition up to the end offsets it had when recording started
     (`--until-offsets`); with it, reads for that long. Lines of one partition keep their order; the
     partitions of a topic are interleaved in arrival order, as kcat writes them.
     """
-    names = input_topics(config)
+    names = input_topics(config) if not outputs else {topic: topic for topic in output_topics(config).values()}
     wanted = topics or list(names)
     unknown = [topic for topic in wanted if topic not in names]
     if unknown:
         raise KafkaSetupError(f"unknown topics {', '.join(unknown)}: record takes contract topic names "
                               f"({', '.join(names)}); the prefix and overrides come from the config")
     kafka_topics = {names[topic]: topic for topic in wanted}
-    optional = optional_input_topics(config) if topics is None else ()
+    optional = optional_input_topics(config) if topics is None and not outputs else ()
     partitions = preflight(brokers, list(kafka_topics), config, what="topics", optional=optional)
     out_dir.mkdir(parents=True, exist_ok=True)
     consumer = Consumer(client_settings(brokers, config, **{

@@ -52,17 +52,21 @@ def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | No
 @click.option("--topics", help="Comma-separated contract topics to record (default: all five).")
 @click.option("--until-offsets", is_flag=True, help="Stop at the end offsets the topics had at start (the default).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Record for this many seconds instead.")
+@click.option("--outputs", is_flag=True, help="Record the output topics instead (triggers, suppressed, conversions, "
+                                                "...), each file named by its topic: what `omnitrigger report` reads.")
 @_config
 def record(brokers: str, out_dir: Path, topics: str | None, until_offsets: bool, duration: float | None,
-           config_file: Path | None) -> None:
-    """Record input topics into a folder in the replay format (kcat -J envelopes)."""
+           outputs: bool, config_file: Path | None) -> None:
+    """Record input topics (or, with --outputs, the output topics) into a folder of kcat -J envelopes."""
     from omnitrigger.kafka_tools import record as record_topics
 
     if until_offsets and duration is not None:
         raise click.UsageError("--until-offsets and --duration exclude each other")
+    if outputs and topics:
+        raise click.UsageError("--outputs records every output topic; --topics names input topics")
     wanted = [topic.strip() for topic in topics.split(",") if topic.strip()] if topics else None
     written = record_topics(brokers, out_dir, load_config(config_file), wanted, duration,
-                            progress=lambda line: click.echo(line, err=True))
+                            progress=lambda line: click.echo(line, err=True), outputs=outputs)
     for topic, count in written.items():
         click.echo(f"{topic}: {count:,} records -> {out_dir / (topic + '.jsonl')}")
 

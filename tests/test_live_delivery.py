@@ -208,3 +208,61 @@ def test_live_publishes_conversions_as_a_replay_writes_them(tmp_path: Path, mock
         {k: v for k, v in expected.items() if k != "emitted_at"}
     assert message["key"] == expected["customer_id"]
     assert metrics['omnitrigger_conversions_total{arm="treated",channel="pos",rule="cart_abandoned"}'] == 1
+
+
+def test_a_report_over_the_recorded_output_topics_equals_the_replays(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
+    """Issue 17: `omnitrigger record --outputs` writes the live output topics to files named by topic, and
+    `omnitrigger report` over them gives the replay's numbers (those that need no input events)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from kafka_fixtures import config_file
+    from test_report import report_numbers
+
+    old = int(time.time() * 1000) - 10 * DAY
+    recording = tmp_path / "rec"
+    write_lines(recording / "consent.changes.jsonl", [consent(n, old - HOUR, cookie_id=f"c{n}") for n in range(1, 9)])
+    write_lines(recording / "identity.links.jsonl", [
+        {"event_id": f"l-{n}", "ts": old - HOUR + 1, "source": "loyalty_card",
+         "ids": {"cookie_id": f"c{n}", "loyalty_id": f"L{n}"}} for n in range(1, 9)])
+    write_lines(recording / "web.events.jsonl", [
+        *(web(n, "add_to_cart", old + n * MINUTE, "P1", cookie_id=f"c{n}") for n in range(1, 9)),
+        web(99, "view_item", old + 5 * DAY, "P9", cookie_id="c-tick")])
+    write_lines(recording / "pos.receipts.jsonl", [
+        {"terminal_id": "T1", "receipt_no": n, "ts": old + 2 * DAY + n, "store_id": "S1", "ids": {"loyalty_id": f"L{n}"},
+         "items": [{"product_id": "P1", "qty": 1, "price": 9.9}]} for n in (1, 2, 3, 5, 8)])
+    stores = tmp_path / "stores.csv"
+    stores.write_text(STORES)
+    settings = Config(quiet_hours="", max_delay_s=0, holdout=0.4)
+    replay(tmp_path, recording, stores=stores, config=settings)
+    replayed = tmp_path / "run"
+    (replayed / "events.jsonl").unlink()  # the live topics carry no input events: compare like with like
+    config = live_config("reported.")
+    create_topics(mock_kafka, config)
+    publish(recording, mock_kafka.bootstrap_servers, config)
+    path = config_file(tmp_path / "job.toml", config)
+    path.write_text(path.read_text() + 'quiet_hours = ""\nholdout = 0.4\n')
+    job = LiveJob(mock_kafka.bootstrap_servers, stores, tmp_path / "state", path, tmp_path / "job.log")
+    expected_conversions = len(records((replayed / "conversions.jsonl").read_bytes()))
+    try:
+        wait_for_counts(mock_kafka.bootstrap_servers, output_topics(config), {"conversions": expected_conversions},
+                        job=job)
+    finally:
+        assert job.stop() == 0, job.log_path.read_text()[-3000:]
+    recorded = tmp_path / "recorded"
+    cli = [sys.executable, "-m", "omnitrigger"]
+    result = subprocess.run([*cli, "record", "--brokers", mock_kafka.bootstrap_servers, "--outputs", "--out",
+                             str(recorded), "--config", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (recorded / "reported.omnitrigger.conversions.jsonl").is_file()
+    pages = {}
+    for name, folder in (("replay", replayed), ("live", recorded)):
+        result = subprocess.run([*cli, "report", str(folder), "--html", str(tmp_path / f"{name}.html")],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        pages[name] = report_numbers(tmp_path / f"{name}.html")
+    assert expected_conversions > 0 and pages["live"]["conversion_rates"]["recorded"]
+    for section in ("activity", "suppression_reasons", "conversion_rates", "conversions_by_channel", "visits"):
+        assert pages["live"][section] == pages["replay"][section], section
+    shutil.rmtree(recorded)
