@@ -243,28 +243,6 @@ def _run_local_cluster(options: LiveOptions, config: Config, partitions: dict[st
     log.info("cluster stopped")
 
 
-def live_operators() -> list[Any]:
-    """The replay's operators, with the visits operator counting its late pings in `omnitrigger_late_pings_total`.
-
-    Late pings are a run total of the visits operator (operators/visits.py `counts`), not a record any sink
-    sees; the subclass adds what one call added to it, once per batch (nothing per ping). Same name, same
-    state: the layout and the snapshot are the replay's.
-    """
-    from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
-    from omnitrigger.operators import Visits
-
-    class CountedVisits(Visits):
-        def on_events(self, events: list[Any]) -> Any:
-            before = self.counts.get("late_pings", 0)
-            result = super().on_events(events)
-            late = self.counts.get("late_pings", 0) - before
-            if late > 0:
-                metrics.LATE_PINGS.inc(late)
-            return result
-
-    return [CountedVisits if factory is Visits else factory for factory in DEFAULT_OPERATORS]
-
-
 def run_process(spec: dict[str, Any]) -> None:
     """Run the flow in this process (alone, or as `spec["cluster"]`'s process of a cluster) until stopped."""
     from bytewax.recovery import RecoveryConfig
@@ -332,8 +310,7 @@ def run_process(spec: dict[str, Any]) -> None:
     if role is not None:
         source = PinnedSource(source, here=role.reads_input)
     sink = KafkaOutputSink(brokers, config, output_topics(config), read_back)
-    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}",
-                      operators=live_operators())
+    flow = build_flow(source, sink, config, state_dir / "rocksdb" / f"process-{role.process_id if role else 0}")
     fields: dict[str, Any] = {"brokers": brokers, "state_dir": str(state_dir), "input_topics": sorted(topics),
                               "outputs": output_topics(config), "metrics_port": spec["metrics_port"],
                               "metrics_bind": config.kafka_metrics_bind if spec["metrics_port"] else None,

@@ -56,6 +56,7 @@ from typing import Any
 import orjson
 import xxhash
 
+from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
 from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge
@@ -144,6 +145,7 @@ class Visits(StageOperator):
                 counts["inaccurate_pings"] += 1
             elif ts < self.clock.now_ms - self.lateness_ms:
                 counts["late_pings"] += 1
+                metrics.LATE_PINGS.inc()  # live's omnitrigger_late_pings_total (a replay has the run total)
             else:
                 self._on_ping(event, out, emitted, first)
         self.clock.save()
