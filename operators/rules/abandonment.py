@@ -25,16 +25,40 @@ from typing import Any
 
 import orjson
 
-from omnitrigger.operators.rules.rule import MAX_EVIDENCE, Pending, Rule, RuleContext, event_products
+from omnitrigger.config import ConfigError, _boolean, parse_duration_s
+from omnitrigger.operators.rules.rule import MAX_EVIDENCE, Pending, Rule, RuleContext, choices, event_products
 
 #: The suppressed stream's reason for a cancelling event type.
 CANCEL_REASONS = {"purchase": "purchased", "remove_from_cart": "removed_from_cart"}
 START_TYPES = ("view_item", "add_to_cart", "begin_checkout", "remove_from_cart")
 
 
+def _restart(value: Any, name: str) -> str:
+    if value not in ("move", "keep_first"):
+        raise ConfigError(f"{name}: expected \"move\" or \"keep_first\", got {value!r}")
+    return value
+
+
+def _rule_names(value: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{name}: expected a list of rule names, got {list(value) if isinstance(value, tuple) else value!r}")
+    return tuple(value)
+
+
+def _reason(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.replace("_", "").isalnum():
+        raise ConfigError(f"{name}: expected a reason code such as \"moved_to_cart\", got {value!r}")
+    return value
+
+
 class Abandonment(Rule):
     kind = "abandonment"
     deferred = True
+    settings = {"starts_on": choices(START_TYPES), "cancelled_by": choices(("purchase",) + START_TYPES),
+                "after": parse_duration_s, "restart": _restart, "group_window": parse_duration_s,
+                "replaces": _rule_names, "replace_reason": _reason, "quiet_hours": _boolean}
+    default_settings = {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
+                        "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
 
     def __init__(self, name: str, code: int | None, settings: dict[str, Any]) -> None:
         super().__init__(name, code, settings)

@@ -17,13 +17,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from omnitrigger.config import ConfigError, parse_duration_s
 from omnitrigger.operators.rules.rule import Rule, RuleContext
 from omnitrigger.records import INVENTORY_TOPIC
+
+
+def _store(value: Any, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
+        raise ConfigError(f"{name}: expected \"online\" or a store id, got {value!r}")
+    return str(value)
 
 
 class BackInStock(Rule):
     kind = "back_in_stock"
     broadcast_topics = frozenset({INVENTORY_TOPIC})
+    settings = {"store": _store, "within": parse_duration_s}
     default_settings = {"store": "online", "within": 30 * 86_400.0}
 
     def __init__(self, name: str, code: int | None, settings: dict[str, Any]) -> None:

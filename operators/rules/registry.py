@@ -20,7 +20,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from omnitrigger.operators.rules.abandonment import START_TYPES, Abandonment
+from omnitrigger.config import ConfigError, _holdout_share
+from omnitrigger.operators.rules.abandonment import Abandonment
 from omnitrigger.operators.rules.back_in_stock import BackInStock
 from omnitrigger.operators.rules.replenishment import Replenishment
 from omnitrigger.operators.rules.rule import Rule
@@ -162,9 +163,7 @@ def _configured(tables: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...],
 
 def _checked(name: str, kind: str, table: dict[str, Any]) -> dict[str, Any]:
     """The table's settings, converted; an unknown setting or a bad value is one line naming it."""
-    from omnitrigger.config import ConfigError
-
-    allowed = {**KINDS[kind].settings, **common_settings()}
+    allowed = {**KINDS[kind].settings, **COMMON_SETTINGS}
     out: dict[str, Any] = {}
     for key, value in table.items():
         if key not in allowed:
@@ -177,16 +176,14 @@ def _checked(name: str, kind: str, table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def common_settings() -> dict[str, Any]:
-    """Settings every rule's table may give: its control group."""
-    from omnitrigger.config import ConfigError, _holdout_share
+def _salt(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
+    return value
 
-    def salt(value: Any, name: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{name}: expected a non-empty string, got {value!r}")
-        return value
 
-    return {"holdout": _holdout_share, "holdout_salt": salt}
+#: Settings every rule's table may give: its control group.
+COMMON_SETTINGS = {"holdout": _holdout_share, "holdout_salt": _salt}
 
 
 def _state_code(name: str, given: Any, used: set[int]) -> int:
@@ -231,92 +228,3 @@ def rule_layout(config: Any) -> list[str]:
     rule set or other codes is refused)."""
     return [f"{rule.name}:{rule.kind}:{chr(rule.code) if rule.code is not None else '-'}"
             for rule in configured_rules(config)]
-
-
-def _event_types(value: Any, name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
-    from omnitrigger.config import ConfigError
-
-    if not isinstance(value, (list, tuple)) or not value or any(item not in allowed for item in value):
-        raise ConfigError(f"{name}: expected a non-empty list drawn from {list(allowed)}, got {value!r}")
-    return tuple(dict.fromkeys(value))
-
-
-def _settings_of_abandonment() -> dict[str, Any]:
-    from omnitrigger.config import _boolean, parse_duration_s
-
-    def restart(value: Any, name: str) -> str:
-        from omnitrigger.config import ConfigError
-
-        if value not in ("move", "keep_first"):
-            raise ConfigError(f"{name}: expected \"move\" or \"keep_first\", got {value!r}")
-        return value
-
-    def names(value: Any, name: str) -> tuple[str, ...]:
-        from omnitrigger.config import ConfigError
-
-        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
-            raise ConfigError(f"{name}: expected a list of rule names, got {list(value) if isinstance(value, tuple) else value!r}")
-        return tuple(value)
-
-    def reason(value: Any, name: str) -> str:
-        from omnitrigger.config import ConfigError
-
-        if not isinstance(value, str) or not value.replace("_", "").isalnum():
-            raise ConfigError(f"{name}: expected a reason code such as \"moved_to_cart\", got {value!r}")
-        return value
-
-    return {"starts_on": lambda value, name: _event_types(value, name, START_TYPES),
-            "cancelled_by": lambda value, name: _event_types(value, name, ("purchase",) + START_TYPES),
-            "after": parse_duration_s, "restart": restart, "group_window": parse_duration_s,
-            "replaces": names, "replace_reason": reason, "quiet_hours": _boolean}
-
-
-def _settings_of_offer() -> dict[str, Any]:
-    from omnitrigger.config import _boolean, _positive_int, parse_duration_s
-
-    def whole(value: Any, name: str) -> int:
-        from omnitrigger.config import ConfigError
-
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{name}: expected a whole number of units, 0 or more, got {value!r}")
-        return value
-
-    return {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int, "min_stock": whole}
-
-
-def _settings_of_welcome() -> dict[str, Any]:
-    from omnitrigger.config import _boolean, parse_duration_s
-    from omnitrigger.operators.identity import IDENTIFIER_TYPES
-
-    return {"identifiers": lambda value, name: _event_types(value, name, IDENTIFIER_TYPES),
-            "after": parse_duration_s, "quiet_hours": _boolean}
-
-
-def _duration() -> Any:
-    from omnitrigger.config import parse_duration_s
-
-    return parse_duration_s
-
-
-def _store_name(value: Any, name: str) -> str:
-    from omnitrigger.config import ConfigError
-
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise ConfigError(f"{name}: expected \"online\" or a store id, got {value!r}")
-    return str(value)
-
-
-def _settings_of_replenishment() -> dict[str, Any]:
-    from omnitrigger.config import _boolean
-
-    return {"quiet_hours": _boolean}
-
-
-Abandonment.settings = _settings_of_abandonment()
-Abandonment.default_settings = {"starts_on": None, "cancelled_by": ("purchase",), "after": None, "restart": "move",
-                                "group_window": 0.0, "replaces": (), "replace_reason": "", "quiet_hours": True}
-StoreVisitOffer.settings = _settings_of_offer()
-StoreVisitOffer.default_settings = {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5, "min_stock": 0}
-BackInStock.settings = {"store": lambda value, name: _store_name(value, name), "within": _duration()}
-Welcome.settings = _settings_of_welcome()
-Replenishment.settings = _settings_of_replenishment()

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from omnitrigger.catalog import repurchase_days
+from omnitrigger.config import _boolean
 from omnitrigger.operators.rules.rule import Rule, RuleContext
 
 _DAY_MS = 86_400_000
@@ -26,6 +27,7 @@ _DAY_MS = 86_400_000
 class Replenishment(Rule):
     kind = "replenishment"
     deferred = True
+    settings = {"quiet_hours": _boolean}
     default_settings = {"quiet_hours": True}
     run_time_settings = ("catalog_file",)
 

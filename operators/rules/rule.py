@@ -47,6 +47,17 @@ def trigger_id(rule: str, customer: str, subject: str, ts_ms: int) -> str:
     return xxhash.xxh3_128_hexdigest(f"{rule}\x1f{customer}\x1f{subject}\x1f{ts_ms}".encode())[:32]
 
 
+def choices(allowed: tuple[str, ...]) -> Converter:
+    """A setting that is a non-empty list drawn from `allowed` (each once, in the table's order)."""
+    def convert(value: Any, name: str) -> tuple[str, ...]:
+        from omnitrigger.config import ConfigError
+
+        if not isinstance(value, (list, tuple)) or not value or any(item not in allowed for item in value):
+            raise ConfigError(f"{name}: expected a non-empty list drawn from {list(allowed)}, got {value!r}")
+        return tuple(dict.fromkeys(value))
+    return convert
+
+
 def event_products(body: dict[str, Any]) -> list[Any]:
     """The products a web event is about: its `product_id`, or the lines of its `items` (a begin_checkout
     may carry the basket instead), each once, returned lines left out."""

@@ -19,11 +19,21 @@ from __future__ import annotations
 from typing import Any
 
 from omnitrigger.records import INVENTORY_TOPIC, VISIT_CONFIRMED
+from omnitrigger.config import ConfigError, _boolean, _positive_int, parse_duration_s
 from omnitrigger.operators.rules.rule import Rule, RuleContext
+
+
+def _units(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}: expected a whole number of units, 0 or more, got {value!r}")
+    return value
 
 
 class StoreVisitOffer(Rule):
     kind = "store_visit_offer"
+    settings = {"quiet_hours": _boolean, "lookback": parse_duration_s, "max_products": _positive_int,
+                "min_stock": _units}
+    default_settings = {"quiet_hours": False, "lookback": 86_400.0, "max_products": 5, "min_stock": 0}
     topics = frozenset({VISIT_CONFIRMED})
     uses_location = True
 

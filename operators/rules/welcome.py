@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnitrigger.operators.rules.rule import Pending, Rule, RuleContext
+from omnitrigger.config import _boolean, parse_duration_s
+from omnitrigger.operators.identity import IDENTIFIER_TYPES
+from omnitrigger.operators.rules.rule import Pending, Rule, RuleContext, choices
 from omnitrigger.records import IDENTITY_TOPIC
 
 #: A welcome's one pending deadline per customer is kept under this subject.
@@ -29,6 +31,7 @@ class Welcome(Rule):
     kind = "welcome"
     deferred = True
     topics = frozenset({IDENTITY_TOPIC})
+    settings = {"identifiers": choices(IDENTIFIER_TYPES), "after": parse_duration_s, "quiet_hours": _boolean}
     default_settings = {"identifiers": ("auth_id", "loyalty_id"), "after": 600.0, "quiet_hours": True}
 
     def __init__(self, name: str, code: int | None, settings: dict[str, Any]) -> None:
