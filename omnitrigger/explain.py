@@ -42,6 +42,7 @@ from omnitrigger.operators.router import shard_of
 from omnitrigger.operators.rules import configured_rules, iso
 from omnitrigger.pii import PII_TYPES, Pseudonymizer, key_from_environment
 from omnitrigger.state import ShardState, StateError
+from omnitrigger.state.clock import saved_clock
 from omnitrigger.state.keys import end_of, owner_prefix, subject_of
 
 #: The suppressed stream's reasons that are cancellations (the deadline was called off), not policy decisions.
@@ -263,8 +264,7 @@ def stored_value(kind: str, value: str, config: Config) -> str:
 
 
 def _clock(view: ShardState | None) -> int:
-    raw = view.get_meta(b"clock") if view is not None else None
-    return int(raw) if raw else 0
+    return saved_clock(view) if view is not None else 0
 
 
 def _first(views: list[ShardState]) -> ShardState | None:
@@ -344,11 +344,11 @@ def _read_identity(view: ShardState, customer: str, now_ms: int, result: Explana
 
 def holdout_assignments(customer: str, config: Config) -> list[dict[str, Any]]:
     """Whether `customer` is held out of each rule that has a control group (as the rules host decides it)."""
-    from omnitrigger.operators.rules.host import held_out
+    from omnitrigger.operators.rules.host import held_out, holdout_share
 
     out = []
     for rule in configured_rules(config):
-        share = rule.options.get("holdout", config.holdout)
+        share = holdout_share(rule, config)
         if share > 0:
             out.append({"rule": rule.name, "share": share, "held_out": held_out(rule, customer, share)})
     return out

@@ -88,7 +88,7 @@ class Rules(StageOperator):
         self.store_quiet = {store: QuietHours(config.quiet_hours, zone) for store, zone in zones.items()}
         # Live only (a replay has no wall clock): a trigger more than max_delay past its time is stale.
         self.max_delay_ms = int(config.max_delay_s * 1000) if config.wall_clock else 0
-        self.holdout = {rule.name: rule.options.get("holdout", config.holdout) for rule in self.rules}
+        self.holdout = {rule.name: holdout_share(rule, config) for rule in self.rules}
         self.conversion_window_ms = int(config.conversion_window_s * 1000)
         # Live only: pending deadlines per rule for `omnitrigger_pending_deadlines` (counted, not scanned).
         self.count_pending = config.wall_clock
@@ -380,29 +380,25 @@ class Rules(StageOperator):
         decision = self.policy.decide(rule.name, customer, products, ts_ms, needs_location=rule.uses_location)
         record = self._record(rule.name, customer, decision.products, ts_ms, store, evidence, decision.channel,
                               subject)
-        if decision.reason is not None:
-            record["reason"] = decision.reason
-            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
-            return
-        delay_ms = wall_clock_ms() - ts_ms if self.max_delay_ms else 0
+        reason = decision.reason
+        delay_ms = wall_clock_ms() - ts_ms if reason is None and self.max_delay_ms else 0
         if delay_ms > self.max_delay_ms:
-            # A backlog or an outage: a reminder this late reads as spam. Not sent, so it uses no cap.
-            record["reason"] = "stale"
-            record["delay_s"] = round(delay_ms / 1000, 1)
-            self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
-            return
-        share = self.holdout.get(rule.name, 0.0)
-        if share > 0 and held_out(rule, customer, share):
-            # The control group: exactly the trigger that would have gone out, kept back. It takes the caps a
-            # sent one would (the arms see the same policy) and its products' purchases count as its conversions.
-            record["reason"] = "holdout"
+            reason = "stale"  # a backlog or an outage: a reminder this late reads as spam; not sent, it uses no cap
+        if reason is None:
+            # Both arms take the caps and can convert: the control group is exactly the trigger that would have
+            # gone out, kept back (reason holdout), so the arms meet the same policy.
+            arm = "holdout" if held_out(rule, customer, self.holdout[rule.name]) else "treated"
             self.policy.record_trigger(rule.name, customer, decision.products, ts_ms)
-            self._remember_message(customer, decision.products, record["trigger_id"], rule.name, ts_ms, "holdout")
+            self._remember_message(customer, decision.products, record["trigger_id"], rule.name, ts_ms, arm)
+            if arm == "holdout":
+                reason = "holdout"
+        if reason is not None:
+            record["reason"] = reason
+            if reason == "stale":
+                record["delay_s"] = round(delay_ms / 1000, 1)
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
         record["recipient"] = self._recipient(customer, decision.channel)
-        self.policy.record_trigger(rule.name, customer, decision.products, ts_ms)
-        self._remember_message(customer, decision.products, record["trigger_id"], rule.name, ts_ms, "treated")
         for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
             self.state.put(owned_key(_SENT, customer, product), orjson.dumps([record["trigger_id"], rule.name, ts_ms]),
                            ts_ms + self.retraction_window_ms)
@@ -471,10 +467,17 @@ def _watch_key(rule: Rule, product: Any, customer: str) -> bytes:
     return _WATCH + bytes((rule.code,)) + orjson.dumps(product) + b"\x00" + customer.encode()
 
 
+def holdout_share(rule: Rule, config: Any) -> float:
+    """The share of customers held out of `rule`: its table's `holdout`, else `[policy] holdout`."""
+    return rule.options.get("holdout", config.holdout)
+
+
 def held_out(rule: Rule, customer: str, share: float) -> bool:
     """Whether `customer` is in `rule`'s control group: a hash of the customer id and the rule's salt (its
     `holdout_salt`, by default its name) below `share`. The same on every run and restart; after a merge the
     winner's id, so the winner's assignment, holds."""
+    if share <= 0:
+        return False
     salt = rule.options.get("holdout_salt", rule.name)
     return xxhash.xxh3_64_intdigest(f"{salt}\x1f{customer}".encode()) < share * 18446744073709551616
 
