@@ -272,10 +272,9 @@ class _KafkaPartition(StatefulSourcePartition):
                     continue
                 part = (topic, int(partition))
                 # No committed offsets (positions live in the snapshot): lag = end offset - next offset to read,
-                # the furthest of what librdkafka handed out, what was read here, an end mark, the resumed
-                # offset and the earliest offset still there (app_offset is unset until a message is read).
-                position = max(partition_stats.get("app_offset", -1), self._next_fetch.get(part, -1),
-                               self._end_seen.get(part, -1), self.merger.start_offset(part),
+                # the furthest of what librdkafka handed out, our own position and the earliest offset still
+                # there (app_offset is unset until a message is read).
+                position = max(partition_stats.get("app_offset", -1), self._position(part),
                                partition_stats.get("lo_offset", -1), 0)
                 lags[part] = max(0, high - position)
                 metrics.CONSUMER_LAG.labels(topic, partition).set(lags[part])
@@ -409,11 +408,16 @@ class _KafkaPartition(StatefulSourcePartition):
                 _, high = self.consumer.get_watermark_offsets(TopicPartition(*part), cached=True)
             except KafkaException:
                 return True
-            # The end mark's offset counts too: transaction markers take offsets no message is read at.
-            position = max(self._next_fetch.get(part, self.merger.start_offset(part)), self._end_seen.get(part, -1))
+            position = self._position(part)
             if high >= 0 and position >= 0 and high > position:
                 return True
         return False
+
+    def _position(self, part: tuple[str, int]) -> int:
+        """The next offset to read in `part`, as far as this source knows: after the last message read, its
+        latest end mark (transaction markers take offsets no message is read at), or where it resumed; -1 if
+        none yet."""
+        return max(self._next_fetch.get(part, -1), self._end_seen.get(part, -1), self.merger.start_offset(part))
 
     def _outage_now(self) -> bool:
         """Whether the merge waits without a time limit: the brokers are away (BrokerWatch), or were (BrokerWatch

@@ -183,7 +183,7 @@ class Identity(StageOperator):
                    for loser in sorted(self._merged_away)]
         self._merged_away = []
         for customer, ids_now in sorted(self._changed.items()):
-            live = sorted({(kind, value) for kind, value in ids_now if self._lookup((kind, value)) == customer})
+            live = sorted(set(self._live_ids(customer, {"ids": ids_now})))
             updates.append(Emitted(IDENTITIES, (seq, 0), {
                 "customer_id": customer, "identifiers": [{"type": kind, "value": value} for kind, value in live]}))
         return updates
