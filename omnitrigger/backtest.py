@@ -229,24 +229,9 @@ def _compare_rule(rule: str, a: dict[str, list[Record]], b: dict[str, list[Recor
     suppressed_b = _index(b["suppressed"])
     crossed_a: set[int] = set()  # suppressions of A that are triggers in B, and the reverse
     crossed_b: set[int] = set()
-    for trigger in b["triggers"]:
-        if trigger["trigger_id"] in ids_a:
-            continue
-        diff.added.add(trigger)
-        was = _find(suppressed_a, trigger)
-        if was is not None:
-            crossed_a.add(id(was))
-            diff.became_trigger.add(trigger, was.get("reason"))
-    for trigger in a["triggers"]:
-        if trigger["trigger_id"] in ids_b:
-            continue
-        diff.removed.add(trigger)
-        now = _find(suppressed_b, trigger)
-        if now is not None:
-            crossed_b.add(id(now))
-            diff.became_suppressed.add(trigger, now.get("reason"))
-    _pair_moved(diff, [t for t in a["triggers"] if t["trigger_id"] not in ids_b],
-                [t for t in b["triggers"] if t["trigger_id"] not in ids_a])
+    added = _only_in(b["triggers"], ids_a, suppressed_a, diff.added, diff.became_trigger, crossed_a)
+    removed = _only_in(a["triggers"], ids_b, suppressed_b, diff.removed, diff.became_suppressed, crossed_b)
+    _pair_moved(diff, removed, added)
     pairs, only_a, only_b = _pair_suppressions([s for s in a["suppressed"] if id(s) not in crossed_a],
                                                [s for s in b["suppressed"] if id(s) not in crossed_b])
     for old, new in pairs:
@@ -268,6 +253,23 @@ def _compare_rule(rule: str, a: dict[str, list[Record]], b: dict[str, list[Recor
         if record["retraction_id"] not in retractions_b:
             diff.retractions_removed.add(record)
     return diff
+
+
+def _only_in(triggers: list[Record], other_ids: set[str], other_suppressed: dict[Any, list[Record]], only: Change,
+             crossed: Change, crossed_ids: set[int]) -> list[Record]:
+    """The triggers of one run whose id the other run did not send, each counted in `only`; those the other
+    run suppressed instead also in `crossed`, by the other run's reason (their suppressions in `crossed_ids`)."""
+    left = []
+    for trigger in triggers:
+        if trigger["trigger_id"] in other_ids:
+            continue
+        left.append(trigger)
+        only.add(trigger)
+        other = _find(other_suppressed, trigger)
+        if other is not None:
+            crossed_ids.add(id(other))
+            crossed.add(trigger, other.get("reason"))
+    return left
 
 
 def _pair_moved(diff: RuleDiff, removed: list[Record], added: list[Record]) -> None:
