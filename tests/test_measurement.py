@@ -147,3 +147,20 @@ def test_the_winners_assignment_holds_after_a_merge(tmp_path: Path) -> None:
     decided = [r for r in records(files["triggers"]) + records(files["suppressed"]) if r["rule"] == "cart_abandoned"]
     assert [r["customer_id"] for r in decided] == [winner]
     assert (decided[0].get("reason") == "holdout") == held_out(rule, winner, 0.5)
+
+
+def test_a_control_group_larger_than_half_or_a_blank_salt_is_one_line(tmp_path: Path) -> None:
+    from omnitrigger.config import ConfigError, load_config
+
+    for text, expected in [('[policy]\nholdout = 0.7\n', "policy.holdout: expected a share of customers from 0 to 0.5"),
+                           ('[rules.cart_abandoned]\nholdout = -0.1\n', "rules.cart_abandoned.holdout"),
+                           ('[rules.cart_abandoned]\nholdout = 0.1\nholdout_salt = ""\n',
+                            "rules.cart_abandoned.holdout_salt: expected a non-empty string")]:
+        path = tmp_path / "c.toml"
+        path.write_text(text)
+        try:
+            load_config(path)
+        except ConfigError as error:
+            assert expected in str(error), str(error)
+        else:
+            raise AssertionError(f"accepted: {text}")
