@@ -1,0 +1,189 @@
+"""A global, deterministic record order built from each partition's own data, and the merge that restores it.
+
+Today one worker (the sequencer) reads every input in one merged order: a
+greedy k-way heap merge of the streams by (event time, topic, partition,
+offset), `omnitrigger/recording.py` `RecordingReader` over the recording's
+files and `omnitrigger/live_input.py` `EventTimeMerger` over the Kafka
+partitions, each record numbered by its place (`seq`). A partitioned flow
+cannot have that one place, so the order must be a key each record carries.
+
+`PartitionStamper` (one per (topic, partition), in its source part) gives
+each record the key
+
+    OrderKey(max event time of the partition so far, topic, partition, position in the partition)
+
+Sorting by it is the greedy heap merge, exactly, when every tuple (event
+time, topic, partition, offset) belongs to one stream only, which holds
+when each merged stream is one (topic, partition) (the live merger's case,
+and a recording whose files hold one partition each): the heap merge keyed
+on each head's own tuple hands the records out in the order of (running
+lexicographic max of the stream's tuples so far, position in the stream).
+A record late in its partition takes the running max of the records before
+it, so it sorts right after its predecessor; and since the topic and
+partition are fixed and the max's offset only grows with the position, the
+max's offset adds nothing, which is why the key keeps only the max's time.
+The key's time is also the merged stream's clock at that record: the
+latest event time of all records up to it (tests/test_ordering.py proves
+both by property tests, and what breaks when a stream holds several
+partitions or two streams share a tuple).
+
+`FrontierMerge` (one per receiving shard) puts records from several
+senders back in key order. Bytewax keeps order only per (sender, receiver)
+pair and `op.merge` keeps none, so each sender sends its records in
+increasing key order plus, now and then, a frontier; the receiver holds a
+record until no sender can still send a smaller key. Whatever the
+interleaving of arrivals, the released sequence is the same, and the low
+frontier is the shard's event-time clock (`state/clock.py`'s "now"). The
+wiring into the flows (`flows/`) and the saving into the shard state
+(`state/shard_state.py`) come later; nothing here imports bytewax.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import struct
+from collections import deque
+from collections.abc import Hashable, Iterable
+from typing import Any, NamedTuple
+
+__all__ = ["FINISHED", "NOTHING", "FrontierMerge", "OrderKey", "PartitionStamper"]
+
+_TS_BIAS = 1 << 63  # signed 64-bit time as unsigned: byte order == numeric order for negatives too
+_PARTITION_BIAS = 1 << 31
+_TS = struct.Struct(">Q")
+_TAIL = struct.Struct(">IQ")  # partition, position
+_new = tuple.__new__
+
+
+class OrderKey(NamedTuple):
+    """A record's place in the global order; compares as a plain tuple, unique per record."""
+
+    ts_ms: int  # the latest event time of the record's partition up to and including it
+    topic: str
+    partition: int
+    position: int  # the record's place in its partition, from 0
+
+    def to_bytes(self) -> bytes:
+        """Big-endian ints and the topic in UTF-8 ended by NUL, so bytes compare as the keys do."""
+        topic = self.topic.encode()
+        if b"\0" in topic:
+            raise ValueError(f"a topic with NUL cannot be encoded in order: {self.topic!r}")
+        return _TS.pack(self.ts_ms + _TS_BIAS) + topic + b"\0" + _TAIL.pack(self.partition + _PARTITION_BIAS,
+                                                                            self.position)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> OrderKey:
+        end = data.index(b"\0", 8)
+        partition, position = _TAIL.unpack_from(data, end + 1)
+        return _new(cls, (_TS.unpack_from(data)[0] - _TS_BIAS, data[8:end].decode(), partition - _PARTITION_BIAS,
+                          position))
+
+
+Frontier = tuple  # an OrderKey, a prefix of one such as (ts_ms,), NOTHING or FINISHED
+NOTHING: Frontier = ()  # below every key: a sender not heard from yet
+FINISHED: Frontier = (math.inf,)  # above every key: a sender that will send nothing more
+
+
+class PartitionStamper:
+    """Stamps one partition's records, in offset order, with their OrderKey; resumable from `state()`.
+
+    Only the event time is taken: the running max's offset adds nothing to the order (see the
+    module docstring), and the position is counted here.
+    """
+
+    __slots__ = ("topic", "partition", "_max_ts", "_position")
+
+    def __init__(self, topic: str, partition: int, state: tuple[int, int] | None = None) -> None:
+        """`state`: what `state()` returned, to go on from there (None: the partition's start)."""
+        self.topic = topic
+        self.partition = partition
+        self._max_ts, self._position = state if state is not None else (-_TS_BIAS, 0)
+
+    def stamp(self, ts_ms: int) -> OrderKey:
+        """The key of the partition's next record, whose event (merge) time is `ts_ms`."""
+        position = self._position
+        self._position = position + 1
+        if ts_ms > self._max_ts:
+            self._max_ts = ts_ms
+        return _new(OrderKey, (self._max_ts, self.topic, self.partition, position))
+
+    def state(self) -> tuple[int, int]:
+        """(max event time so far, next position): all a resumed source part needs."""
+        return self._max_ts, self._position
+
+
+class FrontierMerge:
+    """Merges records from a fixed set of senders into key order, releasing what no sender can still precede.
+
+    A sender's frontier F means "every key I send from now on is greater than F". Pushing a
+    record moves its sender's frontier to the record's key (keys increase per sender), and
+    `advance` moves it further: to a key it knows it is past, to `(ts_ms,)` for "nothing more
+    before time ts_ms", or to FINISHED. `release` hands out every buffered record whose key
+    is <= the lowest frontier: all keys up to there have arrived, since keys are unique.
+    A sender not heard from yet is at NOTHING and holds everything back.
+    """
+
+    __slots__ = ("senders", "_index", "_frontiers", "_queues", "_heads")
+
+    def __init__(self, senders: Iterable[Hashable]) -> None:
+        self.senders: tuple[Hashable, ...] = tuple(senders)
+        self._index = {sender: i for i, sender in enumerate(self.senders)}
+        if len(self._index) != len(self.senders):
+            raise ValueError(f"senders repeat: {self.senders!r}")
+        self._frontiers: list[Frontier] = [NOTHING] * len(self.senders)
+        self._queues: list[deque[tuple[OrderKey, Any]]] = [deque() for _ in self.senders]
+        self._heads: list[tuple[OrderKey, int]] = []  # (first buffered key, sender index), one per non-empty queue
+
+    def push(self, sender: Hashable, key: OrderKey, record: Any) -> None:
+        """Buffer `record`; ValueError if `key` is not above the sender's frontier (out of order, or repeated)."""
+        i = self._index[sender]
+        if not key > self._frontiers[i]:
+            raise ValueError(f"sender {sender!r} sent {key!r}, not above its frontier {self._frontiers[i]!r}")
+        self._frontiers[i] = key
+        queue = self._queues[i]
+        if not queue:
+            heapq.heappush(self._heads, (key, i))
+        queue.append((key, record))
+
+    def advance(self, sender: Hashable, frontier: Frontier) -> None:
+        """The sender will send no key <= `frontier` (a frontier below its current one changes nothing)."""
+        i = self._index[sender]
+        if frontier > self._frontiers[i]:
+            self._frontiers[i] = frontier
+
+    def low_frontier(self) -> Frontier:
+        """The merged stream's progress: once `release` has run, every record with a key <= it is out."""
+        return min(self._frontiers)
+
+    def release(self) -> list[tuple[OrderKey, Any]]:
+        """Every buffered (key, record) with key <= the low frontier, in key order."""
+        low = min(self._frontiers)
+        heads = self._heads
+        queues = self._queues
+        out: list[tuple[OrderKey, Any]] = []
+        while heads and heads[0][0] <= low:
+            i = heads[0][1]
+            queue = queues[i]
+            out.append(queue.popleft())
+            if queue:
+                heapq.heapreplace(heads, (queue[0][0], i))
+            else:
+                heapq.heappop(heads)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data (senders, frontiers, pending (key, record) lists) for the recovery store."""
+        return {"senders": list(self.senders), "frontiers": list(self._frontiers),
+                "pending": [list(queue) for queue in self._queues]}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: dict[str, Any]) -> FrontierMerge:
+        merge = cls(snapshot["senders"])
+        merge._frontiers = [tuple(frontier) for frontier in snapshot["frontiers"]]
+        for i, pending in enumerate(snapshot["pending"]):
+            if pending:
+                merge._queues[i].extend((key, record) for key, record in pending)
+                merge._heads.append((pending[0][0], i))
+        heapq.heapify(merge._heads)
+        return merge
