@@ -46,11 +46,11 @@ def main() -> int:
     spec = orjson.loads(sys.stdin.buffer.read())
     try:
         if spec["mode"] == "live":
-            from omnitrigger.live import run_process
+            from omnitrigger.runner.live import run_process
 
             run_process(spec)
         else:
-            from omnitrigger.replay import run_worker
+            from omnitrigger.runner.replay import run_worker
 
             run_worker(spec)
     except USER_ERRORS as error:

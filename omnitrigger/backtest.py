@@ -332,7 +332,7 @@ def run_backtest(recording: Path, stores: Path, config_a: Config, config_b: Conf
     """
     from omnitrigger.pii import key_from_environment
     from omnitrigger.recording import recording_files
-    from omnitrigger.replay import ReplayOptions, run_replay  # the flow (Bytewax) only when a backtest runs
+    from omnitrigger.runner.replay import ReplayOptions, run_replay  # the flow (Bytewax) only when a backtest runs
     from omnitrigger.stores import load_stores
 
     for config in (config_a, config_b):  # what run_replay checks first: fail before anything runs, in one line

@@ -225,7 +225,7 @@ class StateFolder:
 
     def check_pii_key(self, key: bytes) -> None:
         """Hashed identifiers are key-specific: a lookup with another key would find nobody, silently."""
-        from omnitrigger.state_folder import pii_key_id
+        from omnitrigger.runner.state_folder import pii_key_id
 
         made = self.layout.get("pii_key_id")
         if made is not None and made != pii_key_id(key):

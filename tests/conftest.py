@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import orjson
 import pytest
 
-from omnitrigger.replay import ReplayOptions, ReplaySummary, run_replay
+from omnitrigger.runner.replay import ReplayOptions, ReplaySummary, run_replay
 
 # A fixed test key for hashing email and phone (the replay refuses to start without one).
 os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-test-key-0123456789")

@@ -35,14 +35,14 @@ import pytest
 from conftest import STREAM_FLAGS, replay, write_stores
 from geolife import write_stores_csv
 from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read_topic  # noqa: F401  (a fixture)
-from omnitrigger import cluster
-from omnitrigger.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses, worker_of
+from omnitrigger.runner import cluster
+from omnitrigger.runner.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses, worker_of
 from omnitrigger.config import Config
 from omnitrigger.flows.replay_flow import SEQUENCER_KEY
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
-from omnitrigger.replay import _write_identities
-from omnitrigger.state_folder import StateFolderError, layout_record, prepare_local_cluster
+from omnitrigger.runner.replay import _write_identities
+from omnitrigger.runner.state_folder import StateFolderError, layout_record, prepare_local_cluster
 from recordings import omnichannel_recording
 from test_live import STREAMS, normalized, replay_streams, single_partition_recording
 

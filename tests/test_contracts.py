@@ -25,7 +25,7 @@ from referencing import Registry, Resource
 from omnitrigger.config import Config, ConfigError, load_config
 from omnitrigger.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
-from omnitrigger.replay import ReplayOptions, run_replay
+from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import SCHEMA_DIR, Contracts, ContractViolation
 from omnitrigger.schemas.acceptor import compile_acceptor
 from omnitrigger.schemas.validator import SchemaCompiler

@@ -37,7 +37,7 @@ from omnitrigger.live_input import EventTimeMerger, MessageDecoder
 from omnitrigger.pii import Pseudonymizer
 from omnitrigger.recording import LineDecoder
 from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS, Emitted, Event
-from omnitrigger.replay import ReplayOptions, run_replay
+from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import Contracts
 
 STREAMS = (TRIGGERS, SUPPRESSED, VISITS, DEAD_LETTERS)

@@ -33,7 +33,7 @@ from omnitrigger import __version__, metrics
 from omnitrigger.config import load_config
 from omnitrigger.kafka_tools import input_topics, output_topics, publish
 from omnitrigger.records import DUPLICATES, REFUSED_LINKS, TRIGGERS
-from omnitrigger.replay import ReplayOptions, run_replay
+from omnitrigger.runner.replay import ReplayOptions, run_replay
 from test_live import single_partition_recording, start_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -253,7 +253,7 @@ def test_a_state_folder_of_unchecked_part_files_is_refused(made: dict[str, Path]
 _CRASH_IN_SETUP = """
 import os, signal, sys
 from pathlib import Path
-import omnitrigger.state_folder as state_folder
+import omnitrigger.runner.state_folder as state_folder
 from omnitrigger.cli import main
 
 where = sys.argv.pop(1)

@@ -24,10 +24,10 @@ import pytest
 from kafka_fixtures import config_file, create_topics, live_config, mock_kafka  # noqa: F401  (a fixture)
 from omnitrigger.config import Config
 from omnitrigger.demo.generator import RecordingGenerator
-from omnitrigger.live import prepare_state_dir
-from omnitrigger.replay import ReplayOptions, run_replay
+from omnitrigger.runner.live import prepare_state_dir
+from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.state import RocksDBStore, close_all_stores
-from omnitrigger.state_folder import FORMAT_VERSION, StateFolderError, release_locks
+from omnitrigger.runner.state_folder import FORMAT_VERSION, StateFolderError, release_locks
 
 
 @pytest.fixture(scope="module")

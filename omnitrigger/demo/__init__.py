@@ -12,7 +12,7 @@ import orjson
 from omnitrigger.demo.generator import RecordingGenerator
 from omnitrigger.config import Config
 from omnitrigger.pii import DEVELOPMENT_KEY, KEY_VARIABLE
-from omnitrigger.replay import ReplayOptions, run_replay
+from omnitrigger.runner.replay import ReplayOptions, run_replay
 
 
 def run_demo(work_dir: Path, kept: bool = True) -> None:

@@ -53,12 +53,12 @@ from pathlib import Path
 from typing import Any
 
 from omnitrigger import __version__, jsonlog, metrics
-from omnitrigger.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
+from omnitrigger.runner.cluster import ClusterError, Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
 from omnitrigger.kafka_tools import client_settings, input_topics, optional_input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
 from omnitrigger.records import TRIGGERS
-from omnitrigger.state_folder import (
+from omnitrigger.runner.state_folder import (
     layout_record, open_rocksdb, prepare_local_cluster, prepare_process_folder, raise_if_corrupted,
 )
 from omnitrigger.stores import load_stores

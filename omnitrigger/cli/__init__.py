@@ -24,14 +24,14 @@ import click
 
 from omnitrigger import __version__
 from omnitrigger.catalog import CatalogError, with_catalog
-from omnitrigger.cluster import ClusterError, cluster_options, resolve_cluster
+from omnitrigger.runner.cluster import ClusterError, cluster_options, resolve_cluster
 from omnitrigger.config import ConfigError, load_config
 from omnitrigger.kafka_tools import KafkaSetupError
-from omnitrigger.live_cli import COMMANDS as LIVE_COMMANDS
+from omnitrigger.cli.live import COMMANDS as LIVE_COMMANDS
 from omnitrigger.outputs import OutputError
 from omnitrigger.pii import PiiKeyError
 from omnitrigger.recording import RecordingError
-from omnitrigger.replay import ReplayError, ReplayInterrupted, ReplayOptions, run_replay
+from omnitrigger.runner.replay import ReplayError, ReplayInterrupted, ReplayOptions, run_replay
 from omnitrigger.state import StateError
 from omnitrigger.stores import StoresError
 

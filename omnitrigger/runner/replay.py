@@ -59,7 +59,7 @@ from typing import Any
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from omnitrigger.cluster import Role, local_addresses, run_cluster, start_children, wait_children
+from omnitrigger.runner.cluster import Role, local_addresses, run_cluster, start_children, wait_children
 from omnitrigger.config import Config
 from omnitrigger.outputs import (
     AtomicFile, OutputFiles, Parts, check_output_paths, check_parts_present, free_bytes, last_record_unchecked, mib,
@@ -71,7 +71,7 @@ from omnitrigger.records import (
     CONVERSIONS, DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
 from omnitrigger.operators.stage_chain import STATS
-from omnitrigger.state_folder import (
+from omnitrigger.runner.state_folder import (
     PART_FILES_VERSION, check_recovery_store, layout_record, prepare_local_cluster, prepare_process_folder,
     raise_if_corrupted, release_locks,
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from omnitrigger.cluster import cluster_options, resolve_cluster
+from omnitrigger.runner.cluster import cluster_options, resolve_cluster
 from omnitrigger.config import load_config
 
 _file = click.Path(dir_okay=False, path_type=Path)
@@ -37,7 +37,7 @@ def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | No
         process_id: int | None, allow_public_cluster: bool) -> None:
     """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
     from omnitrigger.catalog import with_catalog
-    from omnitrigger.live import LiveOptions, run_live
+    from omnitrigger.runner.live import LiveOptions, run_live
 
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
     run_live(LiveOptions(brokers=brokers, stores=stores, state_dir=state_dir,
