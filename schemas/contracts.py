@@ -6,7 +6,11 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import msgspec
+import orjson
+
 from omnitrigger.schemas.acceptor import compile_acceptor
+from omnitrigger.schemas.structs import EARLIEST_TS_MS, LATEST_TS_MS, MAX_DEPTH, TOPIC_TYPES
 from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler, depth_exceeds
 
 INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes", "inventory.levels")
@@ -18,8 +22,8 @@ DAY_MS = 86_400_000
 DEFAULT_MAX_DEPTH = 32
 #: The most `[contracts] max_depth` may be: orjson writes at most 254 levels, and the journal wraps a body in 3 more.
 MAX_DEPTH_LIMIT = 200
-EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events
-LATEST_TS_MS = 32_503_680_000_000  # 3000-01-01: keeps datetime arithmetic in range
+# EARLIEST_TS_MS (2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events) and LATEST_TS_MS
+# (3000-01-01: keeps datetime arithmetic in range) are defined in structs.py, whose event time checks them too.
 # RFC 3339 date-time; Python's fromisoformat alone also takes other ISO 8601 forms (week dates, basic format).
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -50,7 +54,8 @@ def parse_event_time(value: Any) -> int:
 class Contracts:
     """Compiled validators for the input topics, plus the event-time rules and the nesting-depth limit."""
 
-    def __init__(self, max_future_ms: int = DAY_MS, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(self, max_future_ms: int = DAY_MS, max_depth: int = DEFAULT_MAX_DEPTH, *, structs: bool = True) -> None:
+        """`structs=False`: no `check_json` fast path (the differential test and benchmark compare with that)."""
         compiler = SchemaCompiler()
         self._checks = {topic: compiler.compile_file(f"{topic}.schema.json") for topic in INPUT_TOPICS}
         # The fast yes/no answer first; the closure validator only runs to say why a record is invalid.
@@ -59,6 +64,10 @@ class Contracts:
         if not 1 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"max_depth must be 1..{MAX_DEPTH_LIMIT}, got {max_depth}")
         self.max_depth = max_depth
+        # The Structs straight from the bytes (structs.py), before any of that; none when they could
+        # accept a record nested deeper than max_depth allows.
+        self._vouchers = ({topic: msgspec.json.Decoder(TOPIC_TYPES[topic]).decode for topic in INPUT_TOPICS}
+                          if structs and max_depth >= MAX_DEPTH else {})
 
     def check(self, topic: str, body: Any, reference_ms: int, raw: bytes | None = None, *,
               max_future_ms: int | None = None) -> int:
@@ -82,8 +91,33 @@ class Contracts:
             raise ContractViolation("too_deep", f"objects and arrays nest more than max_depth {self.max_depth} levels")
         if not self._accepts[topic](body):
             self._checks[topic](body)
+        return self._event_time(body, parse_event_time(body["ts"]), reference_ms, max_future_ms)
+
+    def check_json(self, topic: str, data: bytes, reference_ms: int, *,
+                   max_future_ms: int | None = None) -> tuple[dict[str, Any], int] | None:
+        """(body, event time in ms) of `data`, a record's JSON text, when `topic`'s msgspec Structs vouch for it.
+
+        None when they do not (a dead letter to be, an unknown field, or `max_depth` under the
+        Structs' depth): then `orjson.loads` and `check` give the answer, or the reason, as before.
+        The body is `orjson.loads(data)`, unknown fields and key order as they are; `check`'s event
+        time rules apply (ContractViolation), since a Struct takes any string for a time.
+        """
+        vouch = self._vouchers.get(topic)
+        if vouch is None:
+            return None
+        try:
+            vouch(data)
+            body = orjson.loads(data)
+        except (msgspec.DecodeError, orjson.JSONDecodeError, RecursionError):  # msgspec: deep unknown fields
+            return None
+        ts = body["ts"]  # orjson's last "ts" if the text repeats it: the Struct checked every one
+        ts_ms = ts if type(ts) is int else parse_event_time(ts)  # an int the Struct has range-checked
+        if ts_ms > reference_ms + (self.max_future_ms if max_future_ms is None else max_future_ms):
+            self._event_time(body, ts_ms, reference_ms, max_future_ms)  # raises timestamp_in_future
+        return body, ts_ms
+
+    def _event_time(self, body: dict[str, Any], ts_ms: int, reference_ms: int, max_future_ms: int | None) -> int:
         max_future_ms = self.max_future_ms if max_future_ms is None else max_future_ms
-        ts_ms = parse_event_time(body["ts"])
         if ts_ms > reference_ms + max_future_ms:
             raise ContractViolation(
                 "timestamp_in_future",

@@ -1,0 +1,158 @@
+"""The input contracts as msgspec Structs: a yes from these means the JSON Schema says yes too.
+
+`Contracts.check` asks these first, straight from the record's bytes
+(`msgspec.json.Decoder`, no dict built, no Python code per field): about
+half what the generated acceptor costs on a decoded body, and it also
+vouches for the nesting depth. The event body handed downstream is still
+the dict orjson decoded, with its unknown fields and key order; the Structs
+only answer "valid", they are never kept.
+
+They are stricter than the schemas, never looser, and `Contracts` relies on
+exactly that: anything they refuse goes the way every record went before
+(depth check, acceptor, closure validator), which accepts it or names the
+reason of its dead letter. Stricter on purpose:
+
+* no unknown fields (`forbid_unknown_fields`), in the body, `ids` and line
+  items, so a record they accept nests no deeper than `MAX_DEPTH` levels
+  and the depth check has nothing to find;
+* unknown identifier types in `ids` are taken when they are identifiers
+  too (a string of at most 256 characters, or null), except in geo.pings;
+* an integer field (the event time) takes JSON integers only, not `1.0`;
+* an integer event time must fall in 2000..3000 as `parse_event_time`
+  requires, so its value is the event time as it is.
+
+Looser would be a bug: tests/test_decode_fast.py holds them to the closure
+validator on the real-data mix and on mutated and fuzzed records, and to
+the schema files field by field. Numbers that JSON can write but a float
+cannot hold (1e400) never get here: orjson refuses them first.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+EARLIEST_TS_MS = 946_684_800_000  # contracts.EARLIEST_TS_MS (imported from here there)
+LATEST_TS_MS = 32_503_680_000_000  # contracts.LATEST_TS_MS
+#: The deepest a record these accept can nest: body, items, line item.
+MAX_DEPTH = 3
+
+EventTime = Union[Annotated[int, Meta(ge=EARLIEST_TS_MS, lt=LATEST_TS_MS)], str]
+Identifier = Union[Annotated[str, Meta(max_length=256)], None]
+EventId = Annotated[str, Meta(min_length=1, max_length=256)]
+Code = Union[Annotated[str, Meta(min_length=1, max_length=128)], int]  # product, store, till, receipt
+Ids = Annotated[dict[str, Identifier], Meta(min_length=1)]
+
+
+class LineItem(Struct, forbid_unknown_fields=True):
+    product_id: Code
+    qty: float
+    price: float
+
+
+LineItems = Annotated[list[LineItem], Meta(min_length=1, max_length=1000)]
+
+
+class _WebEvent(Struct, forbid_unknown_fields=True, kw_only=True, tag_field="type"):
+    event_id: EventId
+    ts: EventTime
+    channel: Literal["web", "app"]
+    ids: Ids
+    product_id: Union[Code, UnsetType] = UNSET
+    items: Union[LineItems, UnsetType] = UNSET
+    order_id: Union[str, int, UnsetType] = UNSET
+    session_id: Union[str, UnsetType] = UNSET
+
+
+class _ProductEvent(_WebEvent, kw_only=True):
+    product_id: Code  # the schema's `if type is view_item, add_to_cart or remove_from_cart then product_id`
+
+
+class ViewItem(_ProductEvent, tag="view_item"):
+    pass
+
+
+class AddToCart(_ProductEvent, tag="add_to_cart"):
+    pass
+
+
+class RemoveFromCart(_ProductEvent, tag="remove_from_cart"):
+    pass
+
+
+class BeginCheckout(_WebEvent, tag="begin_checkout"):
+    pass
+
+
+class Purchase(_WebEvent, kw_only=True, tag="purchase"):
+    items: LineItems  # `if type is purchase then items`
+
+
+WebEvent = Union[ViewItem, AddToCart, RemoveFromCart, BeginCheckout, Purchase]
+
+
+class Receipt(Struct, forbid_unknown_fields=True, kw_only=True):
+    terminal_id: Code
+    receipt_no: Code
+    ts: EventTime
+    store_id: Code
+    items: LineItems
+    ids: Union[dict[str, Identifier], UnsetType] = UNSET
+    total: Union[float, UnsetType] = UNSET
+    type: Union[Literal["sale", "return"], UnsetType] = UNSET
+
+
+class GeoIds(Struct, forbid_unknown_fields=True, kw_only=True):
+    device_id: Identifier
+    cookie_id: Union[Identifier, UnsetType] = UNSET
+    auth_id: Union[Identifier, UnsetType] = UNSET
+    email: Union[Identifier, UnsetType] = UNSET
+    phone: Union[Identifier, UnsetType] = UNSET
+    loyalty_id: Union[Identifier, UnsetType] = UNSET
+
+
+class GeoPing(Struct, forbid_unknown_fields=True, kw_only=True):
+    event_id: EventId
+    ts: EventTime
+    ids: GeoIds
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+    accuracy_m: Annotated[float, Meta(ge=0)]
+    source: Literal["gps", "wifi", "cell"]
+    consent_id: Union[str, UnsetType] = UNSET
+
+
+class IdentityLink(Struct, forbid_unknown_fields=True, kw_only=True):
+    event_id: EventId
+    ts: EventTime
+    ids: Annotated[dict[str, Identifier], Meta(min_length=2)]
+    source: Literal["login", "loyalty_card", "app_install", "crm"]
+    confidence: Union[Annotated[float, Meta(ge=0, le=1)], UnsetType] = UNSET
+
+
+class ConsentChange(Struct, forbid_unknown_fields=True, kw_only=True):
+    event_id: EventId
+    ts: EventTime
+    ids: Ids
+    channel: Literal["push", "email", "sms", "location"]
+    status: Literal["granted", "revoked"]
+
+
+class InventoryLevel(Struct, forbid_unknown_fields=True, kw_only=True):
+    store_id: Code
+    product_id: Code
+    qty: float
+    ts: EventTime
+    event_id: Union[EventId, UnsetType] = UNSET
+
+
+#: The Struct (or tagged union of Structs) of each input topic.
+TOPIC_TYPES = {
+    "web.events": WebEvent,
+    "pos.receipts": Receipt,
+    "geo.pings": GeoPing,
+    "identity.links": IdentityLink,
+    "consent.changes": ConsentChange,
+    "inventory.levels": InventoryLevel,
+}
