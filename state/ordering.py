@@ -10,22 +10,29 @@ cannot have that one place, so the order must be a key each record carries.
 `PartitionStamper` (one per (topic, partition), in its source part) gives
 each record the key
 
-    OrderKey(max event time of the partition so far, topic, partition, position in the partition)
+    (max event time of the partition so far, topic, partition, position in the partition)
 
-Sorting by it is the greedy heap merge, exactly, when every tuple (event
-time, topic, partition, offset) belongs to one stream only, which holds
-when each merged stream is one (topic, partition) (the live merger's case,
-and a recording whose files hold one partition each): the heap merge keyed
-on each head's own tuple hands the records out in the order of (running
-lexicographic max of the stream's tuples so far, position in the stream).
-A record late in its partition takes the running max of the records before
-it, so it sorts right after its predecessor; and since the topic and
-partition are fixed and the max's offset only grows with the position, the
-max's offset adds nothing, which is why the key keeps only the max's time.
-The key's time is also the merged stream's clock at that record: the
-latest event time of all records up to it (tests/test_ordering.py proves
-both by property tests, and what breaks when a stream holds several
-partitions or two streams share a tuple).
+What is proven (tests/test_ordering.py, property tests, and against
+RecordingReader itself): for any streams, the greedy merge that pops the
+least head by the heap's key (event time, topic, partition, offset, stream
+index) hands the records out in the order of (running max of that key over
+the stream's records so far, position in the stream). The stream index
+keeps two heads from ever tying; a record whose key is not above its
+stream's running max (late, or a repeat) sorts right after its predecessor.
+When each stream is one (topic, partition), as for the live merger and for
+a recording whose files hold one partition each, no two streams share a
+tuple, so the index never decides; and as the topic and partition are fixed
+and the max's offset only grows with the position, the running max adds
+nothing past its time: sorting by the key above is the merge, exactly. Its
+time is also the merged stream's clock at that record (the latest event
+time handed out up to it, RecordingReader's `clock_ms`).
+
+Where the reader differs: its streams are files, so a file that interleaves
+two partitions is one stream (a late record of one partition waits behind
+the file's head of the other), which per-partition keys do not reproduce;
+and a bare line (no Kafka time) far ahead of the stream clock is judged
+against that clock (`RecordingReader._unsupported`), so its merge time can
+depend on other files. Envelopes with their Kafka time depend on nothing else.
 
 `FrontierMerge` (one per receiving shard) puts records from several
 senders back in key order. Bytewax keeps order only per (sender, receiver)
@@ -45,39 +52,39 @@ import math
 import struct
 from collections import deque
 from collections.abc import Hashable, Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
-__all__ = ["FINISHED", "NOTHING", "FrontierMerge", "OrderKey", "PartitionStamper"]
+__all__ = ["FINISHED", "NOTHING", "FrontierMerge", "OrderKey", "PartitionStamper", "decode_key", "encode_key"]
 
 _TS_BIAS = 1 << 63  # signed 64-bit time as unsigned: byte order == numeric order for negatives too
 _PARTITION_BIAS = 1 << 31
 _TS = struct.Struct(">Q")
 _TAIL = struct.Struct(">IQ")  # partition, position
-_new = tuple.__new__
 
 
-class OrderKey(NamedTuple):
-    """A record's place in the global order; compares as a plain tuple, unique per record."""
+OrderKey = tuple[int, str, int, int]
+"""A record's place in the global order, unique per record: (ts_ms, topic, partition, position).
 
-    ts_ms: int  # the latest event time of the record's partition up to and including it
-    topic: str
-    partition: int
-    position: int  # the record's place in its partition, from 0
+`ts_ms` is the latest event time of the record's partition up to and including it, `position`
+the record's place in its partition, from 0. A plain tuple, not a NamedTuple: it is built once
+per record, and CPython's garbage collector stops tracking a tuple of ints and strings, where
+a NamedTuple stays tracked (three times the stamping time once many keys are held).
+"""
 
-    def to_bytes(self) -> bytes:
-        """Big-endian ints and the topic in UTF-8 ended by NUL, so bytes compare as the keys do."""
-        topic = self.topic.encode()
-        if b"\0" in topic:
-            raise ValueError(f"a topic with NUL cannot be encoded in order: {self.topic!r}")
-        return _TS.pack(self.ts_ms + _TS_BIAS) + topic + b"\0" + _TAIL.pack(self.partition + _PARTITION_BIAS,
-                                                                            self.position)
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> OrderKey:
-        end = data.index(b"\0", 8)
-        partition, position = _TAIL.unpack_from(data, end + 1)
-        return _new(cls, (_TS.unpack_from(data)[0] - _TS_BIAS, data[8:end].decode(), partition - _PARTITION_BIAS,
-                          position))
+def encode_key(key: OrderKey) -> bytes:
+    """Big-endian ints and the topic in UTF-8 ended by NUL, so the bytes compare as the keys do."""
+    ts_ms, topic, partition, position = key
+    name = topic.encode()
+    if b"\0" in name:
+        raise ValueError(f"a topic with NUL cannot be encoded in order: {topic!r}")
+    return _TS.pack(ts_ms + _TS_BIAS) + name + b"\0" + _TAIL.pack(partition + _PARTITION_BIAS, position)
+
+
+def decode_key(data: bytes) -> OrderKey:
+    end = data.index(b"\0", 8)
+    partition, position = _TAIL.unpack_from(data, end + 1)
+    return _TS.unpack_from(data)[0] - _TS_BIAS, data[8:end].decode(), partition - _PARTITION_BIAS, position
 
 
 Frontier = tuple  # an OrderKey, a prefix of one such as (ts_ms,), NOTHING or FINISHED
@@ -106,7 +113,7 @@ class PartitionStamper:
         self._position = position + 1
         if ts_ms > self._max_ts:
             self._max_ts = ts_ms
-        return _new(OrderKey, (self._max_ts, self.topic, self.partition, position))
+        return self._max_ts, self.topic, self.partition, position
 
     def state(self) -> tuple[int, int]:
         """(max event time so far, next position): all a resumed source part needs."""
