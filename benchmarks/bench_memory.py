@@ -67,6 +67,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import orjson
+
 REPO = Path(__file__).resolve().parents[1]
 STORES_CSV = REPO / "deploy" / "stores.csv"
 T_LOAD = 1_764_000_000_000  # the loaded state's "now" (2025-11-24T16:00Z)
@@ -443,7 +445,8 @@ def count_state(store: Any, config: Any, customers: int, identifiers: int) -> No
     pending = timers = 0
     for shard in range(config.rule_shards):
         state = ShardState(store, Rules.name, shard)
-        pending += sum(1 for _ in state.iter_committed(b"A", b"C"))
+        for _, raw in state.iter_committed(b"D", b"D~"):  # the customers' documents (operators/rules/host.py)
+            pending += sum(len(section) for name, section in orjson.loads(raw).items() if name in ("A", "B"))
         timers += sum(1 for _ in state.iter_committed(b"T", b"U"))
     print(f"state after the steady phase (counted in {time.perf_counter() - started:.0f} s): {records:,} customers, "
           f"{ids:,} identifiers, {pending:,} pending deadlines, {timers:,} timer keys; peak RSS now "

@@ -38,23 +38,19 @@ from rocksdict import AccessType, Options, Rdict
 
 from omnitrigger.config import Config
 from omnitrigger.operators.identity import _TYPE_CODE, IDENTIFIER_TYPES
+from omnitrigger.operators.policy import CONSENTS, FIRES, PRODUCT_CAPS
 from omnitrigger.operators.router import shard_of
+from omnitrigger.operators.rules.host import customer_document, pending_section
 from omnitrigger.operators.rules import configured_rules, iso
 from omnitrigger.pii import PII_TYPES, Pseudonymizer, key_from_environment
 from omnitrigger.state import ShardState, StateError
 from omnitrigger.state.clock import saved_clock
-from omnitrigger.state.keys import end_of, owner_prefix, subject_of
 
 #: The suppressed stream's reasons that are cancellations (the deadline was called off), not policy decisions.
 CANCEL_REASONS = frozenset({"purchased", "removed_from_cart", "moved_to_cart"})
 #: The output files read from --out-dir (the replay's and the demo's names).
 OUTPUT_FILES = {"triggers": "triggers.jsonl", "suppressed": "suppressed.jsonl", "retractions": "retractions.jsonl"}
 
-# -- key layouts (operators/rules/host.py and operators/policy.py docstrings; encoding: state/keys.py) -----------
-# <state code> <customer> NUL <product json> -> [due, set, evidence]: each deferred rule's pending deadlines
-_CONSENTS = b"C"  # C <customer> -> {channel: [status, ts_ms]}
-_FIRES = b"F"  # F <customer> -> [ts_ms, ...]: trigger times in the customer cap window
-_PRODUCT_CAP = b"G"  # G <customer> NUL [rule or "*", product as str] -> last trigger ts_ms
 _HASHED = re.compile(r"^[0-9a-f]{32}$")  # an email or phone given already hashed (a trigger's recipient)
 
 
@@ -361,33 +357,29 @@ def _consents(raw: dict[str, list[Any]]) -> dict[str, dict[str, Any]]:
 
 def _read_rules(view: ShardState, customer: str, now_ms: int, config: Config, product: str | None,
                 result: Explanation) -> bool:
-    """Pending deadlines, consents and caps of `customer` in its rules shard (layouts: operators/rules.py,
-    operators/policy.py)."""
-    key = customer.encode()
-    found = False
+    """Pending deadlines, consents and caps of `customer`, from its document in its rules shard (layouts:
+    operators/rules/host.py, operators/policy.py)."""
+    doc = customer_document(view, customer)
+    if doc is None:
+        return False
     for rule_of in configured_rules(config):
         if rule_of.code is None:
             continue
-        rule, start = rule_of.name, owner_prefix(bytes((rule_of.code,)), customer)
-        for state_key, value in view.iter_committed(start, end_of(start)):
-            found = True
-            subject = subject_of(state_key, len(start))
+        for subject, (due, set_ms, evidence, _) in sorted(doc.get(pending_section(rule_of), {}).items()):
+            subject = orjson.loads(subject)
             if product is not None and str(subject) != product:
                 continue
-            due, set_ms, evidence = orjson.loads(value)
-            result.pending.append({"rule": rule, "product": subject, "due": iso(due), "due_ms": due,
+            result.pending.append({"rule": rule_of.name, "product": subject, "due": iso(due), "due_ms": due,
                                    "fires_after": iso(due + int(config.purchase_grace_s * 1000)),
                                    "set_at": iso(set_ms), "set_ms": set_ms, "evidence": evidence})
     result.pending.sort(key=lambda p: (p["due_ms"], p["rule"], str(p["product"])))
-    raw = view.get(_CONSENTS + key)
-    if raw:
-        found = True
-        result.consents = _consents(orjson.loads(raw))
-    raw = view.get(_FIRES + key)
+    consents = {channel: value[:2] for channel, value in doc.get(CONSENTS, {}).items()}
+    if consents:
+        result.consents = _consents(consents)
+    fires = doc.get(FIRES, {}).get("")
     window_ms = int(config.customer_cap_window_s * 1000)
-    if raw:
-        found = True
-        recent = sorted(t for t in orjson.loads(raw) if t > now_ms - window_ms)
+    if fires:
+        recent = sorted(t for t in fires[0] if t > now_ms - window_ms)
         if recent:
             limit = config.max_triggers_per_customer
             capped = len(recent) >= limit
@@ -397,17 +389,14 @@ def _read_rules(view: ShardState, customer: str, now_ms: int, config: Config, pr
                 # the cap lifts when the oldest trigger that keeps the count at the limit leaves the window
                 "until": iso(recent[len(recent) - limit] + window_ms) if capped else None}
     product_window_ms = int(config.product_cap_window_s * 1000)
-    start = owner_prefix(_PRODUCT_CAP, customer)
-    for state_key, value in view.iter_committed(start, end_of(start)):
-        found = True
-        rule, subject = subject_of(state_key, len(start))
-        last = int(value)
-        if product is not None and subject != product:
+    for subject, (last, _) in sorted(doc.get(PRODUCT_CAPS, {}).items()):
+        rule, capped_product = orjson.loads(subject)
+        if product is not None and capped_product != product:
             continue
         if last > now_ms - product_window_ms:
-            result.product_caps.append({"rule": rule, "product": subject, "last": iso(last), "last_ms": last,
+            result.product_caps.append({"rule": rule, "product": capped_product, "last": iso(last), "last_ms": last,
                                         "until": iso(last + product_window_ms)})
-    return found
+    return True
 
 
 def _duration(ms: int) -> str:

@@ -1,12 +1,12 @@
 """Policy at fire time (docs/semantics.md, Rules and policy), in order: the rule's kill switch, location consent (in-store
 offers), channel consent, frequency caps.
 
-A plain helper of the rules operator, sharing its shard state:
-    C <customer>                   -> {channel: [status, ts_ms]}     the latest consent change per channel
-                                                                      (and per purpose: "location")
-    F <customer>                   -> [ts_ms, ...]                    trigger times in the customer cap window
-    G <customer> 0 [rule, product]  -> ts_ms                          the last trigger of this rule and product
-                                                                      (rule "*": of any rule, [policy] cross_rule_product_cap)
+A plain helper of the rules operator, keeping its sections of the customer's document (state/documents.py;
+the host keeps the rest):
+    C  {channel: [status, ts_ms, 0]}        the latest consent change per channel (and per purpose: "location")
+    F  {"": [[ts_ms, ...], expires]}        trigger times in the customer cap window
+    G  {"[rule, product]": [ts_ms, expires]}  the last trigger of this rule and product
+                                            (rule "*": of any rule, [policy] cross_rule_product_cap)
 
 The kill switch is `[rules] disabled` in the config plus, when
 `[policy] control_file` is set, that JSON file's `disabled_rules`, re-read
@@ -25,13 +25,15 @@ from typing import Any, NamedTuple
 import orjson
 
 from omnitrigger import metrics
-from omnitrigger.state import ShardState
-from omnitrigger.state.keys import end_of, owned_key, owner_prefix
+from omnitrigger.state.documents import Document, Documents, entry, set_entry
 
 CONTROL_CHECK_INTERVAL_S = 1.0
 log = logging.getLogger("omnitrigger.policy")
 #: A consent purpose, not a message channel: processing where the customer is.
 LOCATION = "location"
+#: The policy's sections of a customer's document.
+CONSENTS, FIRES, PRODUCT_CAPS = "C", "F", "G"
+_NONE = [None]
 
 
 class Decision(NamedTuple):
@@ -41,9 +43,10 @@ class Decision(NamedTuple):
 
 
 class Policy:
-    def __init__(self, state: ShardState, config: Any, rules: frozenset[str]) -> None:
-        """`rules`: every rule name there is (a control file naming another is refused)."""
-        self.state = state
+    def __init__(self, customers: Documents, config: Any, rules: frozenset[str]) -> None:
+        """`customers`: the rules shard's customer documents; `rules`: every rule name there is (a control file
+        naming another is refused)."""
+        self.customers = customers
         self.channels = config.channels
         self.max_per_customer = config.max_triggers_per_customer
         self.customer_window_ms = int(config.customer_cap_window_s * 1000)
@@ -60,15 +63,15 @@ class Policy:
 
     def on_consent(self, customer: str, channel: str, status: str, ts_ms: int) -> None:
         """Record a consent change; the latest by event time wins, so a late older change cannot undo a newer one."""
-        consents = self.consents(customer)
-        current = consents.get(channel)
+        current = entry(self.customers.get(customer), CONSENTS, channel)
         if current is None or current[1] <= ts_ms:
-            consents[channel] = [status, ts_ms]
-            self.state.put(b"C" + customer.encode(), orjson.dumps(consents))
+            set_entry(self.customers.open(customer), CONSENTS, channel, [status, ts_ms])
 
     def consents(self, customer: str) -> dict[str, list[Any]]:
-        raw = self.state.get(b"C" + customer.encode())
-        return orjson.loads(raw) if raw else {}
+        """{channel: [status, ts_ms]}: the latest change per channel."""
+        doc = self.customers.get(customer)
+        section = doc.get(CONSENTS) if doc is not None else None
+        return {channel: value[:2] for channel, value in section.items()} if section else {}
 
     def merge_consents(self, winner: str, loser_consents: dict[str, list[Any]]) -> None:
         for channel, (status, ts_ms) in sorted(loser_consents.items()):
@@ -81,18 +84,19 @@ class Policy:
         """`needs_location`: the rule's triggers use where the customer is (an in-store offer)."""
         if self.is_disabled(rule):
             return Decision(None, products, "rule_disabled")
-        consents = self.consents(customer)
+        doc = self.customers.get(customer)
+        consents = (doc.get(CONSENTS) if doc is not None else None) or {}
         if needs_location and self.require_location_consent and \
-                consents.get(LOCATION, [None])[0] != "granted":  # the offer uses where the customer is
+                consents.get(LOCATION, _NONE)[0] != "granted":  # the offer uses where the customer is
             return Decision(None, products, "no_location_consent")
-        channel = next((c for c in self.channels if consents.get(c, [None])[0] == "granted"), None)
+        channel = next((c for c in self.channels if consents.get(c, _NONE)[0] == "granted"), None)
         if channel is None:
-            revoked = any(consents.get(c, [None])[0] == "revoked" for c in self.channels)
+            revoked = any(consents.get(c, _NONE)[0] == "revoked" for c in self.channels)
             return Decision(None, products, "consent_revoked" if revoked else "no_consent")
-        recent = [t for t in self._fires(customer) if ts_ms - self.customer_window_ms < t <= ts_ms]
+        recent = [t for t in self._fires(doc) if ts_ms - self.customer_window_ms < t <= ts_ms]
         if len(recent) >= self.max_per_customer:
             return Decision(channel, products, "customer_cap")
-        allowed = [p for p in products if not self._product_capped(customer, rule, p, ts_ms)]
+        allowed = [p for p in products if not self._product_capped(doc, rule, p, ts_ms)]
         if products and not allowed:  # (a message about no product, a welcome, has no product cap)
             return Decision(channel, products, "product_cap")
         return Decision(channel, allowed, None)
@@ -100,37 +104,29 @@ class Policy:
     def record_trigger(self, rule: str, customer: str, products: list[Any], ts_ms: int) -> None:
         # Triggers are not always recorded in time order (an offer fires at its visit, before a deadline
         # that is earlier but still within the lateness), so windows and expiries follow the latest one.
-        fires = self._fires(customer) + [ts_ms]
+        doc = self.customers.open(customer)
+        fires = self._fires(doc) + [ts_ms]
         latest = max(fires)
         fires = sorted(t for t in fires if t > latest - self.customer_window_ms)
-        self.state.put(b"F" + customer.encode(), orjson.dumps(fires), latest + self.customer_window_ms)
+        set_entry(doc, FIRES, "", [fires], latest + self.customer_window_ms)
         for product in products:
-            key = _product_key(customer, self.cap_rule(rule), product)
-            previous = self.state.get(key)
-            last = max(ts_ms, int(previous) if previous is not None else ts_ms)
-            self.state.put(key, b"%d" % last, last + self.product_window_ms)
+            subject = _product_subject(self.cap_rule(rule), product)
+            previous = entry(doc, PRODUCT_CAPS, subject)
+            last = max(ts_ms, previous[0] if previous is not None else ts_ms)
+            set_entry(doc, PRODUCT_CAPS, subject, [last], last + self.product_window_ms)
 
     def is_disabled(self, rule: str) -> bool:
         return rule in self.config_disabled or rule in self._control()
 
-    def retire(self, customer: str) -> None:
-        """Forget a customer merged into another (its consents travel in the merge's history)."""
-        key = customer.encode()
-        self.state.delete(b"C" + key)
-        self.state.delete(b"F" + key)
-        start = owner_prefix(b"G", customer)
-        for product_key, _ in self.state.scan(start, end_of(start)):
-            self.state.delete(product_key)
-
     # -- internals --------------------------------------------------------------------
 
-    def _fires(self, customer: str) -> list[int]:
-        raw = self.state.get(b"F" + customer.encode())
-        return orjson.loads(raw) if raw else []
+    def _fires(self, doc: Document | None) -> list[int]:
+        found = entry(doc, FIRES, "")
+        return list(found[0]) if found is not None else []
 
-    def _product_capped(self, customer: str, rule: str, product: Any, ts_ms: int) -> bool:
-        raw = self.state.get(_product_key(customer, self.cap_rule(rule), product))
-        return raw is not None and ts_ms - self.product_window_ms < int(raw) <= ts_ms
+    def _product_capped(self, doc: Document | None, rule: str, product: Any, ts_ms: int) -> bool:
+        found = entry(doc, PRODUCT_CAPS, _product_subject(self.cap_rule(rule), product))
+        return found is not None and ts_ms - self.product_window_ms < found[0] <= ts_ms
 
     def _control(self) -> frozenset[str]:
         return self._control_reader.disabled() if self._control_reader is not None else frozenset()
@@ -210,5 +206,5 @@ class ControlFile:
         self._disabled = disabled
 
 
-def _product_key(customer: str, rule: str, product: Any) -> bytes:
-    return owned_key(b"G", customer, [rule, str(product)])
+def _product_subject(rule: str, product: Any) -> str:
+    return orjson.dumps([rule, str(product)]).decode()

@@ -46,14 +46,17 @@ class ShardClock:
     def save(self) -> None:
         self.state.put_meta(_CLOCK, b"%d" % self.now_ms)
 
-    def sweep_if_due(self) -> None:
-        """Remove expired keys from disk once the clock has moved `sweep_every_ms` since the last sweep."""
+    def sweep_if_due(self) -> int | None:
+        """Remove expired keys from disk once the clock has moved `sweep_every_ms` since the last sweep;
+        the expiry cutoff swept to (for the owner's documents too, state/documents.py), or None."""
         if self.sweep_every_ms is None or self.now_ms - self.swept_at_ms < self.sweep_every_ms:
-            return
-        self.state.sweep(self.now_ms - self.sweep_margin_ms)
+            return None
+        cutoff = self.now_ms - self.sweep_margin_ms
+        self.state.sweep(cutoff)
         self.swept_at_ms = self.now_ms
         if self.remember_sweep:
             self.state.put_meta(_SWEPT, b"%d" % self.now_ms)
+        return cutoff
 
 
 def saved_clock(state: ShardState) -> int:

@@ -26,7 +26,7 @@ Key layout (P = namespace, NUL, 2-byte shard):
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from omnitrigger.state.store import KeyValueStore
 
@@ -57,10 +57,20 @@ class ShardState:
         self._pending: dict[bytes, bytes | None] = {}
         # Committed values read or written lately (None = known absent). This shard is the only writer of
         # its keys, so the cache is exact; it spares RocksDB reads of hot keys and the undo log's reads of
-        # old values at commit. Cleared when full and on rollback.
+        # old values at commit. Trimmed, oldest first, when full; cleared on rollback.
         self._cache: dict[bytes, bytes | None] = {}
         self.cache_entries = cache_entries
         self.generation = self._read_meta(_GEN)
+        self._before_commit: list[Callable[[], None]] = []
+        self._after_rollback: list[Callable[[], None]] = []
+
+    def before_commit(self, flush: Callable[[], None]) -> None:
+        """Have `flush` called at the start of every commit (a layer above that buffers decoded values)."""
+        self._before_commit.append(flush)
+
+    def after_rollback(self, forget: Callable[[], None]) -> None:
+        """Have `forget` called after every rollback (such a layer drops what it holds)."""
+        self._after_rollback.append(forget)
 
     # -- reads and writes -------------------------------------------------
 
@@ -139,7 +149,7 @@ class ShardState:
             return cache[full_key]
         value = self.store.get(full_key)
         if len(cache) >= self.cache_entries:
-            cache.clear()
+            _forget_oldest(cache, self.cache_entries)
         cache[full_key] = value
         return value
 
@@ -169,6 +179,8 @@ class ShardState:
 
     def commit(self) -> int:
         """Write the buffered changes as the next generation; returns the generation to snapshot."""
+        for flush in self._before_commit:
+            flush()
         if not self._pending:
             return self.generation
         generation = self.generation + 1
@@ -209,9 +221,9 @@ class ShardState:
         self.store.write(batch)
         if trim_below > floor:
             self.store.delete_range(self._undo + _U64.pack(floor), self._undo + _U64.pack(trim_below))
-        if len(cache) + len(self._pending) > self.cache_entries:
-            cache.clear()
         cache.update(self._pending)
+        if len(cache) > self.cache_entries:
+            _forget_oldest(cache, self.cache_entries)
         self._pending.clear()
         self.generation = generation
         return generation
@@ -225,6 +237,8 @@ class ShardState:
         """
         self._pending.clear()
         self._cache.clear()
+        for forget in self._after_rollback:
+            forget()
         current = self.generation
         if current < generation:
             raise StateError(
@@ -269,6 +283,13 @@ class ShardState:
 
     def pending_changes(self) -> int:
         return len(self._pending)
+
+
+def _forget_oldest(cache: dict[bytes, bytes | None], capacity: int) -> None:
+    """Trim a full cache to three quarters of `capacity`, oldest entries first (a dict keeps insertion order):
+    clearing it all would send every hot key back to RocksDB at once."""
+    for key in list(cache)[: len(cache) - capacity * 3 // 4]:
+        del cache[key]
 
 
 def _take(iterator, limit: int):

@@ -1,19 +1,22 @@
 """The rules host: one operator per rules shard that keeps the customer's facts, the deadlines and the
 timers, the policy and the outputs, and calls each configured rule (operators/rules/registry.py).
 
-What the host keeps, so no rule does (namespace "rules", one per shard; keys by state/keys.py):
-    V <customer> 0 <product> -> [view_ts, event id]          last view, kept the offer's lookback
-    P <customer> 0 <product> -> purchase ts                  last purchase, kept 2 x lookback
-    R <customer> 0 <product> -> [trigger id, rule, ts]       a trigger sent, kept retraction_window
-    X <customer> 0 <product> -> [message id, rule, ts, arm]  the latest trigger (arm "treated") or holdout
-                                                             suppression ("holdout"), kept conversion_window
-    I <customer>             -> [[type, value], ...]         its identifiers: a trigger's recipient
-    <code> <customer> 0 <product> -> [due, set_ms, [evidence ids]]   a rule's pending deadline
-    M <code> <customer> 0 <subject> -> value                a rule's own memory (ctx.remember), with an expiry
+What the host keeps, so no rule does (namespace "rules", one per shard). A customer's facts are one
+document (state/documents.py: read once, changed in place, written once per epoch), whose sections map a
+subject (a product's JSON text) to an entry with its expiry last:
+    V       {product: [view_ts, event id, expires]}           last view, kept the offer's lookback
+    P       {product: [purchase ts, expires]}                 last purchase, kept 2 x lookback
+    R       {product: [trigger id, rule, ts, expires]}        a trigger sent, kept retraction_window
+    X       {product: [message id, rule, ts, arm, expires]}   the latest trigger (arm "treated") or holdout
+                                                              suppression ("holdout"), kept conversion_window
+    I       {"": [[[type, value], ...], 0]}                   its identifiers: a trigger's recipient
+    <code>  {product: [due, set_ms, [evidence ids], 0]}       a rule's pending deadline
+    M<code> {subject: [value, expires]}                       a rule's own memory (ctx.remember)
+plus the policy's C, F and G sections (operators/policy.py). Keys of their own (state/keys.py):
+    D <customer>             -> the customer's document
     S <store> 0 <product>    -> [qty, ts]                    the latest stock level (inventory.levels, when read)
     W <code> <product> 0 <customer> -> b""                   who waits for a product (ctx.watch), with an expiry
     T <due> <code> <len> <customer> <product>  -> b""        its timer (state/timers.py)
-plus the policy's C, F and G keys (operators/policy.py).
 
 A purchase is a web purchase or a till receipt whose identifiers resolve to the customer, so buying in
 any channel cancels; a line with a quantity of zero or less, or a receipt of `"type": "return"`, is a
@@ -52,7 +55,8 @@ from omnitrigger.records import (
 )
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
-from omnitrigger.state.keys import end_of, owned_key, owner_prefix, subject_of
+from omnitrigger.state.documents import Documents, drop_entry, entry, set_entry
+from omnitrigger.state.keys import end_of, owned_key
 from omnitrigger.state.timers import TimerQueue
 from omnitrigger.stores import store_zones
 
@@ -61,9 +65,12 @@ RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id
                    "sms": ("phone", "auth_id", "loyalty_id")}
 _SWEEP_EVERY_MS = 6 * 3_600_000  # each sweep seeks RocksDB and walks the epoch's writes: not too often
 _SWEEP_MARGIN_MS = 86_400_000  # a late visit is never a day behind the clock
-_VIEW, _PURCHASE, _SENT, _IDENTIFIERS, _MEMORY, _STOCK, _WATCH = b"V", b"P", b"R", b"I", b"M", b"S", b"W"
-_MESSAGED = b"X"
+# Sections of a customer's document (the policy's are C, F and G), and the keys beside the documents.
+_VIEW, _PURCHASE, _SENT, _MESSAGED, _IDENTIFIERS, _MEMORY = "V", "P", "R", "X", "I", "M"
+_CUSTOMERS, _STOCK, _WATCH = b"D", b"S", b"W"
 _PENDING_COUNTS = b"pending"
+#: Customer documents a shard keeps decoded in memory, as a share of `[state] cache_entries`.
+_DOCUMENTS_PER_CACHE_ENTRY = 1 / 8
 
 
 class Rules(StageOperator):
@@ -76,7 +83,10 @@ class Rules(StageOperator):
         self.rules: list[Rule] = configured_rules(config)
         self.by_name = {rule.name: rule for rule in self.rules}
         self.by_code = {rule.code: rule for rule in self.rules if rule.code is not None}
-        self.policy = Policy(state, config, frozenset(self.by_name))
+        self.customers = Documents(state, _CUSTOMERS, int(config.state_cache_entries * _DOCUMENTS_PER_CACHE_ENTRY))
+        self.policy = Policy(self.customers, config, frozenset(self.by_name))
+        self._pending_section = {rule.code: pending_section(rule) for rule in self.rules if rule.code is not None}
+        self._memory_section = {code: _MEMORY + name for code, name in self._pending_section.items()}
         lookbacks = [rule.options["lookback"] for rule in self.rules if "lookback" in rule.options]
         self.lookback_ms = int(max([config.offer_lookback_s, *lookbacks]) * 1000)
         self.grace_ms = int(config.purchase_grace_s * 1000)
@@ -129,7 +139,7 @@ class Rules(StageOperator):
                 for rule in self.rules:
                     rule.on_visit(self, event.customer, event.body, event.ts_ms)
             elif topic == IDENTITY_TOPIC:
-                self.state.put(_IDENTIFIERS + event.customer.encode(), orjson.dumps(event.body["ids"]))
+                set_entry(self.customers.open(event.customer), _IDENTIFIERS, "", [event.body["ids"]])
                 if "new_types" in event.body:
                     for rule in self.rules:
                         rule.on_identity(self, event.customer, event.body, event.ts_ms)
@@ -161,21 +171,23 @@ class Rules(StageOperator):
     # -- the facts --------------------------------------------------------------------
 
     def _on_view(self, customer: str, product: Any, ts_ms: int, event_id: str) -> None:
-        key = owned_key(_VIEW, customer, product)
-        last = self.state.get(key)
-        if last is None or orjson.loads(last)[0] <= ts_ms:
-            self.state.put(key, orjson.dumps([ts_ms, event_id]), ts_ms + self.lookback_ms)
+        subject = _subject(product)
+        doc = self.customers.get(customer)
+        last = entry(doc, _VIEW, subject)
+        if last is None or last[0] <= ts_ms:
+            set_entry(self.customers.open(customer), _VIEW, subject, [ts_ms, event_id], ts_ms + self.lookback_ms)
 
     def _on_purchase(self, customer: str, items: list[dict[str, Any]], ts_ms: int, evidence: str,
                      channel: str | None, store: str | None) -> None:
         """Lines bought (a quantity above zero; the rest are returns) cancel what they were set before them,
         and retract what already went out for them although they were bought before its time."""
         bought = list(dict.fromkeys(item["product_id"] for item in items if not is_returned_line(item)))
+        doc = self.customers.open(customer) if bought else None
         for product in bought:
-            key = owned_key(_PURCHASE, customer, product)
-            last = self.state.get(key)
-            if last is None or int(last) < ts_ms:
-                self.state.put(key, b"%d" % ts_ms, ts_ms + 2 * self.lookback_ms)
+            subject = _subject(product)
+            last = entry(doc, _PURCHASE, subject)
+            if last is None or last[0] < ts_ms:
+                set_entry(doc, _PURCHASE, subject, [ts_ms], ts_ms + 2 * self.lookback_ms)
         if not bought:
             return
         for rule in self.rules:
@@ -187,14 +199,16 @@ class Rules(StageOperator):
     def _retract(self, customer: str, products: list[Any], ts_ms: int, evidence: str, channel: str | None) -> None:
         """One retraction per trigger sent for these products whose time is after this purchase."""
         by_trigger: dict[str, tuple[str, int, list[Any]]] = {}
+        doc = self.customers.get(customer)
         for product in products:
-            key = owned_key(_SENT, customer, product)
-            raw = self.state.get(key, ts_ms)
-            if raw is None:
+            subject = _subject(product)
+            sent = entry(doc, _SENT, subject, ts_ms)
+            if sent is None:
                 continue
-            sent_id, rule, sent_ms = orjson.loads(raw)
+            sent_id, rule, sent_ms, _ = sent
             if ts_ms < sent_ms:
-                self.state.delete(key)
+                drop_entry(doc, _SENT, subject)
+                self.customers.changed(customer)
                 by_trigger.setdefault(sent_id, (rule, sent_ms, []))[2].append(product)
         for sent_id, (rule, sent_ms, bought) in sorted(by_trigger.items()):
             record = {"retraction_id": xxhash.xxh3_128_hexdigest(f"{sent_id}\x1f{evidence}".encode())[:32],
@@ -213,15 +227,17 @@ class Rules(StageOperator):
             if not is_returned_line(item):
                 amounts[item["product_id"]] = amounts.get(item["product_id"], 0.0) + \
                     float(item.get("qty") or 0) * float(item.get("price") or 0)
+        doc = self.customers.get(customer)
         for product, amount in amounts.items():
-            key = owned_key(_MESSAGED, customer, product)
-            raw = self.state.get(key, ts_ms)
-            if raw is None:
+            subject = _subject(product)
+            message = entry(doc, _MESSAGED, subject, ts_ms)
+            if message is None:
                 continue
-            message_id, rule, message_ms, arm = orjson.loads(raw)
+            message_id, rule, message_ms, arm, _ = message
             if ts_ms < message_ms:
                 continue  # bought before the message's time: a retraction, not a conversion
-            self.state.delete(key)
+            drop_entry(doc, _MESSAGED, subject)
+            self.customers.changed(customer)
             conversion_id = xxhash.xxh3_128_hexdigest(f"{message_id}\x1f{evidence}\x1f{product}".encode())[:32]
             record = {"conversion_id": conversion_id, "trigger_id": message_id, "rule": rule, "customer_id": customer,
                       "product": product, "arm": arm, "purchase_channel": channel,
@@ -234,21 +250,22 @@ class Rules(StageOperator):
     def _remember_message(self, customer: str, products: list[Any], message_id: str, rule: str, ts_ms: int,
                           arm: str) -> None:
         """What a later purchase converts: the latest message of each product, for the conversion window."""
+        doc = self.customers.open(customer)
         for product in products:
-            key = owned_key(_MESSAGED, customer, product)
-            raw = self.state.get(key, ts_ms)
-            if raw is None or orjson.loads(raw)[2] <= ts_ms:
-                self.state.put(key, orjson.dumps([message_id, rule, ts_ms, arm]), ts_ms + self.conversion_window_ms)
+            subject = _subject(product)
+            message = entry(doc, _MESSAGED, subject, ts_ms)
+            if message is None or message[2] <= ts_ms:
+                set_entry(doc, _MESSAGED, subject, [message_id, rule, ts_ms, arm], ts_ms + self.conversion_window_ms)
 
     def bought_since(self, customer: str, product: Any, ts_ms: int) -> bool:
-        last = self.state.get(owned_key(_PURCHASE, customer, product))
-        return last is not None and int(last) >= ts_ms
+        last = entry(self.customers.get(customer), _PURCHASE, _subject(product))
+        return last is not None and last[0] >= ts_ms
 
     def views(self, customer: str) -> list[tuple[Any, int, str]]:
-        """(product, view ts, event id) of the customer's last views still kept, in key order."""
-        prefix = owner_prefix(_VIEW, customer)
-        return [(subject_of(key, len(prefix)), *orjson.loads(value))
-                for key, value in self.state.scan(prefix, end_of(prefix))]
+        """(product, view ts, event id) of the customer's last views still kept, in the order of the products' JSON."""
+        doc = self.customers.get(customer)
+        section = doc.get(_VIEW) if doc is not None else None
+        return [(orjson.loads(subject), *section[subject][:2]) for subject in sorted(section)] if section else []
 
     def _on_stock(self, event: Event) -> None:
         """A stock level: kept per (store, product), the latest by event time winning; rules hear of changes."""
@@ -284,7 +301,8 @@ class Rules(StageOperator):
         return customers
 
     def forget(self, rule: Rule, customer: str, subject: Any) -> None:
-        self.state.delete(owned_key(_MEMORY + bytes((rule.code,)), customer, subject))
+        if drop_entry(self.customers.get(customer), self._memory_section[rule.code], _subject(subject)):
+            self.customers.changed(customer)
 
     def is_quiet(self, ts_ms: int, store: str | None = None) -> bool:
         return self.store_quiet.get(store, self.quiet).is_quiet(ts_ms) if store else self.quiet.is_quiet(ts_ms)
@@ -292,17 +310,18 @@ class Rules(StageOperator):
     # -- deadlines ----------------------------------------------------------------------
 
     def pending(self, rule: Rule, customer: str, product: Any) -> Pending | None:
-        raw = self.state.get(owned_key(bytes((rule.code,)), customer, product))
-        return orjson.loads(raw) if raw is not None else None
+        found = entry(self.customers.get(customer), self._pending_section[rule.code], _subject(product))
+        return found[:-1] if found is not None else None
 
     def pending_of(self, rule: Rule, customer: str) -> list[tuple[Any, Pending]]:
-        prefix = owner_prefix(bytes((rule.code,)), customer)
-        return [(subject_of(key, len(prefix)), orjson.loads(value))
-                for key, value in self.state.scan(prefix, end_of(prefix))]
+        doc = self.customers.get(customer)
+        section = doc.get(self._pending_section[rule.code]) if doc is not None else None
+        return [(orjson.loads(subject), section[subject][:-1]) for subject in sorted(section)] if section else []
 
     def drop_pending(self, rule: Rule, customer: str, product: Any) -> None:
         """Remove a pending deadline that is there (it fired, was cancelled, or went along with another)."""
-        self.state.delete(owned_key(bytes((rule.code,)), customer, product))
+        drop_entry(self.customers.get(customer), self._pending_section[rule.code], _subject(product))
+        self.customers.changed(customer)
         if self.count_pending:
             self._count(rule.name, -1)
 
@@ -313,12 +332,13 @@ class Rules(StageOperator):
 
     def remember(self, rule: Rule, customer: str, subject: Any, value: Any, expires_ms: int) -> None:
         """Keep `value` for the rule and customer until `expires_ms` (event time); retired with the customer."""
-        self.state.put(owned_key(_MEMORY + bytes((rule.code,)), customer, subject), orjson.dumps(value), expires_ms)
+        set_entry(self.customers.open(customer), self._memory_section[rule.code], _subject(subject), [value], expires_ms)
 
     def recall(self, rule: Rule, customer: str, subject: Any) -> Any:
         """What `remember` kept, or None once it expired."""
-        raw = self.state.get(owned_key(_MEMORY + bytes((rule.code,)), customer, subject), self.watermark_ms)
-        return orjson.loads(raw) if raw is not None else None
+        found = entry(self.customers.get(customer), self._memory_section[rule.code], _subject(subject),
+                      self.watermark_ms)
+        return found[0] if found is not None else None
 
     def schedule(self, rule: Rule, customer: str, product: Any, set_ms: int, event_id: str,
                  evidence: list[str] | None = None, delay_ms: int | None = None) -> None:
@@ -329,10 +349,11 @@ class Rules(StageOperator):
             if not self.replaying:
                 self.suppress(rule, customer, [product], deadline, "late_event", evidence, None)
             return
-        key = owned_key(bytes((rule.code,)), customer, product)
-        if self.count_pending and self.state.get(key) is None:
+        doc = self.customers.open(customer)
+        section, subject = self._pending_section[rule.code], _subject(product)
+        if self.count_pending and entry(doc, section, subject) is None:
             self._count(rule.name, 1)
-        self.state.put(key, orjson.dumps([deadline, set_ms, evidence]))
+        set_entry(doc, section, subject, [deadline, set_ms, evidence])
         self.timers.schedule(deadline, rule.code, customer, orjson.dumps(product))
 
     def cancel(self, rule: Rule | str, customer: str, product: Any, ts_ms: int, reason: str, evidence: str,
@@ -371,7 +392,9 @@ class Rules(StageOperator):
             self.fire(rule, timer.owner, product, pending)
         # Expired views, purchases and caps leave the disk too, once no decision can look at them any more:
         # every deadline up to the watermark has fired, and a late visit is never a day behind it.
-        self.clock.sweep_if_due()
+        cutoff = self.clock.sweep_if_due()
+        if cutoff is not None:
+            self.customers.sweep(cutoff)
 
     # -- policy and output --------------------------------------------------------------------
 
@@ -399,17 +422,18 @@ class Rules(StageOperator):
             self._out.append(Emitted(SUPPRESSED, _sort_key(ts_ms, record["trigger_id"]), record))
             return
         record["recipient"] = self._recipient(customer, decision.channel)
+        doc = self.customers.open(customer)
         for product in decision.products:  # a purchase made before ts_ms that arrives later retracts it
-            self.state.put(owned_key(_SENT, customer, product), orjson.dumps([record["trigger_id"], rule.name, ts_ms]),
-                           ts_ms + self.retraction_window_ms)
+            set_entry(doc, _SENT, _subject(product), [record["trigger_id"], rule.name, ts_ms],
+                      ts_ms + self.retraction_window_ms)
         self._out.append(Emitted(TRIGGERS, _sort_key(ts_ms, record["trigger_id"]), record))
 
     def _recipient(self, customer: str, channel: str | None) -> dict[str, list[str]]:
         """Whom the sender addresses on `channel`: the customer's identifiers of the kinds it needs, now."""
-        raw = self.state.get(_IDENTIFIERS + customer.encode())
+        found = entry(self.customers.get(customer), _IDENTIFIERS, "")
         wanted = RECIPIENT_TYPES.get(channel or "", ())
         recipient: dict[str, list[str]] = {}
-        for kind, value in (orjson.loads(raw) if raw else []):
+        for kind, value in (found[0] if found is not None else []):
             if kind in wanted:
                 recipient.setdefault(kind, []).append(value)
         return {kind: sorted(values) for kind, values in sorted(recipient.items())}
@@ -434,16 +458,13 @@ class Rules(StageOperator):
     def _on_merge(self, merge: Merge) -> None:
         """Retire the loser's state (its shard) and replay its history into the winner (the winner's shard)."""
         role, winner, loser = merge.role, merge.winner, merge.loser
-        if role in ("retire", "both"):
-            self.state.delete(_IDENTIFIERS + loser.encode())
-            for prefix in (*(bytes((code,)) for code in self.by_code), *(_MEMORY + bytes((code,)) for code in self.by_code),
-                           _VIEW, _PURCHASE, _SENT, _MESSAGED):
-                start = owner_prefix(prefix, loser)
-                for state_key, _ in self.state.scan(start, end_of(start)):
-                    self.state.delete(state_key)
-                    if self.count_pending and len(prefix) == 1 and prefix[0] in self.by_code:
-                        self._count(self.by_code[prefix[0]].name, -1)
-            self.policy.retire(loser)
+        if role in ("retire", "both"):  # every fact of the loser's goes (its consents travel in the merge)
+            doc = self.customers.get(loser)
+            if doc is not None and self.count_pending:
+                for code, section in self._pending_section.items():
+                    for _ in range(len(doc.get(section, ()))):
+                        self._count(self.by_code[code].name, -1)
+            self.customers.delete(loser)
         if role in ("absorb", "both"):
             # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).
             if merge.consents:
@@ -457,6 +478,22 @@ class Rules(StageOperator):
                     for rule in self.rules:
                         rule.on_identity(self, winner, event_body, ts_ms)
             self.replaying = False
+
+
+def customer_document(state: ShardState, customer: str) -> dict[str, Any] | None:
+    """A customer's document as the shard last committed it, for readers of a run's state (`omnitrigger explain`)."""
+    raw = state.get(_CUSTOMERS + customer.encode())
+    return orjson.loads(raw) if raw is not None else None
+
+
+def pending_section(rule: Rule) -> str:
+    """The section of a customer's document that holds `rule`'s pending deadlines."""
+    return chr(rule.code)
+
+
+def _subject(product: Any) -> str:
+    """A product (or a rule memory's subject) as a section's key: its JSON text, so "1" and 1 stay apart."""
+    return orjson.dumps(product).decode()
 
 
 def _stock_key(store: str, product: Any) -> bytes:

@@ -1,0 +1,91 @@
+"""Customer documents (state/documents.py) on RocksDB: written once per commit, swept like expiring keys,
+rolled back with the shard."""
+
+from __future__ import annotations
+
+import orjson
+
+from omnitrigger.state import RocksDBStore, ShardState
+from omnitrigger.state.documents import Documents, drop_entry, entry, set_entry
+
+
+def _open(path, capacity=100):
+    store = RocksDBStore(path)
+    state = ShardState(store, "rules", 3)
+    return store, state, Documents(state, b"D", capacity)
+
+
+def _raw_document(state: ShardState, owner: str):
+    raw = state.get(b"D" + owner.encode())  # (nothing is pending right after a commit: this is RocksDB)
+    return orjson.loads(raw) if raw is not None else None
+
+
+def _index_keys(state: ShardState) -> list[bytes]:
+    start = state._data + b"D~"
+    return [key[len(start):] for key, _ in state.store.scan(start, start + b"\xff")]
+
+
+def test_one_write_per_owner_per_commit_and_reads_from_memory(tmp_path):
+    store, state, docs = _open(tmp_path / "db")
+    for n in range(50):  # fifty facts of one customer in one epoch
+        set_entry(docs.open("cus_1"), "V", f'"P{n}"', [1_000 + n, f"e{n}"], 10_000 + n)
+    assert _raw_document(state, "cus_1") is None  # nothing reaches RocksDB before the commit
+    state.commit()
+    saved = _raw_document(state, "cus_1")
+    assert len(saved["V"]) == 50 and saved["V"]['"P7"'] == [1_007, "e7", 10_007]
+    assert saved["~"] == 10_000  # the earliest expiry, which the sweep index is keyed by
+    assert entry(docs.get("cus_1"), "V", '"P7"') == [1_007, "e7", 10_007]
+    assert entry(docs.get("cus_1"), "V", '"P7"', now_ms=10_007) is None  # a read that passes a time hides it
+    assert docs.get("cus_2") is None
+    store.close()
+
+
+def test_sweep_drops_expired_entries_and_empty_documents(tmp_path):
+    store, state, docs = _open(tmp_path / "db")
+    doc = docs.open("cus_1")
+    set_entry(doc, "V", '"old"', [1, "e1"], 5_000)
+    set_entry(doc, "V", '"new"', [2, "e2"], 50_000)
+    set_entry(doc, "I", "", [[["auth_id", "a1"]]])  # never expires
+    set_entry(docs.open("cus_2"), "P", '"x"', [3], 6_000)
+    state.commit()
+    assert len(_index_keys(state)) == 2
+    # Until swept, an expired entry stays readable to a read that passes no time (as an expiring key does).
+    assert entry(docs.get("cus_1"), "V", '"old"') is not None
+    assert docs.sweep(10_000) == 2
+    state.commit()
+    kept = _raw_document(state, "cus_1")
+    assert set(kept["V"]) == {'"new"'} and kept["I"] == {"": [[["auth_id", "a1"]], 0]} and kept["~"] == 50_000
+    assert _raw_document(state, "cus_2") is None  # nothing left: the document goes, with its index key
+    assert len(_index_keys(state)) == 1
+    assert docs.sweep(60_000) == 1
+    state.commit()
+    assert "~" not in _raw_document(state, "cus_1") and _index_keys(state) == []
+    store.close()
+
+
+def test_rollback_restores_documents_and_forgets_the_cached_ones(tmp_path):
+    store, state, docs = _open(tmp_path / "db")
+    set_entry(docs.open("cus_1"), "P", '"x"', [1], 0)
+    first = state.commit()
+    doc = docs.open("cus_1")
+    set_entry(doc, "P", '"y"', [2], 0)
+    drop_entry(doc, "P", '"x"')
+    docs.delete("cus_9")  # absent: nothing to write
+    state.commit()
+    assert set(docs.get("cus_1")["P"]) == {'"y"'}
+    state.rollback_to(first)
+    assert set(docs.get("cus_1")["P"]) == {'"x"'}  # read back from RocksDB, not the changed copy in memory
+    docs.delete("cus_1")
+    state.commit()
+    assert _raw_document(state, "cus_1") is None and docs.get("cus_1") is None
+    store.close()
+
+
+def test_documents_beyond_the_capacity_are_read_back(tmp_path):
+    store, state, docs = _open(tmp_path / "db", capacity=8)
+    for n in range(40):
+        set_entry(docs.open(f"cus_{n:02d}"), "P", '"x"', [n], 0)
+    state.commit()
+    assert len(docs._docs) <= 8
+    assert all(entry(docs.get(f"cus_{n:02d}"), "P", '"x"')[0] == n for n in range(40))
+    store.close()
