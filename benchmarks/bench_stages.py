@@ -6,7 +6,8 @@ The mix is the one tests/test_rules_real_data.py replays (tests/recordings.py `o
 real Taobao clickstream, bakery receipts and GeoLife GPS traces of 114 shoppers, with identity links,
 consents and stores where the traces dwell, 52,780 records. Every stage runs the production operator
 classes on RocksDB, the sequencer's operators in order, then the router and the 16 rules shards,
-committing after every 1,000-record batch (the flow commits once per epoch, so commits are overstated).
+committing after every 1,000-record batch (`--commit-every`: the flow commits once per epoch, 1 s, so
+that overstates commits; `--commit-every 30000` is near a replay's epoch).
 µs/record is the stage's time divided by all records, so the column adds up to the per-record cost;
 records/s is what the stage alone would sustain; batch P50/P99 is the time the stage took over each
 1,000-record batch (its latency contribution when the flow carries batches of that size).
@@ -46,6 +47,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
     parser.add_argument("--copies", type=int, default=1, help="copies of the real-data mix (benchmarks/real_mix.py)")
+    parser.add_argument("--commit-every", type=int, default=1000, metavar="RECORDS",
+                        help="commit the state after this many records (default 1000; a replay commits once per "
+                             "epoch, 1 s: about 30,000 records)")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     real_data = args.shared / "data" / "real"
@@ -84,15 +88,20 @@ def main() -> int:
             cost[name] = 0.0
         router = ShardRouter(config.rule_shards)
         rules: dict[int, Rules] = {}
+        since_commit = 0
         for batch in batches:
             this_batch = dict.fromkeys(cost, 0.0)
+            since_commit += len(batch)
+            commit_now = since_commit >= args.commit_every or batch is batches[-1]
+            if commit_now:
+                since_commit = 0
             events = [item for item in batch if type(item) is Event]
             for operator in operators:
                 started = time.perf_counter()
                 events = operator.on_events(events).events
                 this_batch[operator.name] += time.perf_counter() - started
             started = time.perf_counter()
-            for state in states:
+            for state in states if commit_now else ():
                 state.commit()
             this_batch["sequencer commits"] += time.perf_counter() - started
             started = time.perf_counter()
@@ -104,16 +113,18 @@ def main() -> int:
                 started = time.perf_counter()
                 rules[shard].on_events(shard_events)
                 this_batch["rules"] += time.perf_counter() - started
-                started = time.perf_counter()
-                rules[shard].state.commit()
-                this_batch["rules commits"] += time.perf_counter() - started
+            started = time.perf_counter()
+            for shard_rules in rules.values() if commit_now else ():
+                shard_rules.state.commit()
+            this_batch["rules commits"] += time.perf_counter() - started
             for name, seconds in this_batch.items():
                 if name != "decode, validate, merge":
                     cost[name] += seconds
                     per_batch.setdefault(name, []).append(seconds)
         store.close()
     total = sum(cost.values())
-    print(f"{records:,} records of the real-data mix in batches of 1,000; each stage alone:")
+    print(f"{records:,} records of the real-data mix in batches of 1,000, committed every {args.commit_every:,}; "
+          "each stage alone:")
     print(f"  {'stage':26s} {'µs/record':>9s} {'records/s':>10s} {'batch P50':>10s} {'batch P99':>10s}")
     for name, seconds in cost.items():
         print(f"  {name:26s} {seconds / records * 1e6:9.1f} {records / seconds:10,.0f} "
@@ -122,7 +133,8 @@ def main() -> int:
           f"({total / records * 1e6 / 10:.1f}x the 10 µs floor of docs/design.md#per-event-cost-floor)")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
-                      + (f" --copies {args.copies}" if args.copies != 1 else ""))
+                      + (f" --copies {args.copies}" if args.copies != 1 else "")
+                      + (f" --commit-every {args.commit_every}" if args.commit_every != 1000 else ""))
     for name, seconds in cost.items():
         figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),
