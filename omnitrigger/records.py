@@ -43,6 +43,14 @@ class Event(NamedTuple):
     customer: str | None = None
 
 
+_new_tuple = tuple.__new__
+
+
+def with_customer(event: Event, customer: str | None) -> Event:
+    """`event` with its customer set: `event._replace(customer=...)` at a third of its cost (once per event)."""
+    return _new_tuple(Event, (*event[:6], customer))
+
+
 class Heartbeat(NamedTuple):
     """A live source's note that it is idle at wall-clock time `wall_ms` (a control record).
 

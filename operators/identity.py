@@ -42,7 +42,7 @@ import xxhash
 
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
-from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, REFUSED_LINKS, Emitted, Event, Item, Merge
+from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, REFUSED_LINKS, Emitted, Event, Item, Merge, with_customer
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock, saved_clock
 
@@ -100,7 +100,7 @@ class Identity(StageOperator):
                                  changed)
                            for changed, ids_now in sorted(self._changed.items()))
                 self._changed, self._new = {}, {}
-            out.append(event._replace(customer=customer))
+            out.append(with_customer(event, customer))
             for sub, refusal in enumerate(refusals):
                 emitted.append(Emitted(REFUSED_LINKS, (event.seq, sub), refusal))
         self.clock.save()
