@@ -20,6 +20,7 @@ import msgspec
 import orjson
 import pytest
 
+from omnitrigger.live_input import MessageDecoder
 from omnitrigger.pii import Pseudonymizer
 from omnitrigger.recording import LineDecoder
 from omnitrigger.schemas import INPUT_TOPICS, SCHEMA_DIR, Contracts, ContractViolation
@@ -235,3 +236,22 @@ def test_the_structs_have_the_schema_files_fields(topic: str) -> None:
         assert info.forbid_unknown_fields
     if topic == "web.events":  # one Struct for each member of the `type` enum
         assert [info.tag for info in _struct_infos(TOPIC_TYPES[topic])] == schema["properties"]["type"]["enum"]
+
+
+def test_live_messages_decode_the_same(tmp_path: Path) -> None:
+    """The live decoder (a Kafka message's value, its timestamp the reference) takes the same fast path."""
+    fuzz = FuzzedRecording(seed=20)
+    fuzz.write(tmp_path / "fuzz", 200)
+    lines = [(path.name.removesuffix(".jsonl"), line.rstrip(b"\r\n"))
+             for path in sorted((tmp_path / "fuzz").glob("*.jsonl")) for line in path.read_bytes().splitlines()]
+    lines += [(topic, line.rstrip(b"\r\n")) for topic, line in EDGE_CASES]
+    fast, today = (MessageDecoder(decoder) for decoder in decoders(max_clock_skew_ms=900_000))
+
+    def live(decoder: MessageDecoder, topic: str, value: bytes | None, kafka_ts: int) -> bytes:
+        merge_ts, item = decoder.decode(topic, "prod." + topic, 2, 40, value, b"+358 40 123 4567", kafka_ts, 5)
+        return orjson.dumps([merge_ts, type(item).__name__, list(item)])
+
+    for kafka_ts in (REFERENCE_MS, 1_700_000_000_000, 1):
+        assert [live(fast, topic, line, kafka_ts) for topic, line in lines] == \
+            [live(today, topic, line, kafka_ts) for topic, line in lines]
+    assert live(fast, "web.events", None, REFERENCE_MS) == live(today, "web.events", None, REFERENCE_MS)
