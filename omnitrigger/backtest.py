@@ -13,7 +13,7 @@ config in force (A) and under the proposed one (B), then compare the outputs. Pe
 Each comes with its count and up to EXAMPLES example customer ids.
 
 `compare_outputs` is a plain function over two output folders (no Bytewax); `run_backtest` makes those
-folders with the replay machinery (omnitrigger/replay.py) and compares them.
+folders with the replay machinery (omnitrigger/runner/replay.py) and compares them.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 An on-call engineer or a marketer asks "why did (or didn't) this customer get this message?". The answer is
 in two places: the state folder (identifiers, consents, pending deadlines, caps in force) and the output
 files (triggers, suppressions with their reason, cancellations, retractions). This module reads both,
-read-only, and returns one `Explanation`; `omnitrigger/cli.py` prints it as text or JSON.
+read-only, and returns one `Explanation`; `omnitrigger/cli/offline.py` prints it as text or JSON.
 
 Read-only, also while a job runs on the folder: each RocksDB is opened as a *secondary* instance
 (`AccessType.secondary`), which takes no lock, never writes the primary's files and catches up with the

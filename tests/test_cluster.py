@@ -1,6 +1,6 @@
 """The flow as a Bytewax cluster: processes over addresses give a single process's outputs, live and replay.
 
-- Where Bytewax puts a key is predicted (omnitrigger/cluster.py `worker_of`),
+- Where Bytewax puts a key is predicted (omnitrigger/runner/cluster.py `worker_of`),
   so process 0 can be the sequencer's; checked against Bytewax itself.
 - A replay as two processes started like two machines would start them
   (`--addresses A,B --process-id 0|1`, each its own --state-dir), stopped
@@ -41,7 +41,7 @@ from omnitrigger.config import Config
 from omnitrigger.flows.replay_flow import SEQUENCER_KEY
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
-from omnitrigger.runner.replay import _write_identities
+from omnitrigger.runner.finish import _write_identities
 from omnitrigger.runner.state_folder import StateFolderError, layout_record, prepare_local_cluster
 from recordings import omnichannel_recording
 from test_live import STREAMS, normalized, replay_streams, single_partition_recording

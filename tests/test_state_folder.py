@@ -3,7 +3,7 @@
 Reused with another `[rules] shards`, `--processes`, operator list, PII key or
 state format, a state folder would not fail: it would route customers to
 shards that never saw them, or hash identifiers to values the state never
-held. layout.json records what fixes the layout (omnitrigger/state_folder.py)
+held. layout.json records what fixes the layout (omnitrigger/runner/state_folder.py)
 and each mismatch is one line. A damaged store (garbage or truncated RocksDB
 files, a deleted RocksDB folder, a broken recovery store, a bad block found
 while running, a folder in use) is one line too, never a traceback.
@@ -208,7 +208,7 @@ def test_a_bad_block_found_while_running_is_one_line(made: dict[str, Path], stat
         handle.seek(start)
         handle.write(b"\x00garbage" * ((end - start) // 8 + 1))
     result = replay_cli(made, state, tmp_path, env={"RUST_BACKTRACE": "1"})
-    # One line: Bytewax's Rust panic report and backtrace are filtered out of stderr (omnitrigger/cli.py).
+    # One line: Bytewax's Rust panic report and backtrace are filtered out of stderr (omnitrigger/cli/panics.py).
     assert_one_line(result, f"state folder {state} is damaged: RocksDB", "Corruption")
 
 

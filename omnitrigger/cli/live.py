@@ -1,4 +1,4 @@
-"""The live-mode commands: `omnitrigger run`, `record` and `publish` (registered in cli.py)."""
+"""The live-mode commands: `omnitrigger run`, `record` and `publish` (registered in cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,19 @@ from pathlib import Path
 
 import click
 
-from omnitrigger.runner.cluster import cluster_options, resolve_cluster
+from omnitrigger.cli.options import DIR, FILE, cluster_options, resolve_cluster
 from omnitrigger.config import load_config
 
-_file = click.Path(dir_okay=False, path_type=Path)
-_dir = click.Path(file_okay=False, path_type=Path)
 _brokers = click.option("--brokers", required=True, help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
-_config = click.option("--config", "config_file", type=_file, help="TOML config file (see README: [kafka]).")
+_config = click.option("--config", "config_file", type=FILE, help="TOML config file (see README: [kafka]).")
 
 
 @click.command()
 @_brokers
-@click.option("--stores", "stores", type=_file, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m][,timezone].")
+@click.option("--stores", "stores", type=FILE, required=True, help="Stores CSV: store_id,name,lat,lon[,radius_m][,timezone].")
 @_config
-@click.option("--catalog", type=_file, help="Product catalogue CSV: product_id,category,repurchase_days (replenishment).")
-@click.option("--state-dir", type=_dir, default=Path("omnitrigger-state"), show_default=True,
+@click.option("--catalog", type=FILE, help="Product catalogue CSV: product_id,category,repurchase_days (replenishment).")
+@click.option("--state-dir", type=DIR, default=Path("omnitrigger-state"), show_default=True,
               help="State folder: offsets, snapshots and RocksDB state; a restart resumes from it.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Prometheus /metrics port (default: [kafka] metrics_port; 0: off; --processes N: port + I for process I).")
@@ -48,7 +46,7 @@ def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | No
 
 @click.command()
 @_brokers
-@click.option("--out", "out_dir", type=_dir, required=True, help="Recording folder to write (<topic>.jsonl files).")
+@click.option("--out", "out_dir", type=DIR, required=True, help="Recording folder to write (<topic>.jsonl files).")
 @click.option("--topics", help="Comma-separated contract topics to record (default: all five).")
 @click.option("--until-offsets", is_flag=True, help="Stop at the end offsets the topics had at start (the default).")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Record for this many seconds instead.")
@@ -72,7 +70,7 @@ def record(brokers: str, out_dir: Path, topics: str | None, until_offsets: bool,
 
 
 @click.command()
-@click.argument("recording_dir", type=_dir)
+@click.argument("recording_dir", type=DIR)
 @_brokers
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), help="Keep the recorded gaps, divided by this factor.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Send this many records a second.")

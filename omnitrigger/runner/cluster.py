@@ -1,10 +1,11 @@
-"""Running as a Bytewax cluster: the addresses, which process does what, and how the processes are started.
+"""Running as a Bytewax cluster: the addresses, which process does what, and `run_cluster`.
 
 One Bytewax worker a process (workers are threads sharing the GIL, so
 processes are how the flow scales). `--addresses HOST:PORT,...` (or
 `--hostfile`) lists every process of the cluster, `--process-id I` says
 which one this is; `--processes N` is the one-machine shortcut that starts
-N such processes on 127.0.0.1 itself.
+N such processes on 127.0.0.1 itself (runner/local_cluster.py). The options
+themselves are the CLI's (omnitrigger/cli/options.py).
 
 Who does what. Bytewax sends a stateful key to worker
 `siphash13(key) % workers` (Rust's DefaultHasher, zero keys: `worker_of`
@@ -33,20 +34,15 @@ cluster on a private network or an encrypted overlay such as WireGuard.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
-import orjson
 
 SEQUENCER_KEY = "sequencer"  # flows/replay_flow.py SEQUENCER_KEY: the one key every input batch goes to
 
@@ -310,12 +306,11 @@ class Role:
         return (f"process {self.process_id} of {self.processes} ({self.address}): {part}rules shards "
                 f"{','.join(map(str, self.rule_shards(shards))) or 'none'}")
 
-    def to_spec(self) -> dict[str, Any]:
-        return {"process_id": self.process_id, "addresses": list(self.addresses)}
-
     @classmethod
-    def from_spec(cls, spec: dict[str, Any] | None) -> Role | None:
-        return None if spec is None else cls(int(spec["process_id"]), tuple(spec["addresses"]))
+    def local(cls, processes: int) -> list[Role]:
+        """The processes of a one-machine cluster, on free ports of 127.0.0.1."""
+        addresses = tuple(local_addresses(processes))
+        return [cls(index, addresses) for index in range(processes)]
 
 
 def run_cluster(flow: Any, role: Role, **options: Any) -> None:
@@ -339,108 +334,9 @@ def is_lost_peer(error: BaseException) -> bool:
     return type(error).__name__ == "PanicException"
 
 
-# -- a one-machine cluster: N child processes --------------------------------------------------------
-
-
-def _death_signal() -> Callable[[], None]:
-    """What the child runs between fork and exec: PR_SET_PDEATHSIG, so a kill -9 of the process that started it
-    takes it along (Linux; elsewhere nothing). prctl is looked up here, in the parent, not after the fork."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-
-
-def start_children(specs: list[dict[str, Any]]) -> list[subprocess.Popen]:
-    """Start `python -m omnitrigger.flows.cluster_worker` once a spec (given on stdin, never written to disk:
-    the config can hold Kafka credentials), each in its own session so a Ctrl-C reaches them once, from us."""
-    children = []
-    die_with_parent = _death_signal()
-    for spec in specs:
-        # -P: no current folder on sys.path, so a folder named omnitrigger where the user stands (a checkout)
-        # cannot shadow the installed package in the worker processes.
-        child = subprocess.Popen([sys.executable, "-P", "-m", "omnitrigger.flows.cluster_worker"], stdin=subprocess.PIPE,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent,
-                                 start_new_session=True)
-        assert child.stdin is not None
-        child.stdin.write(orjson.dumps(spec))
-        child.stdin.close()
-        children.append(child)
-    return children
-
-
-def wait_children(children: list[subprocess.Popen], forward_signals: bool = False,
-                  on_signal: Callable[[int], None] | None = None) -> list[int]:
-    """Wait for every child; with `forward_signals`, SIGTERM and SIGINT are passed on to them as SIGTERM."""
-    previous: dict[int, Any] = {}
-    if forward_signals:
-        def forward(signum: int, _frame: object) -> None:
-            if on_signal is not None:
-                on_signal(signum)
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGTERM)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, forward)
-    try:
-        return [child.wait() for child in children]
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for child in children:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-
-
-# -- the command-line options (replay and run) -------------------------------------------------------
-
-
-def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--processes, --addresses, --hostfile, --process-id (resolved by `resolve_cluster`)."""
-    options = [
-        click.option("--processes", type=click.IntRange(min=1),
-                     help="Run as a cluster of this many processes on this machine (default 1), one worker each."),
-        click.option("--addresses", help="Run as one process of a cluster over machines: every process's "
-                                         "HOST:PORT, in process order, comma-separated."),
-        click.option("--hostfile", type=click.Path(dir_okay=False, path_type=Path),
-                     help="The same as --addresses from a file: one HOST:PORT a line, # comments."),
-        click.option("--process-id", type=int, help="With --addresses or --hostfile: which process this is, from 0."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def resolve_cluster(processes: int | None, addresses: str | None, hostfile: Path | None,
-                    process_id: int | None) -> tuple[int, list[str] | None, int | None]:
-    """(processes, addresses, process_id) from the options; click.UsageError (exit 2) for a wrong combination or
-    value on the command line, ClusterError (exit 1) for a hostfile that cannot be read or is malformed."""
-    import click
-
-    if addresses is not None and hostfile is not None:
-        raise click.UsageError("--addresses and --hostfile exclude each other")
-    if addresses is None and hostfile is None:
-        if process_id is not None:
-            raise click.UsageError("--process-id needs --addresses or --hostfile (the addresses of every process)")
-        return processes or 1, None, None
-    given = "--addresses" if addresses is not None else "--hostfile"
-    if processes is not None:
-        raise click.UsageError(f"--processes and {given} exclude each other: --processes starts a cluster on this "
-                               f"machine, {given} lists the processes of a cluster over machines")
-    if process_id is None:
-        raise click.UsageError(f"{given} needs --process-id (which of the listed processes this one is, from 0)")
-    if addresses is not None:
-        try:
-            listed = parse_addresses(addresses)
-        except ValueError as error:
-            raise click.UsageError(f"--addresses: {error}") from None
-    else:
-        assert hostfile is not None
-        listed = read_hostfile(hostfile)
-    if not 0 <= process_id < len(listed):
-        raise click.UsageError(f"--process-id {process_id} is out of range: {given} lists {len(listed)} "
-                               f"process{'es' if len(listed) != 1 else ''}, so 0 to {len(listed) - 1}")
-    return len(listed), listed, process_id
+def roles_here(role: Role | None, processes: int) -> list[Role | None]:
+    """The processes to run on this machine, in process order: `role` (one process of a cluster over
+    machines), one process alone (None), or the `processes` of a one-machine cluster (`Role.local`)."""
+    if role is not None:
+        return [role]
+    return [None] if processes == 1 else list(Role.local(processes))

@@ -1,4 +1,7 @@
-"""The state folder's identity card (layout.json) and its checks before a dataflow starts.
+"""Step 1 of a run: the state folder's identity card (layout.json) and its checks before a dataflow starts.
+
+`prepare_run_folders` is the step: it checks (or sets up) the folder of each process to run here,
+locks it and opens its stores; the rest of this module is what it is made of.
 
 A state folder is only valid for the flow that wrote it. Reused with another
 layout it would not fail, it would compute the wrong thing: with another
@@ -15,7 +18,7 @@ What it records (replay and live):
     mode             "replay" or "live"
     processes        the processes of the run (--processes, or the number of --addresses):
                      Bytewax routes keys by worker count
-    process_id       in a cluster, which process's folder this is (omnitrigger/cluster.py);
+    process_id       in a cluster, which process's folder this is (runner/cluster.py);
                      `cluster: "local"` marks the top of a one-machine cluster's folder
     rule_shards      [rules] shards: which rules shard holds which customer
     operators        the operators in the flow, in order (replay can run a subset)
@@ -50,12 +53,15 @@ import re
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import orjson
 
 from omnitrigger.outputs import fsync_folder, write_atomic
 from omnitrigger.state import StateError
+
+if TYPE_CHECKING:
+    from omnitrigger.config import Config
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
 FORMAT_VERSION = 4
@@ -98,6 +104,40 @@ def layout_record(mode: str, processes: int, rule_shards: int, operators: list[s
                   **extra: Any) -> dict[str, Any]:
     return {"layout_version": FORMAT_VERSION, "mode": mode, "processes": processes, "rule_shards": rule_shards,
             "operators": list(operators), "pii_key_id": pii_key_id(pii_key), **extra}
+
+
+def flow_layout(mode: str, config: Config, processes: int, operators: Sequence[str] | None = None,
+                **extra: Any) -> dict[str, Any]:
+    """The layout record of a run of the flow: `operators` by name (None: the whole flow), the PII key from
+    the environment, `config`'s rules shards and rules, and `extra` (the recording, or the input topics)."""
+    from omnitrigger.flows.replay_flow import DEFAULT_OPERATORS
+    from omnitrigger.operators.rules import rule_layout
+    from omnitrigger.pii import key_from_environment
+
+    names = list(operators) if operators is not None else [factory.name for factory in DEFAULT_OPERATORS]
+    return layout_record(mode, processes, config.rule_shards, names, key_from_environment(), **extra,
+                         rules=rule_layout(config))
+
+
+def prepare_run_folders(state_dir: Path, layout: dict[str, Any], processes: int, process_id: int | None, *,
+                        what: str = "omnitrigger", open_new_store: bool = False) -> list[Path]:
+    """Check a reused state folder fits this run and is readable (one line if not), or set up a new one;
+    returns the folder of each process to run here, in process order: `state_dir` itself (one process alone,
+    or process `process_id` of a cluster over machines), or process-0/ ... under it (a one-machine cluster).
+
+    The folder of a process run here keeps its RocksDB stores open for the flow, so a damaged one fails
+    now (a one-machine cluster's stores are checked here and opened by each process); `open_new_store`
+    opens (makes) this process's store even when new.
+    """
+    if process_id is None and processes > 1:
+        return prepare_local_cluster(state_dir, layout, processes, what=what)
+    index = process_id if process_id is not None else 0
+    if process_id is not None:  # one process of a cluster spread over machines: this folder is its own
+        layout = {**layout, "process_id": process_id}
+    prepare_process_folder(state_dir, layout, index, processes, keep_open=True, what=what, sequencer_here=index == 0)
+    if open_new_store:
+        open_rocksdb(state_dir, state_dir / "rocksdb" / f"process-{index}", keep_open=True)
+    return [state_dir]
 
 
 def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: dict[str, Any]) -> str:
