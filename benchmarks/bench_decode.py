@@ -3,8 +3,9 @@
     python benchmarks/real_mix.py /tmp/mixB --copies 1      # the real-data mix, if not there yet
     python benchmarks/bench_decode.py /tmp/mixB/recording [--rounds 7]
 
-`LineDecoder.decode` on every line of the recording (bare lines, as `omnitrigger
-record` and the real-data tests write them, and a sample wrapped in kcat envelopes),
+`LineDecoder.decode` on every line of the recording (bare lines, as the real-data
+tests write them; a sample wrapped in kcat envelopes, as `omnitrigger record` writes
+them; every line with one unknown field added),
 first the old way (tests/test_decode_fast.py `TodaysLineDecoder`, the decoder before the fast path,
 with `Contracts(structs=False)`: orjson, the bracket count, the generated acceptor,
 then parse_event_time; the PII pre-check over the whole line, an envelope's too) and
@@ -66,6 +67,8 @@ def main() -> int:
         return 2
     enveloped = [(topic, orjson.dumps(kcat_envelope(topic, 0, n, line.decode().rstrip("\n"), REFERENCE_MS)))
                  for n, (topic, line) in enumerate(lines[::10])]
+    # Each line with one unknown field more (a producer's addition the contracts keep).
+    extended = [(topic, line.rstrip(b"\r\n")[:-1] + b',"utm_source":"newsletter"}\n') for topic, line in lines]
     pseudonymizer = Pseudonymizer(key_from_environment())
     old = TodaysLineDecoder(Contracts(structs=False), 262_144, REFERENCE_MS, pseudonymizer)
     new = LineDecoder(Contracts(), 262_144, REFERENCE_MS, pseudonymizer)
@@ -107,6 +110,8 @@ def main() -> int:
         "decode, new": decoding(new, lines),
         "envelopes, old": decoding(old, enveloped),
         "envelopes, new": decoding(new, enveloped),
+        "unknown field, old": decoding(old, extended),
+        "unknown field, new": decoding(new, extended),
         "check, old": check_old,
         "check, new": check_new,
         "orjson.loads alone": loads,
@@ -119,7 +124,7 @@ def main() -> int:
           f"and its time, old = orjson + Contracts.check, new = Contracts.check_json):")
     for name, seconds in best.items():
         print(f"  {name:22s} {seconds / counts.get(name, len(lines)) * 1e6:6.2f}")
-    for part in ("decode", "envelopes", "check"):
+    for part in ("decode", "envelopes", "unknown field", "check"):
         print(f"  {part} new/old: {best[f'{part}, new'] / best[f'{part}, old']:.2f}")
     return 0
 

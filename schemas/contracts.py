@@ -10,7 +10,7 @@ import msgspec
 import orjson
 
 from omnitrigger.schemas.acceptor import compile_acceptor
-from omnitrigger.schemas.structs import EARLIEST_TS_MS, LATEST_TS_MS, MAX_DEPTH, TOPIC_TYPES
+from omnitrigger.schemas.structs import EARLIEST_TS_MS, LATEST_TS_MS, LENIENT_TOPIC_TYPES, MAX_DEPTH, TOPIC_TYPES
 from omnitrigger.schemas.validator import ContractViolation, SchemaCompiler, depth_exceeds
 
 INPUT_TOPICS = ("web.events", "pos.receipts", "geo.pings", "identity.links", "consent.changes", "inventory.levels")
@@ -51,6 +51,11 @@ def parse_event_time(value: Any) -> int:
     return ts_ms
 
 
+#: What a refusal looks like: msgspec's (ValidationError is a DecodeError; deep unknown fields may exceed its
+#: recursion limit), or orjson's on text msgspec read.
+_REFUSED = (msgspec.DecodeError, orjson.JSONDecodeError, RecursionError)
+
+
 class Contracts:
     """Compiled validators for the input topics, plus the event-time rules and the nesting-depth limit."""
 
@@ -64,10 +69,12 @@ class Contracts:
         if not 1 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"max_depth must be 1..{MAX_DEPTH_LIMIT}, got {max_depth}")
         self.max_depth = max_depth
-        # The Structs straight from the bytes (structs.py), before any of that; none when they could
-        # accept a record nested deeper than max_depth allows.
+        # The Structs straight from the bytes (structs.py), before any of that: the strict ones (none if
+        # max_depth is under their depth), then for a record with unknown fields the lenient ones.
         self._vouchers = ({topic: msgspec.json.Decoder(TOPIC_TYPES[topic]).decode for topic in INPUT_TOPICS}
                           if structs and max_depth >= MAX_DEPTH else {})
+        self._lenient = ({topic: msgspec.json.Decoder(LENIENT_TOPIC_TYPES[topic]).decode for topic in INPUT_TOPICS}
+                         if structs else {})
 
     def check(self, topic: str, body: Any, reference_ms: int, raw: bytes | None = None, *,
               max_future_ms: int | None = None) -> int:
@@ -97,24 +104,46 @@ class Contracts:
                    max_future_ms: int | None = None) -> tuple[dict[str, Any], int] | None:
         """(body, event time in ms) of `data`, a record's JSON text, when `topic`'s msgspec Structs vouch for it.
 
-        None when they do not (a dead letter to be, an unknown field, or `max_depth` under the
-        Structs' depth): then `orjson.loads` and `check` give the answer, or the reason, as before.
-        The body is `orjson.loads(data)`, unknown fields and key order as they are; `check`'s event
-        time rules apply (ContractViolation), since a Struct takes any string for a time.
+        None when they do not (a dead letter to be, or one nested deeper than `max_depth`): then
+        `orjson.loads` and `check` give the answer, or the reason, as before. `vouch`, then
+        `vouched_time`; the same ContractViolations as `check` for the event time.
+        """
+        body = self.vouch(topic, data)
+        return None if body is None else (body, self.vouched_time(body, reference_ms, max_future_ms))
+
+    def vouch(self, topic: str, data: bytes) -> dict[str, Any] | None:
+        """`orjson.loads(data)` (unknown fields and key order as they are) if the Structs say it meets
+        `topic`'s contract and nests no deeper than `max_depth`; None if they cannot say so.
+
+        The strict Structs first (no unknown field: nothing to check the depth of); for a record
+        they refuse, the lenient ones and the depth check. The event time is `vouched_time`'s.
         """
         vouch = self._vouchers.get(topic)
+        if vouch is not None:
+            try:
+                vouch(data)
+                return orjson.loads(data)  # a JSON object: the Structs take nothing else
+            except _REFUSED:
+                pass
+        vouch = self._lenient.get(topic)
         if vouch is None:
             return None
         try:
             vouch(data)
             body = orjson.loads(data)
-        except (msgspec.DecodeError, orjson.JSONDecodeError, RecursionError):  # msgspec: deep unknown fields
+        except _REFUSED:
             return None
-        ts = body["ts"]  # orjson's last "ts" if the text repeats it: the Struct checked every one
-        ts_ms = ts if type(ts) is int else parse_event_time(ts)  # an int the Struct has range-checked
+        if data.count(123) + data.count(91) > self.max_depth and depth_exceeds(body, self.max_depth):
+            return None  # `check` names it too_deep
+        return body
+
+    def vouched_time(self, body: dict[str, Any], reference_ms: int, max_future_ms: int | None = None) -> int:
+        """The event time of a body `vouch` returned, by `check`'s rules (a Struct takes any string for it)."""
+        ts = body["ts"]  # orjson's last "ts" if the text repeats it: the Structs checked every one
+        ts_ms = ts if type(ts) is int else parse_event_time(ts)  # an int the Structs have range-checked
         if ts_ms > reference_ms + (self.max_future_ms if max_future_ms is None else max_future_ms):
             self._event_time(body, ts_ms, reference_ms, max_future_ms)  # raises timestamp_in_future
-        return body, ts_ms
+        return ts_ms
 
     def _event_time(self, body: dict[str, Any], ts_ms: int, reference_ms: int, max_future_ms: int | None) -> int:
         max_future_ms = self.max_future_ms if max_future_ms is None else max_future_ms

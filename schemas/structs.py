@@ -12,9 +12,11 @@ exactly that: anything they refuse goes the way every record went before
 (depth check, acceptor, closure validator), which accepts it or names the
 reason of its dead letter. Stricter on purpose:
 
-* no unknown fields (`forbid_unknown_fields`), in the body, `ids` and line
-  items, so a record they accept nests no deeper than `MAX_DEPTH` levels
-  and the depth check has nothing to find;
+* `TOPIC_TYPES` take no unknown fields (`forbid_unknown_fields`), in the
+  body, `ids` or line items, so a record they accept nests no deeper than
+  `MAX_DEPTH` levels and the depth check has nothing to find; a record with
+  unknown fields is asked of `LENIENT_TOPIC_TYPES`, the same Structs that
+  skip them, and then the depth check runs as before;
 * unknown identifier types in `ids` are taken when they are identifiers
   too (a string of at most 256 characters, or null), except in geo.pings;
 * an integer field (the event time) takes JSON integers only, not `1.0`;
@@ -28,9 +30,7 @@ the schema files field by field. Numbers that JSON can write but a float
 cannot hold (1e400) never get here: orjson refuses them first.
 """
 
-from __future__ import annotations
-
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -46,114 +46,104 @@ Code = Union[Annotated[str, Meta(min_length=1, max_length=128)], int]  # product
 Ids = Annotated[dict[str, Identifier], Meta(min_length=1)]
 
 
-class LineItem(Struct, forbid_unknown_fields=True, gc=False):
-    product_id: Code
-    qty: float
-    price: float
+def _contract_types(strict: bool) -> dict[str, Any]:
+    """The Struct (or tagged union of Structs) of each input topic; `strict`: unknown fields refused."""
+
+    class LineItem(Struct, forbid_unknown_fields=strict, gc=False):
+        product_id: Code
+        qty: float
+        price: float
+
+    LineItems = Annotated[list[LineItem], Meta(min_length=1, max_length=1000)]
+
+    class _WebEvent(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True, tag_field="type"):
+        event_id: EventId
+        ts: EventTime
+        channel: Literal["web", "app"]
+        ids: Ids
+        product_id: Union[Code, UnsetType] = UNSET
+        items: Union[LineItems, UnsetType] = UNSET
+        order_id: Union[str, int, UnsetType] = UNSET
+        session_id: Union[str, UnsetType] = UNSET
+
+    class _ProductEvent(_WebEvent, kw_only=True):
+        product_id: Code  # the schema's `if type is view_item, add_to_cart or remove_from_cart then product_id`
+
+    class ViewItem(_ProductEvent, tag="view_item"):
+        pass
+
+    class AddToCart(_ProductEvent, tag="add_to_cart"):
+        pass
+
+    class RemoveFromCart(_ProductEvent, tag="remove_from_cart"):
+        pass
+
+    class BeginCheckout(_WebEvent, tag="begin_checkout"):
+        pass
+
+    class Purchase(_WebEvent, kw_only=True, tag="purchase"):
+        items: LineItems  # `if type is purchase then items`
+
+    class Receipt(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        terminal_id: Code
+        receipt_no: Code
+        ts: EventTime
+        store_id: Code
+        items: LineItems
+        ids: Union[dict[str, Identifier], UnsetType] = UNSET
+        total: Union[float, UnsetType] = UNSET
+        type: Union[Literal["sale", "return"], UnsetType] = UNSET
+
+    class GeoIds(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        device_id: Identifier
+        cookie_id: Union[Identifier, UnsetType] = UNSET
+        auth_id: Union[Identifier, UnsetType] = UNSET
+        email: Union[Identifier, UnsetType] = UNSET
+        phone: Union[Identifier, UnsetType] = UNSET
+        loyalty_id: Union[Identifier, UnsetType] = UNSET
+
+    class GeoPing(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        event_id: EventId
+        ts: EventTime
+        ids: GeoIds
+        lat: Annotated[float, Meta(ge=-90, le=90)]
+        lon: Annotated[float, Meta(ge=-180, le=180)]
+        accuracy_m: Annotated[float, Meta(ge=0)]
+        source: Literal["gps", "wifi", "cell"]
+        consent_id: Union[str, UnsetType] = UNSET
+
+    class IdentityLink(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        event_id: EventId
+        ts: EventTime
+        ids: Annotated[dict[str, Identifier], Meta(min_length=2)]
+        source: Literal["login", "loyalty_card", "app_install", "crm"]
+        confidence: Union[Annotated[float, Meta(ge=0, le=1)], UnsetType] = UNSET
+
+    class ConsentChange(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        event_id: EventId
+        ts: EventTime
+        ids: Ids
+        channel: Literal["push", "email", "sms", "location"]
+        status: Literal["granted", "revoked"]
+
+    class InventoryLevel(Struct, forbid_unknown_fields=strict, gc=False, kw_only=True):
+        store_id: Code
+        product_id: Code
+        qty: float
+        ts: EventTime
+        event_id: Union[EventId, UnsetType] = UNSET
+
+    return {
+        "web.events": Union[ViewItem, AddToCart, RemoveFromCart, BeginCheckout, Purchase],  # tagged by `type`
+        "pos.receipts": Receipt,
+        "geo.pings": GeoPing,
+        "identity.links": IdentityLink,
+        "consent.changes": ConsentChange,
+        "inventory.levels": InventoryLevel,
+    }
 
 
-LineItems = Annotated[list[LineItem], Meta(min_length=1, max_length=1000)]
-
-
-class _WebEvent(Struct, forbid_unknown_fields=True, gc=False, kw_only=True, tag_field="type"):
-    event_id: EventId
-    ts: EventTime
-    channel: Literal["web", "app"]
-    ids: Ids
-    product_id: Union[Code, UnsetType] = UNSET
-    items: Union[LineItems, UnsetType] = UNSET
-    order_id: Union[str, int, UnsetType] = UNSET
-    session_id: Union[str, UnsetType] = UNSET
-
-
-class _ProductEvent(_WebEvent, kw_only=True):
-    product_id: Code  # the schema's `if type is view_item, add_to_cart or remove_from_cart then product_id`
-
-
-class ViewItem(_ProductEvent, tag="view_item"):
-    pass
-
-
-class AddToCart(_ProductEvent, tag="add_to_cart"):
-    pass
-
-
-class RemoveFromCart(_ProductEvent, tag="remove_from_cart"):
-    pass
-
-
-class BeginCheckout(_WebEvent, tag="begin_checkout"):
-    pass
-
-
-class Purchase(_WebEvent, kw_only=True, tag="purchase"):
-    items: LineItems  # `if type is purchase then items`
-
-
-WebEvent = Union[ViewItem, AddToCart, RemoveFromCart, BeginCheckout, Purchase]
-
-
-class Receipt(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    terminal_id: Code
-    receipt_no: Code
-    ts: EventTime
-    store_id: Code
-    items: LineItems
-    ids: Union[dict[str, Identifier], UnsetType] = UNSET
-    total: Union[float, UnsetType] = UNSET
-    type: Union[Literal["sale", "return"], UnsetType] = UNSET
-
-
-class GeoIds(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    device_id: Identifier
-    cookie_id: Union[Identifier, UnsetType] = UNSET
-    auth_id: Union[Identifier, UnsetType] = UNSET
-    email: Union[Identifier, UnsetType] = UNSET
-    phone: Union[Identifier, UnsetType] = UNSET
-    loyalty_id: Union[Identifier, UnsetType] = UNSET
-
-
-class GeoPing(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    event_id: EventId
-    ts: EventTime
-    ids: GeoIds
-    lat: Annotated[float, Meta(ge=-90, le=90)]
-    lon: Annotated[float, Meta(ge=-180, le=180)]
-    accuracy_m: Annotated[float, Meta(ge=0)]
-    source: Literal["gps", "wifi", "cell"]
-    consent_id: Union[str, UnsetType] = UNSET
-
-
-class IdentityLink(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    event_id: EventId
-    ts: EventTime
-    ids: Annotated[dict[str, Identifier], Meta(min_length=2)]
-    source: Literal["login", "loyalty_card", "app_install", "crm"]
-    confidence: Union[Annotated[float, Meta(ge=0, le=1)], UnsetType] = UNSET
-
-
-class ConsentChange(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    event_id: EventId
-    ts: EventTime
-    ids: Ids
-    channel: Literal["push", "email", "sms", "location"]
-    status: Literal["granted", "revoked"]
-
-
-class InventoryLevel(Struct, forbid_unknown_fields=True, gc=False, kw_only=True):
-    store_id: Code
-    product_id: Code
-    qty: float
-    ts: EventTime
-    event_id: Union[EventId, UnsetType] = UNSET
-
-
-#: The Struct (or tagged union of Structs) of each input topic.
-TOPIC_TYPES = {
-    "web.events": WebEvent,
-    "pos.receipts": Receipt,
-    "geo.pings": GeoPing,
-    "identity.links": IdentityLink,
-    "consent.changes": ConsentChange,
-    "inventory.levels": InventoryLevel,
-}
+#: Each input topic's Structs, with no unknown field anywhere: what they accept nests at most MAX_DEPTH levels.
+TOPIC_TYPES = _contract_types(strict=True)
+#: The same, unknown fields skipped unread (so they may nest any deep; the depth check still applies).
+LENIENT_TOPIC_TYPES = _contract_types(strict=False)
