@@ -339,4 +339,4 @@ def roles_here(role: Role | None, processes: int) -> list[Role | None]:
     machines), one process alone (None), or the `processes` of a one-machine cluster (`Role.local`)."""
     if role is not None:
         return [role]
-    return [None] if processes == 1 else list(Role.local(processes))
+    return [None] if processes == 1 else [*Role.local(processes)]
