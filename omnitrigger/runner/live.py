@@ -3,7 +3,7 @@
 `run_live` reads in the order of runner/__init__.py: check the key, the stores and Kafka
 (brokers and topics); (1) prepare the state folder (runner/state_folder.py); (2, 3) build one
 ProcessSpec a process and run it (runner/process.py), in this process or as a one-machine
-cluster (runner/cluster.py). There is no step 4: the outputs are on the output topics as it runs.
+cluster (runner/local_cluster.py). There is no step 4: the outputs are on the output topics as it runs.
 
     input topics ──► KafkaLiveSource ──► the replay's dataflow (build_flow) ──► KafkaOutputSink ──► output topics
                      (one partition,                                           (idempotent producer,

@@ -3,7 +3,7 @@
 It reads in one direction, the steps of runner/__init__.py: check the recording, the stores, the
 PII key and every output path; (1) prepare the state folder (runner/state_folder.py); (2, 3)
 build one ProcessSpec a process and run it (runner/process.py), in this process or as a
-one-machine cluster (runner/cluster.py); (4) merge the part files into the output files
+one-machine cluster (runner/local_cluster.py); (4) merge the part files into the output files
 (runner/finish.py).
 
 State folder layout (`--state-dir`, or a temporary folder) of one process:
