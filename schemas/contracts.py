@@ -22,8 +22,7 @@ DAY_MS = 86_400_000
 DEFAULT_MAX_DEPTH = 32
 #: The most `[contracts] max_depth` may be: orjson writes at most 254 levels, and the journal wraps a body in 3 more.
 MAX_DEPTH_LIMIT = 200
-# EARLIEST_TS_MS (2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events) and LATEST_TS_MS
-# (3000-01-01: keeps datetime arithmetic in range) are defined in structs.py, whose event time checks them too.
+# EARLIEST_TS_MS and LATEST_TS_MS, the event time's bounds, come from structs.py: its Structs check them too.
 # RFC 3339 date-time; Python's fromisoformat alone also takes other ISO 8601 forms (week dates, basic format).
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

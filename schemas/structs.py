@@ -1,11 +1,11 @@
 """The input contracts as msgspec Structs: a yes from these means the JSON Schema says yes too.
 
-`Contracts.check` asks these first, straight from the record's bytes
-(`msgspec.json.Decoder`, no dict built, no Python code per field): about
-half what the generated acceptor costs on a decoded body, and it also
-vouches for the nesting depth. The event body handed downstream is still
-the dict orjson decoded, with its unknown fields and key order; the Structs
-only answer "valid", they are never kept.
+`Contracts.vouch` (and so `check_json`) asks these before any dict is
+walked, straight from the record's bytes (`msgspec.json.Decoder`: no Python
+code per field), for less than half what the generated acceptor and the
+depth check cost on a decoded body. The event body handed downstream is
+still the dict orjson decodes, with its unknown fields and key order; the
+Structs only answer "valid", and are dropped at once.
 
 They are stricter than the schemas, never looser, and `Contracts` relies on
 exactly that: anything they refuse goes the way every record went before
@@ -17,25 +17,27 @@ reason of its dead letter. Stricter on purpose:
   `MAX_DEPTH` levels and the depth check has nothing to find; a record with
   unknown fields is asked of `LENIENT_TOPIC_TYPES`, the same Structs that
   skip them, and then the depth check runs as before;
-* unknown identifier types in `ids` are taken when they are identifiers
-  too (a string of at most 256 characters, or null), except in geo.pings;
-* an integer field (the event time) takes JSON integers only, not `1.0`;
+* the identifier types an `ids` object does not declare are taken only
+  when they are identifiers too (a string of at most 256 characters, or
+  null); geo.pings' `ids` are a Struct, whose strict form takes none;
+* a field the schema calls an integer takes JSON integers, not `1.0`;
 * an integer event time must fall in 2000..3000 as `parse_event_time`
   requires, so its value is the event time as it is.
 
-The Structs are `gc=False` (no cycle can form in one, and untracked they decode about a third
-faster). Looser would be a bug: tests/test_decode_fast.py holds them to the closure
-validator on the real-data mix and on mutated and fuzzed records, and to
-the schema files field by field. Numbers that JSON can write but a float
-cannot hold (1e400) never get here: orjson refuses them first.
+Looser would be a bug: tests/test_decode_fast.py holds them to the closure
+validator on the real-data mix and on mutated and fuzzed records, and to the
+schema files field by field. Numbers that JSON can write but a float cannot
+hold (1e400) never get here: orjson refuses them first. The Structs are
+`gc=False`: no cycle can form in one, and untracked they decode a third faster.
 """
 
 from typing import Annotated, Any, Literal, Union
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-EARLIEST_TS_MS = 946_684_800_000  # contracts.EARLIEST_TS_MS (imported from here there)
-LATEST_TS_MS = 32_503_680_000_000  # contracts.LATEST_TS_MS
+# Event time bounds, here for the Structs and imported by contracts.py for parse_event_time.
+EARLIEST_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: earlier values are seconds or garbage, not events
+LATEST_TS_MS = 32_503_680_000_000  # 3000-01-01: keeps datetime arithmetic in range
 #: The deepest a record these accept can nest: body, items, line item.
 MAX_DEPTH = 3
 
