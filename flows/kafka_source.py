@@ -45,7 +45,7 @@ second, served inside `consume`) give each input partition's lag, to
 out and how far behind the job is. All of it once a second or less, never
 per record.
 
-Broker outages are watched and reported by `omnitrigger.live.BrokerWatch`
+Broker outages are watched and reported by `omnitrigger.runner.broker_watch.BrokerWatch`
 (its own thread: the flow's thread can be blocked for the whole outage in the
 sink's flush); the source only asks it whether one is under way, so the merge
 waits for partitions it cannot see, and how many there were. After an outage
@@ -103,7 +103,7 @@ def heartbeats_supported() -> bool:
 class Shutdown:
     """Set by SIGTERM: the source stops reading, lets the in-flight records reach the outputs and a snapshot
     commit, then calls `on_drained` (which ends the process). `on_fatal` ends it on a user error found while
-    reading (live.py: one line, exit 1, no Bytewax panic); by default the error is raised."""
+    reading (omnitrigger/runner/live.py: one line, exit 1, no Bytewax panic); by default the error is raised."""
 
     def __init__(self, drain_snapshots: int = 2) -> None:
         self.requested = threading.Event()
@@ -253,7 +253,7 @@ class _KafkaPartition(StatefulSourcePartition):
     # -- librdkafka callbacks (served inside consume) ---------------------------------
 
     def _on_error(self, error: KafkaError) -> None:
-        if error.code() in _OUTAGE_CODES:  # omnitrigger.live.BrokerWatch reports the outage
+        if error.code() in _OUTAGE_CODES:  # omnitrigger.runner.broker_watch.BrokerWatch reports the outage
             self._await_up_after = max(self._await_up_after or 0.0, time.time())
         self.client_log.warning("kafka consumer error", extra={"fields": {"error": error.str(), "code": error.code()}})
 

@@ -31,7 +31,7 @@ from omnitrigger.records import Emitted
 
 PARTITION = "outputs"
 
-#: What a partition's close() could not do, for run_worker to raise once the flow has returned.
+#: What a partition's close() could not do, for the runner (omnitrigger/runner/process.py) to raise once the flow has returned.
 CLOSE_ERRORS: list[Exception] = []
 
 
