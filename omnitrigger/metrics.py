@@ -145,7 +145,7 @@ class Readiness:
     """What /readyz answers from: the consumer lag of each input partition read here, and the brokers.
 
     The source says which partitions it reads (`reading`) and reports their lag from each consumer statistics
-    report (`report_lag`, about once a second); omnitrigger/runner/live.py points `brokers_down` at BrokerWatch. A process that
+    report (`report_lag`, about once a second); omnitrigger/runner/process.py points `brokers_down` at BrokerWatch. A process that
     reads no input is ready while the brokers answer.
     """
 
