@@ -17,8 +17,8 @@ state on a rollback.
 Every section of a document maps a subject (a product's JSON text, a channel, "" for a section of one
 entry) to an entry, a list whose last element is its expiry in event time (0 = never). An entry stays readable until a sweep removes it, exactly as an expiring key of
 `ShardState` does (reads that pass a time hide it from that time on): `sweep(cutoff)` reads the
-documents whose earliest expiry has passed, through an index of `(earliest expiry, owner)` keys kept
-beside them, and drops their expired entries.
+documents that may hold an expired entry, through an index of `(expiry, owner)` keys kept beside them
+(the expiry a lower bound of the document's earliest, so a write walks no entries), and drops them.
 
 Neighbours: `shard_state.py` (the buffered, undoable key-value view underneath), `clock.py` (which
 decides when to sweep), `keys.py` (the key layout of the keys that stay per fact).
@@ -35,7 +35,8 @@ from omnitrigger.state.shard_state import ShardState
 
 Document = dict[str, Any]
 _U64 = struct.Struct(">Q")
-#: The document's own note of its index key's expiry (so a rewrite can drop the old index key).
+#: The document's sweep index expiry: at most the earliest expiry of its entries (exact after a sweep; kept
+#: as the lower bound between sweeps, so a write costs no walk over the entries).
 INDEXED = "~"
 
 
@@ -46,6 +47,7 @@ class Documents:
         self.index_prefix = prefix + b"~"
         self.capacity = max(1, capacity)
         self._docs: dict[str, Document | None] = {}  # decoded documents (None: known absent), oldest first
+        self._indexed: dict[str, int] = {}  # the expiry each cached document's index key has in the state (0: none)
         self._changed: set[str] = set()
         state.before_commit(self.flush)
         state.after_rollback(self._forget)
@@ -58,6 +60,7 @@ class Documents:
         raw = self.state.get(self.prefix + owner.encode())
         doc = orjson.loads(raw) if raw is not None else None
         docs[owner] = doc
+        self._indexed[owner] = doc.get(INDEXED, 0) if doc is not None else 0
         return doc
 
     def open(self, owner: str) -> Document:
@@ -79,29 +82,32 @@ class Documents:
     def flush(self) -> None:
         """Encode every changed document into the shard's pending writes (called before a commit)."""
         state = self.state
+        indexed = self._indexed
         for owner in sorted(self._changed):  # sorted: the same writes in the same order on every run
             doc = self._docs[owner]
             owner_key = owner.encode()
-            indexed = doc.pop(INDEXED, 0) if doc else self._indexed_on_disk(owner_key)
             if doc:
                 _drop_empty_sections(doc)
-            earliest = earliest_expiry(doc) if doc else 0
-            if indexed and indexed != earliest:
-                state.delete(self.index_prefix + _U64.pack(indexed) + owner_key)
-            if not doc:
-                state.delete(self.prefix + owner_key)
-                self._docs[owner] = None
-                continue
-            if earliest:
-                doc[INDEXED] = earliest
-                if earliest != indexed:
+            if doc is not None and not doc.keys() - {INDEXED}:
+                doc = self._docs[owner] = None
+            earliest = doc.get(INDEXED, 0) if doc is not None else 0
+            before = indexed.get(owner, 0)
+            if earliest != before:
+                if before:
+                    state.delete(self.index_prefix + _U64.pack(before) + owner_key)
+                if earliest:
                     state.put(self.index_prefix + _U64.pack(earliest) + owner_key, b"")
-            state.put(self.prefix + owner_key, orjson.dumps(doc))
+                indexed[owner] = earliest
+            if doc is None:
+                state.delete(self.prefix + owner_key)
+            else:
+                state.put(self.prefix + owner_key, orjson.dumps(doc))
         self._changed.clear()
         docs = self._docs
         if len(docs) > self.capacity:  # forget the oldest read quarter: hot owners are read back soon
             for owner in list(docs)[: len(docs) - self.capacity * 3 // 4]:
                 del docs[owner]
+                indexed.pop(owner, None)
 
     def sweep(self, cutoff_ms: int) -> int:
         """Drop every entry that expired at or before `cutoff_ms` from the documents holding one; how many."""
@@ -118,15 +124,17 @@ class Documents:
                     for subject in expired:
                         del section[subject]
                     dropped += len(expired)
+            earliest = earliest_expiry(doc)  # exact again (between sweeps it is only a lower bound)
+            if earliest:
+                doc[INDEXED] = earliest
+            else:
+                doc.pop(INDEXED, None)
             self._changed.add(owner)
         return dropped
 
-    def _indexed_on_disk(self, owner_key: bytes) -> int:
-        raw = self.state.get(self.prefix + owner_key)
-        return orjson.loads(raw).get(INDEXED, 0) if raw is not None else 0
-
     def _forget(self) -> None:
         self._docs.clear()
+        self._indexed.clear()
         self._changed.clear()
 
 
@@ -148,6 +156,8 @@ def entry(doc: Document | None, section: str, subject: str, now_ms: int = 0) -> 
 def set_entry(doc: Document, section: str, subject: str, value: list[Any], expires_ms: int = 0) -> None:
     """Put `value` (a list; its expiry is appended) under `subject`."""
     value.append(expires_ms)
+    if expires_ms and not 0 < doc.get(INDEXED, 0) <= expires_ms:  # the sweep index: a lower bound of the expiries
+        doc[INDEXED] = expires_ms
     found = doc.get(section)
     if found is None:
         doc[section] = {subject: value}
