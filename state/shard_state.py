@@ -55,6 +55,7 @@ class ShardState:
         self._undo = b"u" + prefix
         self._meta = b"m" + prefix
         self._pending: dict[bytes, bytes | None] = {}
+        self._pending_expiring: list[bytes] = []  # expiry index keys put since the last commit, for the sweep
         # Committed values read or written lately (None = known absent). This shard is the only writer of
         # its keys, so the cache is exact; it spares RocksDB reads of hot keys and the undo log's reads of
         # old values at commit. Trimmed, oldest first, when full; cleared on rollback.
@@ -92,7 +93,9 @@ class ShardState:
     def put(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> None:
         self._pending[self._data + key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:
-            self._pending[self._index + _U64.pack(expires_at_ms) + key] = _EMPTY
+            index_key = self._index + _U64.pack(expires_at_ms) + key
+            self._pending[index_key] = _EMPTY
+            self._pending_expiring.append(index_key)
 
     def delete(self, key: bytes) -> None:
         self._pending[self._data + key] = None
@@ -159,8 +162,8 @@ class ShardState:
         """Delete up to `limit` values whose expiry is at or before `now_ms`; returns how many."""
         end = self._index + _U64.pack(now_ms + 1)
         index_keys = dict.fromkeys(key for key, _ in _take(self.store.scan(self._index, end), limit))
-        index_keys.update(dict.fromkeys(key for key, value in self._pending.items()
-                                        if value is not None and self._index <= key < end))
+        pending = self._pending
+        index_keys.update(dict.fromkeys(key for key in self._pending_expiring if key < end and pending[key] is not None))
         deleted = 0
         for index_key in index_keys:
             if self._pending.get(index_key, _EMPTY) is None:
@@ -225,6 +228,7 @@ class ShardState:
         if len(cache) > self.cache_entries:
             _forget_oldest(cache, self.cache_entries)
         self._pending.clear()
+        self._pending_expiring.clear()
         self.generation = generation
         return generation
 
@@ -236,6 +240,7 @@ class ShardState:
         further ahead of the recovery store than it can be wound back.
         """
         self._pending.clear()
+        self._pending_expiring.clear()
         self._cache.clear()
         for forget in self._after_rollback:
             forget()
