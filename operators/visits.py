@@ -62,6 +62,7 @@ from omnitrigger.operators.store_index import StoreIndex, store_index_for
 from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
+from omnitrigger.state.documents import DecodedValues
 
 GEO_PINGS = "geo.pings"
 
@@ -106,6 +107,8 @@ class Visits(StageOperator):
         self.require_location_consent = config.require_location_consent
         self.consent_retention_ms = int(config.identifier_retention_s * 1000)
         self.clock = ShardClock(state)
+        # Device records, decoded once and written once per commit (a device pings every few seconds).
+        self.devices = DecodedValues(state, _DEVICE, config.state_cache_entries // 2)
         counts = state.get_meta(_COUNTS)
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0) | (orjson.loads(counts) if counts else {})
         # (due, device key): due = latest kept ping + gap; fires once the watermark passes it.
@@ -158,6 +161,7 @@ class Visits(StageOperator):
         State is left as it is (the visits stay open), so this is for the true end of the input.
         """
         emitted: list[Emitted] = []
+        self.devices.flush()
         for key, value in self.state.scan(_DEVICE, _DEVICE_END):
             device = key[1:].decode()
             for visit in orjson.loads(value)[1]:
@@ -176,19 +180,18 @@ class Visits(StageOperator):
     def _on_ping(self, event: Event, out: list[Event], emitted: list[Emitted], first: int) -> None:
         body = event.body
         device = body["ids"]["device_id"]
-        key = _DEVICE + device.encode()
         ts = event.ts_ms
         near = self.index.stores_near(body["lat"], body["lon"])
-        raw = self.state.get(key)
-        if raw is None:
+        record = self.devices.get(device)
+        if record is None:
             latest, visits = None, []
-            heapq.heappush(self._timers, (ts + self.gap_ms, key))
+            heapq.heappush(self._timers, (ts + self.gap_ms, _DEVICE + device.encode()))
         else:
-            latest, visits = orjson.loads(raw)
+            latest, visits = record
         if latest is not None and ts < latest:
             self.counts["reordered_pings"] += 1
             if near and visits and self._apply_reordered(event, device, visits, near, latest, out):
-                self.state.put(key, orjson.dumps([latest, visits]))
+                self.devices.changed(device)
             return
         inside = {store_id for store_id, _ in near}
         gap = latest is not None and ts - latest > self.gap_ms
@@ -210,7 +213,7 @@ class Visits(StageOperator):
                 if store_id not in open_stores:
                     kept.append([store_id, visit_id(device, store_id, ts), ts, ts, 1, None, latest, event.customer])
             kept.sort(key=lambda visit: visit[STORE])
-        self.state.put(key, orjson.dumps([ts, kept]))
+        self.devices.put(device, [ts, kept])
 
     def _apply_reordered(self, event: Event, device: str, visits: list[list[Any]], near: list[tuple[str, float]],
                          latest: int, out: list[Event]) -> bool:
@@ -285,10 +288,9 @@ class Visits(StageOperator):
         timers = self._timers
         while timers and timers[0][0] < watermark:
             _, key = heapq.heappop(timers)
-            raw = self.state.get(key)
-            if raw is None:
+            record = self.devices.get(key[1:].decode())
+            if record is None:
                 continue
-            record = orjson.loads(raw)
             real_due = record[0] + self.gap_ms
             if real_due < watermark:
                 due.append((real_due, key, record[1]))
@@ -299,7 +301,7 @@ class Visits(StageOperator):
             device = key[1:].decode()
             for visit in visits:
                 self._end(device, visit, "timeout", seq, emitted, first)
-            self.state.delete(key)
+            self.devices.delete(device)
 
 
 def _location_allowed(visit: list[Any]) -> bool:

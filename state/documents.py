@@ -20,6 +20,9 @@ entry) to an entry, a list whose last element is its expiry in event time (0 = n
 documents that may hold an expired entry, through an index of `(expiry, owner)` keys kept beside them
 (the expiry a lower bound of the document's earliest, so a write walks no entries), and drops them.
 
+`DecodedValues` is the part without sections: any JSON value per name, kept decoded and written once per
+commit (the visits operator's device records).
+
 Neighbours: `shard_state.py` (the buffered, undoable key-value view underneath), `clock.py` (which
 decides when to sweep), `keys.py` (the key layout of the keys that stay per fact).
 """
@@ -40,74 +43,94 @@ _U64 = struct.Struct(">Q")
 INDEXED = "~"
 
 
-class Documents:
+class DecodedValues:
+    """JSON values under `prefix + name` keys of one shard's state, kept decoded: read once, changed in place
+    (then `changed(name)`) or replaced (`put`), encoded and written once per commit, forgotten on a rollback.
+
+    At most about `capacity` values stay in memory; the oldest read go first (hot names are read back soon).
+    """
+
     def __init__(self, state: ShardState, prefix: bytes, capacity: int) -> None:
         self.state = state
         self.prefix = prefix
-        self.index_prefix = prefix + b"~"
         self.capacity = max(1, capacity)
-        self._docs: dict[str, Document | None] = {}  # decoded documents (None: known absent), oldest first
-        self._indexed: dict[str, int] = {}  # the expiry each cached document's index key has in the state (0: none)
+        self._values: dict[str, Any] = {}  # decoded values (None: known absent), oldest read first
         self._changed: set[str] = set()
         state.before_commit(self.flush)
         state.after_rollback(self._forget)
 
-    def get(self, owner: str) -> Document | None:
-        """The owner's document (change it in place, then call `changed`), or None."""
-        docs = self._docs
-        if owner in docs:
-            return docs[owner]
-        raw = self.state.get(self.prefix + owner.encode())
-        doc = orjson.loads(raw) if raw is not None else None
-        docs[owner] = doc
-        self._indexed[owner] = doc.get(INDEXED, 0) if doc is not None else 0
-        return doc
+    def get(self, name: str) -> Any:
+        """The value (None: absent). Change it in place and call `changed`, or `put` another."""
+        values = self._values
+        if name in values:
+            return values[name]
+        raw = self.state.get(self.prefix + name.encode())
+        value = orjson.loads(raw) if raw is not None else None
+        values[name] = value
+        self._loaded(name, value)
+        return value
+
+    def put(self, name: str, value: Any) -> None:
+        if name not in self._values:
+            self.get(name)  # (what a subclass learns when a value is read)
+        self._values[name] = value
+        self._changed.add(name)
+
+    def changed(self, name: str) -> None:
+        self._changed.add(name)
+
+    def in_memory(self) -> int:
+        """How many values are held decoded now (about `capacity` at most after a flush)."""
+        return len(self._values)
+
+    def delete(self, name: str) -> None:
+        if self.get(name) is not None:
+            self._values[name] = None
+            self._changed.add(name)
+
+    def flush(self) -> None:
+        """Encode every changed value into the shard's pending writes (called before a commit)."""
+        for name in sorted(self._changed):  # sorted: the same writes in the same order on every run
+            self._write(name, self._values[name])
+        self._changed.clear()
+        values = self._values
+        if len(values) > self.capacity:
+            for name in list(values)[: len(values) - self.capacity * 3 // 4]:
+                del values[name]
+                self._evicted(name)
+
+    def _write(self, name: str, value: Any) -> None:
+        if value is None:
+            self.state.delete(self.prefix + name.encode())
+        else:
+            self.state.put(self.prefix + name.encode(), orjson.dumps(value))
+
+    def _loaded(self, name: str, value: Any) -> None:
+        """A value was read from the state (a hook for subclasses)."""
+
+    def _evicted(self, name: str) -> None:
+        """A value left the memory (a hook for subclasses)."""
+
+    def _forget(self) -> None:
+        self._values.clear()
+        self._changed.clear()
+
+
+class Documents(DecodedValues):
+    """Owners' documents of sections of expiring entries (see the module docstring), with their sweep index."""
+
+    def __init__(self, state: ShardState, prefix: bytes, capacity: int) -> None:
+        super().__init__(state, prefix, capacity)
+        self.index_prefix = prefix + b"~"
+        self._indexed: dict[str, int] = {}  # the expiry each cached document's index key has in the state (0: none)
 
     def open(self, owner: str) -> Document:
         """The owner's document, created empty if there is none, marked changed."""
         doc = self.get(owner)
         if doc is None:
-            doc = self._docs[owner] = {}
+            doc = self._values[owner] = {}
         self._changed.add(owner)
         return doc
-
-    def changed(self, owner: str) -> None:
-        self._changed.add(owner)
-
-    def delete(self, owner: str) -> None:
-        if self.get(owner) is not None:
-            self._docs[owner] = None
-            self._changed.add(owner)
-
-    def flush(self) -> None:
-        """Encode every changed document into the shard's pending writes (called before a commit)."""
-        state = self.state
-        indexed = self._indexed
-        for owner in sorted(self._changed):  # sorted: the same writes in the same order on every run
-            doc = self._docs[owner]
-            owner_key = owner.encode()
-            if doc:
-                _drop_empty_sections(doc)
-            if doc is not None and not doc.keys() - {INDEXED}:
-                doc = self._docs[owner] = None
-            earliest = doc.get(INDEXED, 0) if doc is not None else 0
-            before = indexed.get(owner, 0)
-            if earliest != before:
-                if before:
-                    state.delete(self.index_prefix + _U64.pack(before) + owner_key)
-                if earliest:
-                    state.put(self.index_prefix + _U64.pack(earliest) + owner_key, b"")
-                indexed[owner] = earliest
-            if doc is None:
-                state.delete(self.prefix + owner_key)
-            else:
-                state.put(self.prefix + owner_key, orjson.dumps(doc))
-        self._changed.clear()
-        docs = self._docs
-        if len(docs) > self.capacity:  # forget the oldest read quarter: hot owners are read back soon
-            for owner in list(docs)[: len(docs) - self.capacity * 3 // 4]:
-                del docs[owner]
-                indexed.pop(owner, None)
 
     def sweep(self, cutoff_ms: int) -> int:
         """Drop every entry that expired at or before `cutoff_ms` from the documents holding one; how many."""
@@ -132,10 +155,31 @@ class Documents:
             self._changed.add(owner)
         return dropped
 
+    def _write(self, owner: str, doc: Document | None) -> None:
+        if doc:
+            _drop_empty_sections(doc)
+        if doc is not None and not doc.keys() - {INDEXED}:
+            doc = self._values[owner] = None
+        earliest = doc.get(INDEXED, 0) if doc is not None else 0
+        before = self._indexed.get(owner, 0)
+        if earliest != before:
+            owner_key = owner.encode()
+            if before:
+                self.state.delete(self.index_prefix + _U64.pack(before) + owner_key)
+            if earliest:
+                self.state.put(self.index_prefix + _U64.pack(earliest) + owner_key, b"")
+            self._indexed[owner] = earliest
+        super()._write(owner, doc)
+
+    def _loaded(self, owner: str, doc: Document | None) -> None:
+        self._indexed[owner] = doc.get(INDEXED, 0) if doc is not None else 0
+
+    def _evicted(self, owner: str) -> None:
+        self._indexed.pop(owner, None)
+
     def _forget(self) -> None:
-        self._docs.clear()
+        super()._forget()
         self._indexed.clear()
-        self._changed.clear()
 
 
 # -- entries of a section: {subject: [..., expires_ms]} ---------------------------------------------------------

@@ -86,6 +86,6 @@ def test_documents_beyond_the_capacity_are_read_back(tmp_path):
     for n in range(40):
         set_entry(docs.open(f"cus_{n:02d}"), "P", '"x"', [n], 0)
     state.commit()
-    assert len(docs._docs) <= 8
+    assert docs.in_memory() <= 8
     assert all(entry(docs.get(f"cus_{n:02d}"), "P", '"x"')[0] == n for n in range(40))
     store.close()
