@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import resource
 import sys
 import tempfile
@@ -36,6 +37,13 @@ from omnitrigger.recording import RecordingReader  # noqa: E402
 from omnitrigger.records import Event  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402
 from omnitrigger.state import RocksDBStore, ShardState  # noqa: E402
+
+
+def _pickle_round_trip(value: object) -> float:
+    """Seconds to pickle and unpickle `value` (what a cluster pays for an item sent to another process)."""
+    started = time.perf_counter()
+    pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    return time.perf_counter() - started
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -89,6 +97,9 @@ def main() -> int:
         router = ShardRouter(config.rule_shards)
         rules: dict[int, Rules] = {}
         since_commit = 0
+        # What items would cost crossing processes in a cluster (Bytewax pickles what goes to another worker):
+        # the routed batches (sequencer -> rules shards), and the decoded input (were the source elsewhere).
+        crossing = {"rules batches": 0.0, "decoded input": 0.0}
         for batch in batches:
             this_batch = dict.fromkeys(cost, 0.0)
             since_commit += len(batch)
@@ -107,6 +118,8 @@ def main() -> int:
             started = time.perf_counter()
             routed = router.route(events)
             this_batch["router"] += time.perf_counter() - started
+            crossing["rules batches"] += _pickle_round_trip(sorted(routed.items()))
+            crossing["decoded input"] += _pickle_round_trip(batch)
             for shard, shard_events in routed.items():
                 if shard not in rules:
                     rules[shard] = Rules(ShardState(store, Rules.name, shard), config)
@@ -131,6 +144,9 @@ def main() -> int:
               f"{percentile(per_batch[name], 0.5) * 1000:8.2f}ms {percentile(per_batch[name], 0.99) * 1000:8.2f}ms")
     print(f"  {'total':26s} {total / records * 1e6:9.1f} {records / total:10,.0f}   "
           f"({total / records * 1e6 / 10:.1f}x the 10 µs floor of docs/design.md#per-event-cost-floor)")
+    print("crossing processes, not in the total (pickle + unpickle, as Bytewax between workers of two processes):")
+    for name, seconds in crossing.items():
+        print(f"  {name:26s} {seconds / records * 1e6:9.1f} µs/record")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else "")
@@ -140,6 +156,8 @@ def main() -> int:
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),
                     "ms")
     figures.add("stages alone: total", round(total / records * 1e6, 1), "µs/record")
+    for name, seconds in crossing.items():
+        figures.add(f"crossing processes: {name}", round(seconds / records * 1e6, 1), "µs/record")
     figures.write(args.json)
     return 0
 
