@@ -2,16 +2,21 @@
 
 Options follow docs/design.md#rocksdb-through-rocksdict: a bloom filter makes the common
 "key not there" lookup cost 0.34 µs instead of 3 µs, and writes go in one
-WriteBatch per snapshot. One store is opened per process and state folder,
-shared by every shard and worker thread of that process.
+WriteBatch per snapshot. One store is opened per Bytewax shard key (the
+sequencer, each rules shard: rocksdb/<key>/ in the state folder), by the
+process that runs that key, so a key's state does not depend on which process
+ran it before (omnitrigger/runner/state_folder.py).
 
-Memory is bounded whatever the size of the state (benchmarks/bench_memory.py):
-one block cache of BLOCK_CACHE_BYTES holds the data blocks read and also the
-index and bloom filter blocks, which RocksDB otherwise keeps outside any
-bound, one set per table file, so they grow with the data; indexes and
-filters are partitioned so only their top level stays pinned and a state
-larger than the cache pages them in as it pages data. Memtables are at most
-MAX_WRITE_BUFFERS of WRITE_BUFFER_BYTES.
+Memory is bounded whatever the size of the state (benchmarks/bench_memory.py)
+and whatever the number of stores a process opens (17 by default): every store
+of a process shares one block cache of BLOCK_CACHE_BYTES, which holds the data
+blocks read and also the index and bloom filter blocks, which RocksDB otherwise
+keeps outside any bound, one set per table file, so they grow with the data;
+indexes and filters are partitioned so only their top level stays pinned and a
+state larger than the cache pages them in as it pages data. Memtables of every
+store together are at most MAX_WRITE_BUFFERS x WRITE_BUFFER_BYTES (one shared
+write buffer manager), allocated in ARENA_BLOCK_BYTES blocks, so a store that
+holds little costs little.
 """
 
 from __future__ import annotations
@@ -20,18 +25,36 @@ import threading
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions,
+)
 
 BLOCK_CACHE_BYTES = 256 << 20
 WRITE_BUFFER_BYTES = 32 << 20
 MAX_WRITE_BUFFERS = 2
+#: Memtable allocation unit (RocksDB's default is an eighth of the write buffer, 4 MiB, for each store).
+ARENA_BLOCK_BYTES = 1 << 20
+
+_shared: tuple[Cache, WriteBufferManager] | None = None
+_shared_lock = threading.Lock()
+
+
+def _shared_memory() -> tuple[Cache, WriteBufferManager]:
+    """The block cache and the memtable budget every store of this process shares (made on first use, kept
+    for the life of the process: a cache must outlive the databases using it)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = (Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MAX_WRITE_BUFFERS * WRITE_BUFFER_BYTES, False))
+        return _shared
 
 
 def describe_options() -> str:
     """The memory settings, for a benchmark to print."""
-    return (f"block cache {BLOCK_CACHE_BYTES >> 20} MiB (LRU, index and filter blocks included, partitioned, "
-            f"top level and L0 pinned), memtables {MAX_WRITE_BUFFERS} x {WRITE_BUFFER_BYTES >> 20} MiB, "
-            "10-bit bloom filter, 1 background job")
+    return (f"block cache {BLOCK_CACHE_BYTES >> 20} MiB shared by every store of a process (LRU, index and filter "
+            f"blocks included, partitioned, top level and L0 pinned), memtables {MAX_WRITE_BUFFERS} x "
+            f"{WRITE_BUFFER_BYTES >> 20} MiB a store and {MAX_WRITE_BUFFERS * WRITE_BUFFER_BYTES >> 20} MiB for all "
+            "of a process's stores, 10-bit bloom filter, 1 background job")
 
 
 class RocksDBStore:
@@ -41,7 +64,7 @@ class RocksDBStore:
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        self._cache = Cache(BLOCK_CACHE_BYTES)  # must outlive the database
+        self._cache, buffers = _shared_memory()  # the cache must outlive the database: it is kept for good
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(self._cache)
@@ -53,6 +76,8 @@ class RocksDBStore:
         options.set_block_based_table_factory(table)
         options.set_write_buffer_size(WRITE_BUFFER_BYTES)
         options.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
+        options.set_arena_block_size(ARENA_BLOCK_BYTES)
+        options.set_write_buffer_manager(buffers)
         options.set_max_background_jobs(1)  # two cores: compaction must not starve the pipeline
         self._write_options = WriteOptions()
         if bulk_load:
@@ -116,7 +141,8 @@ _lock = threading.Lock()
 
 
 def open_store(path: Path) -> RocksDBStore:
-    """The process's store for `path`, opened on first use (RocksDB allows one opener per folder)."""
+    """The process's store for `path` (one shard key's folder), opened on first use (RocksDB allows one
+    opener per folder) and kept open for the flow."""
     path = Path(path).resolve()
     with _lock:
         if path not in _open_stores:
