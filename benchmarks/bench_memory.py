@@ -139,25 +139,27 @@ def populate(db: Path, customers: int, identifiers: int, deadlines: int) -> None
     from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
     from omnitrigger.operators.clock import watermark_event
     from omnitrigger.operators.identity import IDENTIFIER_TYPES
-    from omnitrigger.operators.router import shard_of
+    from omnitrigger.operators.router import shard_key, shard_of
     from omnitrigger.records import Event
     from omnitrigger.state import RocksDBStore, ShardState
 
     config = Config(stores_file=str(STORES_CSV))
     ratio = identifiers / customers
     started = time.perf_counter()
-    store = RocksDBStore(db, bulk_load=True)
+    # One store a shard key, as the flow keeps them (db/sequencer, db/rules-0000, ...).
+    store = RocksDBStore(db / "sequencer", bulk_load=True)
+    rules_stores = [RocksDBStore(db / shard_key(shard), bulk_load=True) for shard in range(config.rule_shards)]
     lateness_ms = int(config.rules_lateness_s * 1000)
 
     def flush(*states: ShardState) -> None:
         for state in states:
-            store.write(state._pending)  # part of the committed state, no new generation
+            state.store.write(state._pending)  # part of the committed state, no new generation
             state._pending.clear()
 
     # Rules and history first: their operators read as they write, cheaper while the store is small.
     history_state = ShardState(store, History.name, 0)
     history = History(history_state, config)
-    rules_states = [ShardState(store, Rules.name, shard) for shard in range(config.rule_shards)]
+    rules_states = [ShardState(rules_stores[shard], Rules.name, shard) for shard in range(config.rule_shards)]
     rules = [Rules(state, config) for state in rules_states]
     start_watermark = T_LOAD - DAY - HOUR
     for shard_rules in rules:
@@ -222,8 +224,9 @@ def populate(db: Path, customers: int, identifiers: int, deadlines: int) -> None
         shard_rules.on_events([watermark_event(seq, T_LOAD - lateness_ms)])
     flush(*rules_states)
     loaded = time.perf_counter() - started
-    store.compact()
-    store.close()
+    for each in (store, *rules_stores):
+        each.compact()
+        each.close()
     print(f"  populated in {loaded:.0f} s, compacted in {time.perf_counter() - started - loaded:.0f} s; "
           f"RocksDB folder {folder_mib(db):,.0f} MiB; populate peak RSS {maxrss_mib():,.0f} MiB", flush=True)
 
@@ -311,14 +314,14 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
     from omnitrigger.flows.stage import rules_builder, sequencer_builder
     from omnitrigger.operators import Dedup, EventClock, History, Identity, Visits
     from omnitrigger.records import SUPPRESSED, TRIGGERS, Merge
-    from omnitrigger.state import open_store
+    from omnitrigger.state import close_all_stores, open_store
 
     base = proc_status()
     config = Config(stores_file=str(STORES_CSV))
     factories = [Dedup, Identity, Visits, History, EventClock]
     started = time.perf_counter()
-    store = open_store(db)
-    sequencer = sequencer_builder(db, factories, config, False, True)(None)
+    store = open_store(db / "sequencer")
+    sequencer = sequencer_builder(db / "sequencer", factories, config, False, True)(None)
     shards = [rules_builder(db, config)((shard, 0)) for shard in range(config.rule_shards)]
     open_s = time.perf_counter() - started
     after_open = proc_status()
@@ -399,7 +402,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
     figures.write(args.json)
     if not args.no_count:
         count_state(store, config, customers, identifiers)
-    store.close()
+    close_all_stores()
     return 0 if verdict == "MET" else 1
 
 
@@ -436,7 +439,8 @@ def rocksdb_options(store: Any) -> str:
 def count_state(store: Any, config: Any, customers: int, identifiers: int) -> None:
     """Count what the operators' state holds, through ShardState (a scan of committed state)."""
     from omnitrigger.operators import Identity, Rules
-    from omnitrigger.state import ShardState
+    from omnitrigger.operators.router import shard_key
+    from omnitrigger.state import ShardState, open_store
 
     started = time.perf_counter()
     identity = ShardState(store, Identity.name, 0)
@@ -444,7 +448,7 @@ def count_state(store: Any, config: Any, customers: int, identifiers: int) -> No
     records = sum(1 for _ in identity.iter_committed(b"c", b"d", T_LOAD))
     pending = timers = 0
     for shard in range(config.rule_shards):
-        state = ShardState(store, Rules.name, shard)
+        state = ShardState(open_store(store.path.parent / shard_key(shard)), Rules.name, shard)  # the shard's own
         for _, raw in state.iter_committed(b"D", b"D~"):  # the customers' documents (operators/rules/host.py)
             pending += sum(len(section) for name, section in orjson.loads(raw).items() if name in ("A", "B"))
         timers += sum(1 for _ in state.iter_committed(b"T", b"U"))
@@ -503,8 +507,10 @@ def main() -> int:
         run = work / "run"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir()
-        for file in (work / "db").iterdir():
-            (os.link if file.suffix == ".sst" else shutil.copy2)(file, run / file.name)
+        for store in (work / "db").iterdir():  # one RocksDB folder a shard key: sequencer, rules-0000, ...
+            (run / store.name).mkdir()
+            for file in store.iterdir():
+                (os.link if file.suffix == ".sst" else shutil.copy2)(file, run / store.name / file.name)
         measure_args = [f"--steady-events={args.steady_events}", f"--steady-hours={args.steady_hours}",
                         f"--batch-size={args.batch_size}", *(["--no-count"] if args.no_count else []),
                         *([f"--json={args.json.resolve()}"] if args.json else [])]

@@ -78,7 +78,7 @@ def time_to_first_event(work: Path, state: Path, stop_after: int) -> float:
 
 
 def build_identity(state: Path, customers: int) -> float:
-    store = RocksDBStore(state / "rocksdb" / "process-0")
+    store = RocksDBStore(state / "rocksdb" / "sequencer")  # the sequencer key's store: identity and history
     config = Config()
     states = [ShardState(store, "identity", 0, config.keep_generations),
               ShardState(store, "history", 0, config.keep_generations)]

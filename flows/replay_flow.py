@@ -39,6 +39,8 @@ DEFAULT_OPERATORS: list[OperatorFactory] = [Dedup, Identity, Visits, History, Ev
 def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
                operators: list[OperatorFactory] | None = None, emit_events: bool = False,
                flow_id: str = "omnitrigger") -> Dataflow:
+    """`state_path`: the folder holding one RocksDB store per shard key (`state_path/sequencer`,
+    `state_path/rules-0000`, ...; a state folder's rocksdb/)."""
     factories = list(operators if operators is not None else DEFAULT_OPERATORS)
     with_rules = Rules in factories
     if with_rules and factories[-1] is not Rules:
@@ -50,7 +52,8 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
     batches = op.input("read", flow, source)
     keyed = op.key_on("to_sequencer", batches, _sequencer_key)
     tagged = op.key_rm("unkey_sequencer", op.stateful_batch(
-        "sequencer", keyed, sequencer_builder(state_path, sequencer_operators, config, emit_events, with_rules)))
+        "sequencer", keyed,
+        sequencer_builder(state_path / SEQUENCER_KEY, sequencer_operators, config, emit_events, with_rules)))
     split = op.branch("split", tagged, _is_output)
     outputs = op.map("untag", split.trues, _untag)
     if with_rules:

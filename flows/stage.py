@@ -2,9 +2,11 @@
 
 Bytewax only ever sees a fixed set of shard keys ("sequencer", "rules-0000"
 to "rules-NNNN"), never a key per customer or receipt, so its recovery store
-stays small (docs/design.md#bytewax-recovery-reloads-every-key). The snapshot of a shard is the tuple of
-its state generations; building a shard from a snapshot rolls RocksDB back
-to it.
+stays small (docs/design.md#bytewax-recovery-reloads-every-key). Each key keeps its own RocksDB
+store, `<rocksdb folder>/<key>/`, opened by whichever process Bytewax gives the key to, so a
+resume with another process count finds each key's state where it left it. The snapshot of a
+shard is the tuple of its state generations; building a shard from a snapshot rolls RocksDB
+back to it.
 
 The sequencer's items out are tagged: `("out", [Emitted])` for the sinks
 and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
@@ -54,12 +56,13 @@ class _SequencerLogic(StatefulBatchLogic):
         return tuple(state.commit() for state in self.states)
 
 
-def sequencer_builder(state_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
+def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
                       route_to_rules: bool) -> Callable[[Any], _SequencerLogic]:
-    """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new)."""
+    """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new);
+    `store_path` is the sequencer key's own RocksDB folder."""
 
     def build(resume_state: Any) -> _SequencerLogic:
-        store = open_store(state_path)
+        store = open_store(store_path)
         counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations, config.state_cache_entries)
         operator_states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
                            for factory in factories]
@@ -74,7 +77,8 @@ def sequencer_builder(state_path: Path, factories: list[OperatorFactory], config
 
 class _RulesLogic(StatefulBatchLogic):
     """One rules shard. Bytewax's builder is not told the key, so the shard number travels with
-    every routed batch and in the snapshot `(shard, generation)`; a new shard opens on its first batch."""
+    every routed batch and in the snapshot `(shard, generation)`; a new shard opens on its first batch.
+    `state_path` is the folder of every shard key's store: this shard's is `state_path / shard_key(shard)`."""
 
     def __init__(self, state_path: Path, config: Config, resume_state: tuple[int, int] | None) -> None:
         self.state_path = state_path
@@ -85,7 +89,7 @@ class _RulesLogic(StatefulBatchLogic):
             self._open(shard, generation)
 
     def _open(self, shard: int, generation: int) -> Rules:
-        state = ShardState(open_store(self.state_path), Rules.name, shard, self.config.keep_generations,
+        state = ShardState(open_store(self.state_path / shard_key(shard)), Rules.name, shard, self.config.keep_generations,
                            self.config.state_cache_entries)
         state.rollback_to(generation)
         self.rules = Rules(state, self.config)

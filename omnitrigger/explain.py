@@ -199,10 +199,9 @@ class StateFolder:
         except (OSError, orjson.JSONDecodeError) as error:
             raise ExplainError(f"state folder {self.state_dir} has an unreadable layout.json ({error})") from None
         self.rule_shards = int(self.layout.get("rule_shards", 16))
-        # One process: rocksdb/process-N; a one-machine cluster: process-I/rocksdb/process-I.
-        folders = sorted(self.state_dir.glob("rocksdb/process-*")) + sorted(
-            self.state_dir.glob("process-*/rocksdb/process-*"))
-        folders = [folder for folder in folders if (folder / "CURRENT").is_file()]
+        # One RocksDB store a shard key, rocksdb/sequencer, rocksdb/rules-0000, ... (one process or a one-machine
+        # cluster; a process of a cluster over machines has those of the keys it ran).
+        folders = [folder for folder in sorted(self.state_dir.glob("rocksdb/*")) if (folder / "CURRENT").is_file()]
         if not folders:
             raise ExplainError(f"state folder {self.state_dir} holds no RocksDB state yet")
         self.stores: list[ReadOnlyStore] = []
@@ -215,7 +214,7 @@ class StateFolder:
 
     def shards(self, namespace: str, shard: int) -> list[ShardState]:
         """The views of (namespace, shard) in every store where that shard has committed (generation 1 on):
-        one store, the process that ran the shard."""
+        one store, the shard key's."""
         views = [ShardState(store, namespace, shard) for store in self.stores]
         return [view for view in views if view.generation > 0]
 

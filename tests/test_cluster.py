@@ -10,6 +10,10 @@
   the replay's trigger ids; killed with SIGKILL before its first snapshot and
   restarted, it re-runs everything and its two sinks still send no trigger id
   twice (each reads the triggers topic's tail back).
+- A replay on one machine stopped part way resumes with another --processes (1 -> 2, 2 -> 3,
+  3 -> 1, and another batch size) from the same state folder and writes byte for byte what one
+  uninterrupted process writes: one RocksDB store a shard key, one recovery partition that
+  every process sees, so each key's snapshot and store meet wherever Bytewax now runs the key.
 - Wrong cluster options and state folders of another cluster are one line.
 - Bytewax's cluster channel is unauthenticated pickle: a cluster on an
   address that is not private (hostnames resolved) is refused with one line
@@ -42,7 +46,10 @@ from omnitrigger.flows.replay_flow import SEQUENCER_KEY
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.runner.finish import _write_identities
-from omnitrigger.runner.state_folder import StateFolderError, layout_record, prepare_local_cluster
+from omnitrigger.runner.state_folder import (
+    FORMAT_VERSION, StateFolderError, layout_record, prepare_run_folders, release_locks,
+)
+from omnitrigger.demo.generator import RecordingGenerator
 from recordings import omnichannel_recording
 from test_live import STREAMS, normalized, replay_streams, single_partition_recording
 
@@ -160,20 +167,55 @@ def test_two_processes_over_addresses_write_the_single_process_outputs(tmp_path:
                           "not for a one-machine cluster")
 
 
-def test_a_one_machine_cluster_folder_is_one_folder_a_process_and_refuses_the_older_layout(tmp_path: Path) -> None:
+def test_a_one_machine_cluster_shares_one_folder_and_refuses_an_older_format(tmp_path: Path) -> None:
     layout = layout_record("replay", 2, 16, ["dedup"], b"k" * 32, recording="/r")
     state = tmp_path / "state"
-    folders = prepare_local_cluster(state, layout, 2)
-    assert [sorted(path.name for path in (folder / "recovery").iterdir()) for folder in folders] == \
-        [["part-0.sqlite3"], ["part-1.sqlite3"]]
-    assert prepare_local_cluster(state, layout, 2) == folders  # resumes
-    with pytest.raises(StateFolderError, match="was made with a cluster of 2 processes, not 3"):
-        prepare_local_cluster(state, {**layout, "processes": 3}, 3)
-    older = {key: value for key, value in orjson.loads((state / "layout.json").read_bytes()).items() if key != "cluster"}
-    (state / "layout.json").write_bytes(orjson.dumps(older))  # as --processes 2 wrote it before this layout
-    with pytest.raises(StateFolderError, match="was made for the --processes 2 layout of an older omnitrigger, not "
-                                               "for a one-machine cluster .--processes 2.; .* use a fresh --state-dir"):
-        prepare_local_cluster(state, layout, 2)
+    try:
+        assert prepare_run_folders(state, layout, 2, None) == [state, state]  # every process, the one folder
+        assert sorted(path.name for path in (state / "recovery").iterdir()) == ["part-0.sqlite3"]
+        release_locks()
+        assert prepare_run_folders(state, {**layout, "processes": 3}, 3, None) == [state] * 3  # another count
+        release_locks()
+        made = orjson.loads((state / "layout.json").read_bytes())
+        assert made["processes"] == 3 and "process_id" not in made and "cluster" not in made
+        (state / "layout.json").write_bytes(orjson.dumps({**made, "layout_version": 4, "cluster": "local"}))
+        with pytest.raises(StateFolderError, match=f"was made with state format 4, and this omnitrigger uses state "
+                                                   f"format {FORMAT_VERSION}; use a fresh --state-dir"):
+            prepare_run_folders(state, layout, 2, None)
+    finally:
+        release_locks()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo's generator (150 customers, 2,038 records) and what one uninterrupted process writes."""
+    folder = tmp_path_factory.mktemp("rescale")
+    generator = RecordingGenerator(seed=7, customers=150).generate()
+    generator.write(folder / "recording")
+    stores = folder / "stores.csv"
+    generator.write_stores(stores)
+    summary, alone = replay(folder, folder / "recording", name="alone", stores=stores, config=CONFIG)
+    assert alone["triggers"] and alone["suppressed"] and alone["visits"] and alone["identities"]
+    return {"recording": folder / "recording", "stores": stores, "alone": alone, "records": summary.records_this_run}
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("first, then, batch_size", [(1, 2, 1000), (2, 3, 1000), (3, 1, 1000), (2, 1, 37)])
+def test_a_replay_resumes_with_another_process_count(tmp_path: Path, generated: dict[str, Any], first: int,
+                                                     then: int, batch_size: int) -> None:
+    state = tmp_path / "state"
+    common = {"stores": generated["stores"], "state_dir": state}
+    stopped, _ = replay(tmp_path, generated["recording"], name="out", processes=first, stop_after=900,
+                        config=Config(batch_size=100), **common)
+    assert stopped.records_this_run == 900
+    resumed, files = replay(tmp_path, generated["recording"], name="out", processes=then,
+                            config=Config(batch_size=batch_size), **common)
+    assert resumed.records_this_run == generated["records"] - 900  # resumed at the snapshot, not replayed again
+    for flag in ("triggers", *STREAM_FLAGS):
+        assert files[flag] == generated["alone"][flag], flag
+    assert orjson.loads((state / "layout.json").read_bytes())["processes"] == then
+    assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
+        [*(f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)), "sequencer"]
 
 
 # -- live, two processes, through the mock cluster -------------------------------------------------------
@@ -261,8 +303,8 @@ def test_live_cluster_publishes_the_replays_trigger_ids_once_across_a_restart(tm
         want = {normalized(stream, record, config.kafka_topic_prefix) for record in replayed[stream]}
         assert got == want, stream
     layout = orjson.loads((state / "layout.json").read_bytes())
-    assert layout["mode"] == "live" and layout["processes"] == 2 and layout["cluster"] == "local"
-    assert orjson.loads((state / "process-1" / "layout.json").read_bytes())["process_id"] == 1
+    assert layout["mode"] == "live" and layout["processes"] == 2 and "process_id" not in layout
+    assert not (state / "process-1").exists() and (state / "rocksdb" / "sequencer" / "CURRENT").is_file()
 
 
 # -- one line for what cannot run -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """A state folder of another layout, or a damaged one, is refused with one line before the flow starts.
 
-Reused with another `[rules] shards`, `--processes`, operator list, PII key or
-state format, a state folder would not fail: it would route customers to
+Reused with another `[rules] shards`, `--processes` (live; a replay on one
+machine may change it), operator list, PII key or state format, a state folder would not fail: it would route customers to
 shards that never saw them, or hash identifiers to values the state never
 held. layout.json records what fixes the layout (omnitrigger/runner/state_folder.py)
 and each mismatch is one line. A damaged store (garbage or truncated RocksDB
@@ -100,8 +100,30 @@ def test_other_rule_shards_are_refused_on_the_command_line(made: dict[str, Path]
                     "was made with [rules] shards 16, not 8")
 
 
-def test_other_process_count_is_refused(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
-    assert "was made with --processes 1, not 2" in refused(made, state, tmp_path, processes=2)
+def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
+    """One RocksDB store a shard key and one recovery partition (state format 5): a replay on one machine resumes
+    with another --processes (tests/test_cluster.py checks the outputs); layout.json then says the new count."""
+    resume(made, state, tmp_path, processes=2)
+    assert orjson.loads((state / "layout.json").read_bytes())["processes"] == 2
+    assert sorted(path.name for path in (state / "recovery").glob("*.sqlite3")) == ["part-0.sqlite3"]
+    assert (state / "rocksdb" / "sequencer" / "CURRENT").is_file()
+    assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
+        [*(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
+
+
+def test_a_live_job_with_another_process_count_is_refused(tmp_path: Path) -> None:
+    config = live_config("processes.")
+    state = tmp_path / "live-state"
+    try:
+        prepare_state_dir(state, config)
+        close_all_stores()
+        release_locks()
+        with pytest.raises(StateFolderError, match="was made with --processes 1, not 2; a live job resumes with "
+                                                   "the same --processes"):
+            prepare_state_dir(state, config, processes=2)
+    finally:
+        close_all_stores()
+        release_locks()
 
 
 def test_other_operators_are_refused(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
@@ -155,7 +177,7 @@ def test_live_refuses_a_replay_folder_and_other_rule_shards(made: dict[str, Path
 
 
 def rocksdb_files(state: Path, pattern: str) -> list[Path]:
-    return sorted((state / "rocksdb" / "process-0").glob(pattern))
+    return sorted((state / "rocksdb" / "sequencer").glob(pattern))  # the sequencer key's store
 
 
 @pytest.mark.parametrize("damage", ["garbage_manifest", "truncated_sst", "garbage_current"])
@@ -166,7 +188,7 @@ def test_damaged_rocksdb_files_are_one_line(made: dict[str, Path], state: Path, 
         sst = rocksdb_files(state, "*.sst")[0]
         os.truncate(sst, sst.stat().st_size // 3)
     else:
-        (state / "rocksdb" / "process-0" / "CURRENT").write_text("garbage\n")
+        (state / "rocksdb" / "sequencer" / "CURRENT").write_text("garbage\n")
     message = refused(made, state, tmp_path)
     assert "is damaged: RocksDB in " in message and "cannot be opened (" in message, message
 
@@ -189,7 +211,7 @@ def test_a_damaged_recovery_store_is_one_line(made: dict[str, Path], state: Path
 
 
 def test_a_folder_in_use_is_one_line(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
-    holder = RocksDBStore(state / "rocksdb" / "process-0")  # RocksDB's lock: one opener per folder
+    holder = RocksDBStore(state / "rocksdb" / "rules-0003")  # RocksDB's lock: one opener per folder
     try:
         assert "is in use by another omnitrigger process" in refused(made, state, tmp_path)
     finally:

@@ -116,6 +116,7 @@ def _write_identities(rocksdb_dir: Path, path: Path | None, files: OutputFiles |
 
     The file is written through `files` (renamed into place with the other outputs), or alone, atomically."""
     from omnitrigger.operators.identity import Identity, identities
+    from omnitrigger.runner.state_folder import SEQUENCER_STORE
     from omnitrigger.state import RocksDBStore, ShardState
 
     count, customers = 0, set()
@@ -123,7 +124,8 @@ def _write_identities(rocksdb_dir: Path, path: Path | None, files: OutputFiles |
     files = OutputFiles() if own else files
     target: AtomicFile | None = files.open(Path(path)) if path is not None and files is not None else None
     try:
-        for folder in sorted(rocksdb_dir.glob("process-*")):
+        sequencer = rocksdb_dir / SEQUENCER_STORE  # the sequencer key's store holds the identity state
+        for folder in [sequencer] if (sequencer / "CURRENT").is_file() else []:
             store = RocksDBStore(folder)
             try:
                 for record in identities(ShardState(store, Identity.name, 0)):

@@ -18,14 +18,15 @@ silent hang. State folder layout (`--state-dir`):
                          PII key id, input topics; in a cluster, the process id); checked on reuse
                          (runner/state_folder.py)
     recovery/            Bytewax's recovery store: input offsets, the seq counter, state generations
-                         (part-0 alone; part-I as process I of a cluster)
-    rocksdb/process-I/   operator state
+                         (part-0 on one machine; part-I as process I of a cluster over machines)
+    rocksdb/<key>/       operator state, one RocksDB store a shard key (sequencer, rules-0000, ...)
 
 As a cluster (runner/cluster.py): process 0 reads every input partition
 and runs the sequencer, the rules shards spread over all processes, and each
-process publishes the outputs its shards make. `--processes N` keeps
-layout.json over process-0/ ... process-N-1/, one folder as above each;
-`--addresses ... --process-id I` uses the --state-dir given as process I's.
+process publishes the outputs its shards make. `--processes N` runs its N
+processes over the one folder above (each opens the stores of the keys it
+runs); `--addresses ... --process-id I` uses the --state-dir given as process I's.
+A live job resumes with the same process count.
 
 Broker outages are watched by `BrokerWatch` (runner/broker_watch.py), in a thread of its own (the
 flow's thread waits in the sink's flush for as long as the brokers are away):

@@ -10,7 +10,8 @@ In a cluster the source is built on process 0 only (flows/cluster_worker.py `Pin
 a replay's part-file sink too, so process 0 reads the input and gathers every output. The flow
 runs in this thread: Bytewax's `run_main` alone, `cluster_main` as a process of a cluster
 (runner/cluster.py `run_cluster`); its recovery store is the folder's recovery/, its operator
-state the folder's rocksdb/process-I/ (runner/state_folder.py prepared both).
+state one RocksDB store a shard key it runs, the folder's rocksdb/<key>/ (runner/state_folder.py
+prepared both; a one-machine cluster's processes share the folder).
 """
 
 from __future__ import annotations

@@ -11,17 +11,18 @@ State folder layout (`--state-dir`, or a temporary folder) of one process:
                          PII key id, recording; in a cluster, the process id); checked on reuse
                          (runner/state_folder.py)
     recovery/            Bytewax's recovery store (snapshots: source offsets, state generations):
-                         part-0 alone; part-I as process I of a cluster
-    rocksdb/process-N/   operator state of process N
+                         part-0 on one machine; part-I as process I of a cluster over machines
+    rocksdb/<key>/       operator state, one RocksDB store a shard key: sequencer, rules-0000, ...
     parts/               output part files and their manifest (count, size, checksum of each), merged
                          into the output files at the end (in a cluster, process 0's gathers every
                          process's outputs): omnitrigger/outputs.py
     omnitrigger.lock     held (flock) by the run using the folder (runner/state_folder.py)
 
-`--processes N` (one machine) keeps layout.json (`cluster: "local"`) over process-0/ ...
-process-N-1/, each laid out as above; `--addresses ... --process-id I` (machines) uses
-the --state-dir given to each process as its folder. runner/cluster.py says
-which process does what.
+`--processes N` (one machine) runs its N processes over that one folder, each opening the
+stores of the keys it runs, so a replay resumes with another --processes and writes what an
+uninterrupted run writes (runner/state_folder.py says why); `--addresses ... --process-id I`
+(machines) uses the --state-dir given to each process as its folder, and resumes only with
+the same cluster. runner/cluster.py says which process does what.
 
 A replay that stops (`stop_after`, Ctrl-C or SIGTERM, a disk running full,
 or a crash) resumes from the same state folder: Bytewax resumes the source

@@ -42,7 +42,7 @@ class KafkaInput:
 class ProcessSpec:
     """One process of a run: its state folder, its config, its input and (in a cluster) its role."""
 
-    state_dir: Path  # this process's folder, resolved (a one-machine cluster's process I: process-I/)
+    state_dir: Path  # this process's folder, resolved (a one-machine cluster's processes share one)
     config: Config  # with the run's overrides (stores_file, and for live wall_clock, metrics_bind)
     input: RecordingInput | KafkaInput
     role: Role | None = None  # None: the process runs alone
@@ -61,7 +61,8 @@ class ProcessSpec:
 
     @property
     def rocksdb_dir(self) -> Path:
-        return self.state_dir / "rocksdb" / f"process-{self.role.process_id if self.role is not None else 0}"
+        """The folder of the shard keys' RocksDB stores (rocksdb/sequencer, rocksdb/rules-0000, ...)."""
+        return self.state_dir / "rocksdb"
 
     def to_json(self) -> bytes:
         source = self.input

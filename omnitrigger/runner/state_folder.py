@@ -16,16 +16,30 @@ What it records (replay and live):
     layout_version   FORMAT_VERSION below: bump it whenever the RocksDB key layout,
                      the stage structure or the snapshot shape changes
     mode             "replay" or "live"
-    processes        the processes of the run (--processes, or the number of --addresses):
-                     Bytewax routes keys by worker count
-    process_id       in a cluster, which process's folder this is (runner/cluster.py);
-                     `cluster: "local"` marks the top of a one-machine cluster's folder
+    processes        the processes of the run (--processes, or the number of --addresses);
+                     a replay on one machine may resume with another count (below)
+    process_id       in a cluster over machines, which process's folder this is (runner/cluster.py)
     rule_shards      [rules] shards: which rules shard holds which customer
     operators        the operators in the flow, in order (replay can run a subset)
     pii_key_id       a fingerprint of OMNITRIGGER_PII_KEY (not the key): hashed ids are key-specific
     recording        replay: the recording folder; live: input_topics, the topics read
     part_files       replay: PART_FILES_VERSION, the format of the output part files
                      (checked and cut back to the snapshot on resume: omnitrigger/outputs.py)
+
+The folder (one process alone, or every process of a one-machine cluster):
+    layout.json  recovery/part-0.sqlite3  rocksdb/sequencer/  rocksdb/rules-0000/ ...  parts/
+One RocksDB store a Bytewax shard key, opened by whichever process Bytewax gives the key to
+(the hash of the key modulo the process count), and one recovery partition every process of a
+one-machine cluster sees. Bytewax (0.21.1, docs/guide/concepts/rescaling.md) keeps a fixed
+number of recovery partitions, set when they are made, needs the cluster as a whole to see
+each (several processes may see one: one of them is made its primary) and, on resume,
+routes every key's snapshot to the worker that owns the key in the new cluster, whatever
+the worker count. So a replay on one machine resumes with another --processes from the
+same folder: each key's snapshot and its RocksDB store meet in the process that now runs
+the key, and the outputs are those of an uninterrupted run. A cluster over machines
+(--addresses/--hostfile) keeps a folder a process, with recovery partition part-I of N
+and the stores of the keys process I ran: those cannot move between machines, so it
+resumes only with the same cluster; so does a live job (its sinks are per process).
 
 Config that does not fix the layout (retention, caps, batch size, ...) may
 change between runs. Before the dataflow starts, the Bytewax recovery store
@@ -64,13 +78,17 @@ if TYPE_CHECKING:
     from omnitrigger.config import Config
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
-FORMAT_VERSION = 4
+#: 5: one RocksDB store a shard key (rocksdb/<key>/), one shared recovery partition on one machine.
+FORMAT_VERSION = 5
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
-_ORDER = ("layout_version", "mode", "processes", "cluster", "process_id", "rule_shards", "operators", "rules",
+_ORDER = ("layout_version", "mode", "processes", "process_id", "rule_shards", "operators", "rules",
           "pii_key_id", "recording", "input_topics")
 
 _CLUSTER_KEYS = ("cluster", "process_id")
+
+#: The RocksDB folder of the sequencer key (flows/replay_flow.py SEQUENCER_KEY), under rocksdb/.
+SEQUENCER_STORE = "sequencer"
 
 #: The format of a replay's output part files (flows/part_file_sink.py), recorded in its layout.json.
 PART_FILES_VERSION = 2
@@ -122,31 +140,40 @@ def flow_layout(mode: str, config: Config, processes: int, operators: Sequence[s
 def prepare_run_folders(state_dir: Path, layout: dict[str, Any], processes: int, process_id: int | None, *,
                         what: str = "omnitrigger", open_new_store: bool = False) -> list[Path]:
     """Check a reused state folder fits this run and is readable (one line if not), or set up a new one;
-    returns the folder of each process to run here, in process order: `state_dir` itself (one process alone,
-    or process `process_id` of a cluster over machines), or process-0/ ... under it (a one-machine cluster).
+    returns the folder of each process to run here, in process order: `state_dir` itself, once for one
+    process alone or process `process_id` of a cluster over machines, once a process for a one-machine
+    cluster (its processes share the folder).
 
-    The folder of a process run here keeps its RocksDB stores open for the flow, so a damaged one fails
-    now (a one-machine cluster's stores are checked here and opened by each process); `open_new_store`
-    opens (makes) this process's store even when new.
+    A process run alone keeps the RocksDB stores open for the flow, so a damaged one fails now (a
+    one-machine cluster's stores are checked here and opened by the processes that run their keys);
+    `open_new_store` opens (makes) the sequencer's store even when new, where the sequencer runs.
     """
-    if process_id is None and processes > 1:
-        return prepare_local_cluster(state_dir, layout, processes, what=what)
-    index = process_id if process_id is not None else 0
     if process_id is not None:  # one process of a cluster spread over machines: this folder is its own
-        layout = {**layout, "process_id": process_id}
-    prepare_process_folder(state_dir, layout, index, processes, keep_open=True, what=what, sequencer_here=index == 0)
-    if open_new_store:
-        open_rocksdb(state_dir, state_dir / "rocksdb" / f"process-{index}", keep_open=True)
-    return [state_dir]
+        prepare_process_folder(state_dir, {**layout, "process_id": process_id}, process_id, processes,
+                               keep_open=True, what=what, sequencer_here=process_id == 0)
+        if open_new_store and process_id == 0:
+            open_rocksdb(state_dir, state_dir / "rocksdb" / SEQUENCER_STORE, keep_open=True)
+        return [state_dir]
+    alone = processes == 1
+    prepare_process_folder(state_dir, layout, 0, 1, keep_open=alone, what=what, sequencer_here=True,
+                           rescalable=layout.get("mode") == "replay")
+    if open_new_store and alone:
+        open_rocksdb(state_dir, state_dir / "rocksdb" / SEQUENCER_STORE, keep_open=True)
+    return [state_dir] * processes
 
 
 def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: dict[str, Any]) -> str:
-    if key == "processes" and (existing.get("process_id") is not None or existing.get("cluster") is not None):
+    if key == "processes" and existing.get("process_id") is not None:
         return f"with a cluster of {made} processes, not {now}; resume with the same cluster or use a fresh --state-dir"
-    if key in ("cluster", "process_id"):
-        if not any(key in existing for key in _CLUSTER_KEYS) and existing.get("processes") != 1:
-            return (f"for {_made_as(existing)}, not for {_made_as(layout)}; this omnitrigger keeps a folder a "
-                    "process: use a fresh --state-dir")
+    if key == "processes" and layout.get("process_id") is not None:
+        return _mismatch("process_id", None, layout["process_id"], existing, layout)
+    if key == "processes" and existing.get("mode") == "live":
+        return (f"with --processes {made}, not {now}; a live job resumes with the same --processes (a replay "
+                "may change it): resume with the same settings or use a fresh --state-dir")
+    if key in _CLUSTER_KEYS:
+        if existing.get("process_id") is None:
+            return (f"for {_made_as(existing)}, not for {_made_as(layout)}; each process of a cluster over "
+                    "machines keeps a state folder of its own: use a fresh --state-dir")
         return (f"for {_made_as(existing)}, not for {_made_as(layout)}; each process of a cluster keeps its own "
                 "state folder: resume as it was made or use a fresh --state-dir")
     if key == "layout_version":
@@ -170,17 +197,19 @@ def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: d
 
 def _made_as(layout: dict[str, Any]) -> str:
     processes = layout.get("processes")
-    if layout.get("cluster") == "local":
-        return f"a one-machine cluster (--processes {processes})"
     if layout.get("process_id") is not None:
         return f"process {layout['process_id']} of a cluster of {processes} (--addresses/--hostfile)"
     if processes == 1:
         return "a single process"
-    return f"the --processes {processes} layout of an older omnitrigger"
+    return f"a one-machine cluster (--processes {processes})"
 
 
-def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "omnitrigger") -> bool:
-    """Refuse a folder made for another layout or not ours; True when resuming (layout.json there), else False."""
+def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "omnitrigger",
+                          rescalable: bool = False) -> bool:
+    """Refuse a folder made for another layout or not ours; True when resuming (layout.json there), else False.
+
+    `rescalable`: a folder of one machine (no process id on either side) may resume with another process
+    count; layout.json then says the new count."""
     layout_file = state_dir / "layout.json"
     if layout_file.exists():
         try:
@@ -193,10 +222,17 @@ def check_or_write_layout(state_dir: Path, layout: dict[str, Any], what: str = "
         # The cluster keys are compared when either side has them: a cluster process's folder is not a single run's.
         keys = [key for key in _ORDER if key in layout or (key in _CLUSTER_KEYS and key in existing)]
         keys += [key for key in layout if key not in _ORDER]
+        rescaled = False
         for key in keys:
             if existing.get(key) != layout.get(key):
+                if key == "processes" and rescalable and existing.get("process_id") is None \
+                        and layout.get("process_id") is None:
+                    rescaled = True
+                    continue
                 detail = _mismatch(key, existing.get(key), layout.get(key), existing, layout)
                 raise StateFolderError(f"state folder {state_dir} was made {detail}")
+        if rescaled:
+            write_layout(state_dir, {**existing, "processes": layout["processes"]})
         return True
     if state_dir.exists() and _entries(state_dir) - {SETUP_MARKER}:
         raise StateFolderError(f"state folder {state_dir} is not empty and is not an {what} state folder")
@@ -228,7 +264,7 @@ def check_writable(folder: Path) -> None:
     StateFolderError (not writable, with the path) when any refuses."""
     folders = [folder] + [path for path in (folder / "recovery", folder / "parts", folder / "rocksdb")
                           if path.is_dir()]
-    folders += sorted(path for path in (folder / "rocksdb").glob("process-*") if path.is_dir())
+    folders += rocksdb_folders(folder)
     for path in folders:
         probe = path / f".write-test-{os.getpid()}"
         try:
@@ -332,31 +368,32 @@ def _end_setup(folder: Path) -> None:
     fsync_folder(folder)
 
 
-def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, processes: int, *, keep_open: bool,
-                           what: str = "omnitrigger", sequencer_here: bool = True) -> bool:
-    """Check a reused state folder of one process (its layout, recovery partition and RocksDB; one line if
-    they do not fit) or set up a new one; True when resuming.
+def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, partitions: int, *, keep_open: bool,
+                           what: str = "omnitrigger", sequencer_here: bool = True, rescalable: bool = False) -> bool:
+    """Check a reused state folder (its layout, recovery partition and RocksDB stores; one line if they do
+    not fit) or set up a new one; True when resuming.
 
     The folder is locked for this process first (`lock_folder`). A new folder is set up under a marker
     file and gets layout.json last, atomically: a crash part way leaves a folder the next run sets up
-    again, never one it refuses. It keeps Bytewax's recovery partition `index` of `processes` (a single
-    process: part-0 of 1). Bytewax finds the partitions in each process's recovery folder and resumes once
-    the cluster has all of them. `keep_open`: the RocksDB stores stay open for the flow this process runs.
+    again, never one it refuses. It keeps Bytewax's recovery partition `index` of `partitions`: part-0 of 1
+    on one machine, whatever the process count (every process of a one-machine cluster reads the one
+    folder), part-I of N as process I of a cluster over machines (Bytewax resumes once the cluster has all
+    of them). `keep_open`: the RocksDB stores stay open for the flow this process runs alone.
     """
     from bytewax.recovery import init_db_dir
 
     claim_folder(folder, what)
-    if check_or_write_layout(folder, layout, what):
+    if check_or_write_layout(folder, layout, what, rescalable=rescalable):
         snapshots = check_recovery_store(folder, [index])
-        if sequencer_here:  # the sequencer sees every batch: its process has RocksDB state once anything was snapshot
+        if sequencer_here:  # the sequencer sees every batch: it has RocksDB state once anything was snapshot
             check_rocksdb_present(folder, snapshots)
-        for rocksdb in sorted((folder / "rocksdb").glob("process-*")):
+        for rocksdb in rocksdb_folders(folder):
             open_rocksdb(folder, rocksdb, keep_open=keep_open)
         return True
     _begin_setup(folder)
     recovery = folder / "recovery"
     recovery.mkdir(parents=True, exist_ok=True)
-    init_db_dir(recovery, processes)
+    init_db_dir(recovery, partitions)
     for part in recovery.glob("part-*.sqlite3*"):
         if part.name.split(".sqlite3")[0] != f"part-{index}":
             part.unlink()  # another process's partition: it keeps its own
@@ -365,33 +402,18 @@ def prepare_process_folder(folder: Path, layout: dict[str, Any], index: int, pro
     return False
 
 
-def prepare_local_cluster(state_dir: Path, layout: dict[str, Any], processes: int,
-                          what: str = "omnitrigger") -> list[Path]:
-    """A one-machine cluster's state folder: layout.json (`cluster: "local"`) over one folder a process,
-    process-I/, each laid out as process I of a cluster spread over machines would keep it."""
-    folders = [state_dir / f"process-{index}" for index in range(processes)]
-    claim_folder(state_dir, what)
-    if check_or_write_layout(state_dir, {**layout, "cluster": "local"}, what):
-        for index, folder in enumerate(folders):
-            if not (folder / "layout.json").is_file():
-                raise StateFolderError(f"state folder {state_dir} is damaged: {folder.name} has no layout.json "
-                                       "(deleted?); use a fresh --state-dir")
-            prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False,
-                                   what=what, sequencer_here=index == 0)
-        return folders
-    _begin_setup(state_dir)
-    for index, folder in enumerate(folders):
-        prepare_process_folder(folder, {**layout, "process_id": index}, index, processes, keep_open=False, what=what)
-    write_layout(state_dir, {**layout, "cluster": "local"})
-    _end_setup(state_dir)
-    return folders
+def rocksdb_folders(state_dir: Path) -> list[Path]:
+    """The RocksDB stores of a state folder, one a shard key: rocksdb/sequencer, rocksdb/rules-0000, ..."""
+    rocksdb = state_dir / "rocksdb"
+    return sorted(path for path in rocksdb.iterdir() if path.is_dir()) if rocksdb.is_dir() else []
 
 
 def check_recovery_store(state_dir: Path, parts: Iterable[int]) -> int:
     """The recovery store partitions this process keeps are there and read as SQLite; returns the snapshots held.
 
-    One process keeps all of its run's partitions; a process of a cluster keeps one, part-I (Bytewax needs
-    every partition somewhere in the cluster, not each in every process).
+    A folder on one machine keeps the one partition of its run, part-0, whatever the process count; a process
+    of a cluster over machines keeps one, part-I (Bytewax needs every partition somewhere in the cluster,
+    not each in every process).
     """
     recovery = state_dir / "recovery"
     snapshots = 0
@@ -415,13 +437,13 @@ def check_recovery_store(state_dir: Path, parts: Iterable[int]) -> int:
 def check_rocksdb_present(state_dir: Path, snapshots: int) -> None:
     """Bytewax snapshots without any RocksDB state: the operator state was deleted or replaced."""
     rocksdb = state_dir / "rocksdb"
-    if snapshots and not any((folder / "CURRENT").is_file() for folder in rocksdb.glob("process-*")):
+    if snapshots and not any((folder / "CURRENT").is_file() for folder in rocksdb_folders(state_dir)):
         raise StateFolderError(f"state folder {state_dir} is damaged: the recovery store has snapshots but "
                                f"{rocksdb} holds no RocksDB state (deleted?); use a fresh --state-dir")
 
 
 def open_rocksdb(state_dir: Path, path: Path, keep_open: bool) -> None:
-    """Open the process's RocksDB store (kept open for the flow, which reuses it) or fail with one line."""
+    """Open a shard key's RocksDB store (kept open for the flow, which reuses it) or fail with one line."""
     from omnitrigger.state import RocksDBStore, open_store
 
     try:
