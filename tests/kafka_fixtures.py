@@ -45,7 +45,7 @@ def live_config(prefix: str, **kafka: Any) -> Config:
 
 
 def config_file(path: Path, config: Config) -> Path:
-    """The [kafka] part of `config` (and [policy] max_delay, control_file) as a TOML file for
+    """The [kafka] part of `config` (client settings included; and [policy] max_delay, control_file) as a TOML file for
     `omnitrigger run --config`."""
     lines = ["[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"',
              f"metrics_port = {config.kafka_metrics_port}",
@@ -57,8 +57,11 @@ def config_file(path: Path, config: Config) -> Path:
              f'refused_links_topic = "{config.kafka_refused_links_topic}"',
              f'duplicates_topic = "{config.kafka_duplicates_topic}"',
              f"ready_max_lag = {config.kafka_ready_max_lag}",
-             f"progress_interval = {config.kafka_progress_interval_s}",
-             "[policy]", f"max_delay = {config.max_delay_s}"]
+             f"progress_interval = {config.kafka_progress_interval_s}"]
+    if config.kafka_client_properties:
+        lines.append("client = {" + ", ".join(f"{orjson.dumps(name).decode()} = {orjson.dumps(value).decode()}"
+                                              for name, value in config.kafka_client_properties) + "}")
+    lines += ["[policy]", f"max_delay = {config.max_delay_s}"]
     if config.control_file:
         lines.append(f"control_file = {orjson.dumps(config.control_file).decode()}")
     path.write_text("\n".join(lines) + "\n")

@@ -166,13 +166,16 @@ def test_readyz_says_why_it_is_not_ready_and_a_broker_outage_is_two_lines(tmp_pa
     brokers = mock_kafka.bootstrap_servers
     recording, stores = single_partition_recording(tmp_path, customers=300)
     port = free_port()
-    config = live_config("ready.", kafka_metrics_port=port, kafka_metrics_bind="127.0.0.1", kafka_ready_max_lag=50)
+    # Fetches of about 1 KiB a partition: with the round trip slowed below, the backlog takes many seconds to
+    # read however fast the machine is, so the lag shows in the consumer's statistics (once a second).
+    config = live_config("ready.", kafka_metrics_port=port, kafka_metrics_bind="127.0.0.1", kafka_ready_max_lag=50,
+                         kafka_client_properties=(("max.partition.fetch.bytes", "1024"),))
     create_topics(mock_kafka, config)
     publish(recording, brokers, config)
+    mock_kafka.set_rtt(250)  # every request a quarter second from the first fetch on: the backlog is read slowly
     job = start_job(tmp_path, mock_kafka, config, stores)
     try:
         job.wait_for_log("reading input")
-        mock_kafka.set_rtt(250)  # every acknowledgement a quarter second: the backlog is read slowly
         try:
             status, body = wait_until(lambda: (answer := readyz(port))[0] == 503 and "behind" in answer[1]
                                       and answer, what="not ready: partitions behind", job=job)
