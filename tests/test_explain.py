@@ -162,7 +162,7 @@ _WRITER = textwrap.dedent("""
 def test_explain_reads_while_another_process_holds_the_database_for_writing(run: dict) -> None:
     from omnitrigger.state import RocksDBStore
 
-    rocksdb = run["state"] / "rocksdb" / "process-0"
+    rocksdb = run["state"] / "rocksdb" / "sequencer"
     holder = subprocess.Popen([sys.executable, "-c", _WRITER, str(rocksdb)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -182,14 +182,14 @@ def test_explain_reads_while_another_process_holds_the_database_for_writing(run:
 
 @pytest.mark.cluster
 def test_a_cluster_state_folder_explains_the_same(run: dict, tmp_path: Path) -> None:
-    """A one-machine cluster keeps process-I/rocksdb/process-I, the rules shards spread over both: explain
+    """A one-machine cluster keeps one RocksDB store a shard key, opened by the process that ran it: explain
     finds the customer's shard wherever it ran, and says the same as for one process."""
     replay(tmp_path, run["tmp"] / "rec", name="out", config=Config(), state_dir=tmp_path / "state", processes=2)
     alone = explain_json(run, "--customer", run["customer"], "--out-dir", str(run["out"]))
     cluster = explain_json({"state": tmp_path / "state"}, "--customer", run["customer"],
                            "--out-dir", str(tmp_path / "out"))
-    assert sorted(p.name for p in (tmp_path / "state").glob("process-*/rocksdb/process-*")) == ["process-0",
-                                                                                                "process-1"]
+    assert sorted(p.name for p in (tmp_path / "state" / "rocksdb").iterdir()) == \
+        [*(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
     for doc in (alone, cluster):
         doc.pop("state_dir"), doc.pop("out_dir")
     assert cluster == alone and cluster["pending"] and cluster["triggers"]
