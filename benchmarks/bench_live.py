@@ -55,9 +55,10 @@ PARTITIONS = 4
 TICK_S = 0.01
 
 
-def job_config(path: Path, metrics_port: int) -> None:
+def job_config(path: Path, metrics_port: int, batch_wait: str | None = None) -> None:
     wanted = {
-        "kafka": {"topic_prefix": f'"{PREFIX}"', "metrics_port": str(metrics_port), "heartbeat_interval": '"0.2s"'},
+        "kafka": {"topic_prefix": f'"{PREFIX}"', "metrics_port": str(metrics_port), "heartbeat_interval": '"0.2s"',
+                  **({"batch_wait": f'"{batch_wait}"'} if batch_wait is not None else {})},
         "visits": {"min_dwell": '"10s"', "max_gap": '"30s"', "allowed_lateness": '"2s"'},
         # No purchase grace and no quiet hours: a 30 s cart is due 30 s after its add, day or night, so the
         # latency measured is the engine's, not the 5-minute grace's or the night's.
@@ -255,6 +256,8 @@ def main() -> int:
     parser.add_argument("--steps", default="8000,6000,4000,2000",
                         help="rates tried after phase 1, highest first; the first whose P99 < 1 s is reported")
     parser.add_argument("--step-seconds", type=float, default=20)
+    parser.add_argument("--batch-wait", metavar="DURATION",
+                        help="the job's [kafka] batch_wait (default: the config's, 5ms), to compare settings")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
@@ -270,7 +273,7 @@ def main() -> int:
     stores = work / "stores.csv"
     stores.write_text("store_id,name,lat,lon,radius_m\n" + "".join(f"{s},{n},{la},{lo},{r}\n" for s, n, la, lo, r in DEMO_STORES))
     metrics_port = free_port()
-    job_config(work / "bench.toml", metrics_port)
+    job_config(work / "bench.toml", metrics_port, args.batch_wait)
     log = (work / "job.log").open("wb")
     job = subprocess.Popen([sys.executable, "-m", "omnitrigger", "run", "--brokers", cluster.bootstrap_servers,
                             "--stores", str(stores), "--state-dir", str(work / "state"), "--config",

@@ -326,7 +326,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
     open_s = time.perf_counter() - started
     after_open = proc_status()
     rules = [logic.rules for logic in shards]
-    timers = sum(len(r._timers) for r in rules)
+    timers = sum(r.timers.in_memory_now() for r in rules)
     print(f"state: {customers:,} customers, {identifiers:,} identifiers, {deadlines:,} pending deadlines "
           f"over {config.rule_shards} rules shards; RocksDB folder {folder_mib(db):,.0f} MiB")
     print(f"open (RocksDB, sequencer and {config.rule_shards} rules shards resumed, timer queues rebuilt): "
@@ -365,7 +365,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
         split["commits"] += done - ruled
         seconds += done - began
         counts["events"] += len(batch)
-        most_timers = max(most_timers, sum(len(r._timers) for r in rules))
+        most_timers = max(most_timers, sum(r.timers.in_memory_now() for r in rules))
     steady = proc_status()
     peak = max(maxrss_mib(), steady["VmHWM"])
     print(f"steady traffic: {counts['events']:,} events over {args.steady_hours:g} h of event time in {seconds:.1f} s: "
@@ -378,7 +378,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
           + f" (the rules' share includes {decisions:,} trigger decisions: deadlines fired and offers)")
     print(f"memory: RSS now {steady['VmRSS']:,.0f} MiB (anon {steady['RssAnon']:,.0f}, file {steady['RssFile']:,.0f}); "
           f"peak ru_maxrss {maxrss_mib():,.0f} MiB, VmHWM {steady['VmHWM']:,.0f} MiB")
-    timers = sum(len(r._timers) for r in rules)
+    timers = sum(r.timers.in_memory_now() for r in rules)
     states = [*sequencer.states, *(r.state for r in rules)]
     cached = sum(len(state._cache) for state in states)
     cache_mib = sum(dict_bytes(state._cache) for state in states) / 2**20
@@ -407,7 +407,7 @@ def measure(db: Path, customers: int, identifiers: int, deadlines: int, args: ar
 
 
 def timer_bytes(rules: list[Any]) -> int:
-    return sum(sys.getsizeof(r._timers) + sum(sys.getsizeof(key) for key in r._timers) for r in rules)
+    return sum(r.timers.heap_bytes() for r in rules)
 
 
 def dict_bytes(cache: dict[bytes, bytes | None]) -> int:

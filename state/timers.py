@@ -17,6 +17,7 @@ removed: its owner checks, when it fires, that it is still wanted.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -56,6 +57,10 @@ class TimerQueue:
     def in_memory_now(self) -> int:
         """How many timers the heap holds now (at most `in_memory` after each schedule)."""
         return len(self._heap)
+
+    def heap_bytes(self) -> int:
+        """The memory the heap takes: the list and its keys (benchmarks/bench_memory.py reports it)."""
+        return sys.getsizeof(self._heap) + sum(sys.getsizeof(key) for key in self._heap)
 
     def schedule(self, due_ms: int, kind: int, owner: str, payload: bytes) -> None:
         key = timer_key(self.prefix, due_ms, kind, owner, payload)
