@@ -15,10 +15,11 @@ state on a rollback.
     docs.delete("cus_1")
 
 Every section of a document maps a subject (a product's JSON text, a channel, "" for a section of one
-entry) to an entry, a list whose last element is its expiry in event time (0 = never). An entry stays readable until a sweep removes it, exactly as an expiring key of
-`ShardState` does (reads that pass a time hide it from that time on): `sweep(cutoff)` reads the
-documents that may hold an expired entry, through an index of `(expiry, owner)` keys kept beside them
-(the expiry a lower bound of the document's earliest, so a write walks no entries), and drops them.
+entry) to an entry, a list whose last element is its expiry in event time (0 = never). An entry stays
+readable until a sweep removes it, exactly as an expiring key of `ShardState` does (reads that pass a
+time hide it from that time on): `sweep(cutoff)` reads the documents that may hold an expired entry,
+through an index of `(expiry, owner)` keys kept beside them (the expiry a lower bound of the document's
+earliest, so a write walks no entries), and drops those entries.
 
 `DecodedValues` is the part without sections: any JSON value per name, kept decoded and written once per
 commit (the visits operator's device records).
