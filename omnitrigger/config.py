@@ -209,6 +209,15 @@ def _fraction(value: Any, name: str) -> float:
     return float(value)
 
 
+def _batch_wait_s(value: Any, name: str) -> float:
+    """A live batch's wait: at most a second, since the source answers a stop and sends heartbeats between batches."""
+    seconds = parse_duration_s(value, name)
+    if seconds > 1.0:
+        raise ConfigError(f"{name}: at most 1s (the source answers a stop and the idle heartbeat between batches; "
+                          f"5ms to 10ms is the useful range), got {value!r}")
+    return seconds
+
+
 def _holdout_share(value: Any, name: str) -> float:
     """A share of customers from 0 to 0.5: a control group larger than the treated one is a typo."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 0.5:
@@ -382,7 +391,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("kafka", "duplicates_topic"): ("kafka_duplicates_topic", _topic_name),
     ("kafka", "start"): ("kafka_start", _start),
     ("kafka", "fetch_wait"): ("kafka_fetch_wait_s", parse_duration_s),
-    ("kafka", "batch_wait"): ("kafka_batch_wait_s", parse_duration_s),
+    ("kafka", "batch_wait"): ("kafka_batch_wait_s", _batch_wait_s),
     ("kafka", "linger"): ("kafka_linger_s", parse_duration_s),
     ("kafka", "heartbeat_interval"): ("kafka_heartbeat_interval_s", parse_duration_s),
     ("kafka", "merge_wait"): ("kafka_merge_wait_s", parse_duration_s),

@@ -336,3 +336,26 @@ def test_promtool_accepts_the_alerts_their_unit_tests_and_the_dashboard_queries(
         for index, expression in enumerate(expressions)))
     result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_batch_wait_above_a_second_is_one_line(tmp_path: Path) -> None:
+    """`[kafka] batch_wait` (live batches fill up for that long): the source answers a stop and sends the idle
+    heartbeat between batches, so a wait above a second is refused with one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.toml"
+    good.write_text('[kafka]\nbatch_wait = "10ms"\n')
+    assert load_config(good).kafka_batch_wait_s == 0.01
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[kafka]\nbatch_wait = "2s"\n')
+    recording, stores = single_partition_recording(tmp_path, customers=5)
+    result = subprocess.run([sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
+                             "--out", str(tmp_path / "triggers.jsonl"), "--config", str(bad)],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMNITRIGGER_PII_KEY": "omnitrigger-test-key-0123456"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "kafka.batch_wait: at most 1s" in lines[0] and "Traceback" not in result.stderr, \
+        result.stderr
