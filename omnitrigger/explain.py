@@ -38,7 +38,7 @@ from rocksdict import AccessType, Options, Rdict
 
 from omnitrigger.config import Config
 from omnitrigger.operators.identity import _TYPE_CODE, IDENTIFIER_TYPES
-from omnitrigger.operators.policy import CONSENTS, FIRES, PRODUCT_CAPS
+from omnitrigger.operators.policy import FIRES, PRODUCT_CAPS, consents_of
 from omnitrigger.operators.router import shard_of
 from omnitrigger.operators.rules.host import customer_document, pending_section
 from omnitrigger.operators.rules import configured_rules, iso
@@ -372,7 +372,7 @@ def _read_rules(view: ShardState, customer: str, now_ms: int, config: Config, pr
                                    "fires_after": iso(due + int(config.purchase_grace_s * 1000)),
                                    "set_at": iso(set_ms), "set_ms": set_ms, "evidence": evidence})
     result.pending.sort(key=lambda p: (p["due_ms"], p["rule"], str(p["product"])))
-    consents = {channel: value[:2] for channel, value in doc.get(CONSENTS, {}).items()}
+    consents = consents_of(doc)
     if consents:
         result.consents = _consents(consents)
     fires = doc.get(FIRES, {}).get("")

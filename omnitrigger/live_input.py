@@ -121,9 +121,6 @@ class EventTimeMerger:
         if queue is not None:
             queue.eof = True
 
-    def buffered(self) -> int:
-        return sum(len(queue.items) for queue in self.queues.values())
-
     def _blocked(self, now: float, outage: bool) -> bool:
         """A partition with data in flight and nothing buffered might still deliver an earlier record.
 

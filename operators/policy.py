@@ -67,12 +67,6 @@ class Policy:
         if current is None or current[1] <= ts_ms:
             set_entry(self.customers.open(customer), CONSENTS, channel, [status, ts_ms])
 
-    def consents(self, customer: str) -> dict[str, list[Any]]:
-        """{channel: [status, ts_ms]}: the latest change per channel."""
-        doc = self.customers.get(customer)
-        section = doc.get(CONSENTS) if doc is not None else None
-        return {channel: value[:2] for channel, value in section.items()} if section else {}
-
     def merge_consents(self, winner: str, loser_consents: dict[str, list[Any]]) -> None:
         for channel, (status, ts_ms) in sorted(loser_consents.items()):
             self.on_consent(winner, channel, status, ts_ms)
@@ -204,6 +198,12 @@ class ControlFile:
                 "path": str(self.path), "disabled_rules": sorted(disabled),
                 "switched_off": sorted(disabled - self._disabled), "switched_on": sorted(self._disabled - disabled)}})
         self._disabled = disabled
+
+
+def consents_of(doc: Document | None) -> dict[str, list[Any]]:
+    """A customer document's consents as {channel: [status, ts_ms]}: the latest change per channel."""
+    section = doc.get(CONSENTS) if doc is not None else None
+    return {channel: value[:2] for channel, value in section.items()} if section else {}
 
 
 def _product_subject(rule: str, product: Any) -> str:
