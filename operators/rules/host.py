@@ -462,8 +462,8 @@ class Rules(StageOperator):
             doc = self.customers.get(loser)
             if doc is not None and self.count_pending:
                 for code, section in self._pending_section.items():
-                    for _ in range(len(doc.get(section, ()))):
-                        self._count(self.by_code[code].name, -1)
+                    if doc.get(section):
+                        self._count(self.by_code[code].name, -len(doc[section]))
             self.customers.delete(loser)
         if role in ("absorb", "both"):
             # The loser's consents whatever their age (the sequencer keeps them as long as the identifiers).
