@@ -6,10 +6,14 @@ envelope `kcat -C -J` writes (`{"topic","partition","offset","tstype","ts",
 
 `RecordingReader` merges the files by (event time, topic, partition, offset),
 like a consumer reading every partition at once, and decodes each line into
-an `Event` or a dead letter. Each file is merged as it is written (a k-way
-merge, not a sort): an event that is late within its file stays late, as it
-would be on Kafka. A line with no usable time keeps its place in its file.
-The reader's position (`position()`) is a few numbers per file, so a replay
+an `Event` or a dead letter. Each stream is merged as it is written (a k-way
+merge, not a sort): an event that is late within its stream stays late, as it
+would be on Kafka. A line with no usable time keeps its place in its stream.
+A stream is one Kafka partition: a file whose kcat envelopes name several
+partitions (a recording of a multi-partition topic) is read as one stream per
+partition, so a replay hands the records out in the order a live run
+consuming those partitions does (omnitrigger/live_input.py `EventTimeMerger`).
+The reader's position (`position()`) is a few numbers per stream, so a replay
 resumes where it stopped. Nothing here imports bytewax.
 """
 
@@ -19,6 +23,7 @@ import base64
 import gzip
 import heapq
 import logging
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -218,22 +223,78 @@ def _dead_letter(violation: ContractViolation, raw: bytes | str, topic: str, par
     return record
 
 
-class _FileCursor:
-    """One recording file being read line by line, with its resumable position."""
+_KCAT_PARTITION = re.compile(rb'\{"topic":"(?:[^"\\]|\\.)*","partition":(-?[0-9]+)[,}]')
 
-    def __init__(self, topic: str, path: Path, byte_pos: int, line_no: int, last_ts: int) -> None:
+
+def line_partition(line: bytes) -> int:
+    """The Kafka partition a recorded line belongs to: its kcat envelope's, or 0 (a bare event, a line
+    that is no envelope or not JSON at all). The same partition `LineDecoder.decode` reads, found without
+    decoding the line where kcat wrote it (`{"topic":"...","partition":N,...`)."""
+    if line.startswith(b'{"topic":'):
+        match = _KCAT_PARTITION.match(line)
+        if match is not None:
+            return int(match[1])
+    if b'"partition"' not in line:
+        return 0
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return 0
+    if type(value) is dict and "payload" in value and "topic" in value and "offset" in value:
+        return _as_int(value.get("partition"), 0)
+    return 0
+
+
+def file_partitions(path: Path) -> list[int]:
+    """The partitions a recording file's lines belong to (`line_partition`), in order; one pass over the file."""
+    found: set[int] = set()
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+        for line in handle:
+            found.add(line_partition(line))
+    return sorted(found) or [0]
+
+
+class _FileCursor:
+    """One stream of a recording file being read line by line, with its resumable position.
+
+    `partition` None: every line of the file (a file of one partition). Otherwise the lines of that one
+    Kafka partition: the others are skipped, counted in the line numbers and byte offsets all the same.
+    """
+
+    def __init__(self, topic: str, path: Path, partition: int | None, byte_pos: int, line_no: int,
+                 last_ts: int) -> None:
         self.topic = topic
         self.name = path.name
+        self.partition = partition
+        self.key = path.name if partition is None else f"{path.name}@{partition}"  # its name in `position()`
         self.handle: BinaryIO = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[assignment]
         self.handle.seek(byte_pos)
-        self.byte_pos = byte_pos  # start of the next line not yet emitted
-        self.line_no = line_no
+        self.byte_pos = byte_pos  # just past the last line emitted: where a resume reads on
+        self.line_no = line_no  # the file's line number at byte_pos
+        self.read_pos = byte_pos  # just past the last line read (a line read is emitted next, or skipped)
+        self.read_line_no = line_no
         self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
         self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
+        self.exhausted = False
 
-    def read_line(self) -> bytes | None:
-        line = self.handle.readline()
-        return line if line else None
+    def read_line(self, limit: int = 0) -> tuple[bytes, int] | None:
+        """The stream's next line and its line number in the file; None at the file's end (or after
+        `limit` lines of other partitions, when given)."""
+        handle = self.handle
+        partition = self.partition
+        skipped = 0
+        while True:
+            line = handle.readline()
+            if not line:
+                return None
+            number = self.read_line_no
+            self.read_line_no += 1
+            self.read_pos += len(line)
+            if partition is None or line_partition(line) == partition:
+                return line, number
+            skipped += 1
+            if limit and skipped >= limit:
+                return None
 
 
 class RecordingReader:
@@ -243,7 +304,7 @@ class RecordingReader:
     bounds bare lines: a line more than `max_future` past it that nothing
     around it supports is a `timestamp_in_future` dead letter (see
     `_unsupported`), so one wrong clock can neither move the flow's
-    event-time clock for everyone nor hold back the rest of its file.
+    event-time clock for everyone nor hold back the rest of its stream.
     """
 
     def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
@@ -265,37 +326,45 @@ class RecordingReader:
         self.clock_ms: int | None = position.get("clock")  # the latest event time handed out
         if self.clock_ms is None and position["files"]:  # a position saved before the clock was kept
             self.clock_ms = max(saved[2] for saved in position["files"].values()) or None
-        self.total_bytes = sum(path.stat().st_size for path in files.values())
+        self._sizes = {path.name: path.stat().st_size for path in files.values()}
+        self.total_bytes = sum(self._sizes.values())
         self._cursors: list[_FileCursor] = []
-        self._heap: list[tuple[int, str, int, int, int, int, Any, bool]] = []
+        # (merge time, topic, partition, offset, cursor index, end byte, line length, line number, body, is event)
+        self._heap: list[tuple[int, str, int, int, int, int, int, int, Any, bool]] = []
         for topic, path in files.items():
-            byte_pos, line_no, last_ts = position["files"].get(path.name, (0, 0, 0))
-            self._cursors.append(_FileCursor(topic, path, byte_pos, line_no, last_ts))
+            partitions = file_partitions(path)
+            for partition in ([None] if len(partitions) == 1 else partitions):
+                cursor_key = path.name if partition is None else f"{path.name}@{partition}"
+                byte_pos, line_no, last_ts = position["files"].get(cursor_key, (0, 0, 0))
+                self._cursors.append(_FileCursor(topic, path, partition, byte_pos, line_no, last_ts))
         for index in range(len(self._cursors)):
             self._advance(index)
 
     def _advance(self, index: int) -> None:
-        """Decode the next line of file `index` and put it on the merge heap."""
+        """Decode the next line of stream `index` and put it on the merge heap."""
         cursor = self._cursors[index]
-        line = cursor.read_line()
-        if line is None:
+        read = cursor.read_line()
+        if read is None:
+            cursor.exhausted = True
             return
-        decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts)
+        line, line_no = read
+        decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts)
         if decoded[5] and (self.clock_ms is None or decoded[0] > self.clock_ms + self.max_future_ms):
             reference_ms = self._unsupported(index, decoded[0])
             if reference_ms is not None:  # judged again against that clock: a bare line becomes a dead letter
-                decoded = self.decoder.decode(line, cursor.topic, cursor.line_no, cursor.name, cursor.last_ts,
+                decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts,
                                               stream_clock_ms=reference_ms)
         merge_ts, topic, partition, offset, body, is_event = decoded
         cursor.last_ts = merge_ts
-        heapq.heappush(self._heap, (merge_ts, topic, partition, offset, index, len(line), body, is_event))
+        heapq.heappush(self._heap, (merge_ts, topic, partition, offset, index, cursor.read_pos, len(line), line_no,
+                                    body, is_event))
 
     def _unsupported(self, index: int, ts_ms: int) -> int | None:
-        """The stream clock to judge a line at `ts_ms` against, if its own file does not support a jump that far.
+        """The stream clock to judge a line at `ts_ms` against, if its own stream does not support a jump that far.
 
         The line is ahead of the clock by more than `max_future` (or the
         clock has not started). It is a real gap in the data if the next
-        events of its own file (up to 16 lines ahead) all stay within
+        events of its own stream (up to 16 lines ahead) all stay within
         `max_future` of it: the file carries on from there. If one of them
         comes back earlier, the line (or the short run it starts) is a lone
         spike: a wrong clock. A line with no events after it holds nothing
@@ -308,22 +377,24 @@ class RecordingReader:
             return None
         return earliest if self.clock_ms is None else max(self.clock_ms, earliest)
 
-    def _earliest_ahead(self, cursor: _FileCursor, lines: int = 16) -> int | None:
-        """The earliest event time in the next `lines` lines of `cursor`'s file (None: no event among them)."""
-        handle = cursor.handle
-        here = handle.tell()
+    def _earliest_ahead(self, cursor: _FileCursor, lines: int = 16, other_lines: int = 4096) -> int | None:
+        """The earliest event time in the next `lines` lines of `cursor`'s stream (None: no event among them),
+        looking past at most `other_lines` lines of other partitions for each."""
+        here, here_line_no = cursor.read_pos, cursor.read_line_no
         earliest: int | None = None
         try:
-            for ahead in range(1, lines + 1):
-                line = handle.readline()
-                if not line:
+            for _ in range(lines):
+                read = cursor.read_line(limit=other_lines)
+                if read is None:
                     break
-                merge_ts, *_, is_event = self.decoder.decode(line, cursor.topic, cursor.line_no + ahead, cursor.name, 0)
+                line, line_no = read
+                merge_ts, *_, is_event = self.decoder.decode(line, cursor.topic, line_no, cursor.name, 0)
                 if is_event and (earliest is None or merge_ts < earliest):
                     earliest = merge_ts
             return earliest
         finally:
-            handle.seek(here)
+            cursor.handle.seek(here)
+            cursor.read_pos, cursor.read_line_no = here, here_line_no
 
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
@@ -332,7 +403,7 @@ class RecordingReader:
         cursors = self._cursors
         seq = self.next_seq
         while heap and len(batch) < max_records:
-            merge_ts, _, partition, offset, index, line_len, body, is_event = heapq.heappop(heap)
+            merge_ts, _, partition, offset, index, end_pos, _, line_no, body, is_event = heapq.heappop(heap)
             cursor = cursors[index]
             batch.append(Event(seq, cursor.topic, partition, offset, merge_ts, body) if is_event
                          else Emitted(DEAD_LETTERS, (seq, 0), body))
@@ -340,8 +411,8 @@ class RecordingReader:
             cursor.emitted_ts = merge_ts
             if is_event and (self.clock_ms is None or merge_ts > self.clock_ms):
                 self.clock_ms = merge_ts
-            cursor.byte_pos += line_len
-            cursor.line_no += 1
+            cursor.byte_pos = end_pos
+            cursor.line_no = line_no + 1
             self._advance(index)
         self.next_seq = seq
         return batch
@@ -352,24 +423,29 @@ class RecordingReader:
         out: list[tuple[str, bytes, int]] = []
         heap = self._heap
         while heap and len(out) < max_records:
-            merge_ts, _, _, _, index, line_len, _, _ = heap[0]
+            merge_ts, _, _, _, index, end_pos, line_len, *_ = heap[0]
             cursor = self._cursors[index]
             handle = cursor.handle
-            here = handle.tell()
-            handle.seek(cursor.byte_pos)
+            handle.seek(end_pos - line_len)
             line = handle.read(line_len)
-            handle.seek(here)
+            handle.seek(cursor.read_pos)
             self.read_batch(1)
             out.append((cursor.topic, line, merge_ts))
         return out
 
     def position(self) -> Position:
-        """Where to resume: per file the byte offset, line number and merge time of the next unread line."""
+        """Where to resume: per stream (a file, or `<file>@<partition>` for one partition of a file that holds
+        several) the byte offset, line number and merge time of its next unread line."""
         return {"seq": self.next_seq, "clock": self.clock_ms,
-                "files": {c.name: (c.byte_pos, c.line_no, c.emitted_ts) for c in self._cursors}}
+                "files": {c.key: (c.byte_pos, c.line_no, c.emitted_ts) for c in self._cursors}}
 
     def bytes_done(self) -> int:
-        return sum(cursor.byte_pos for cursor in self._cursors)
+        """How much of the recording is read: per file, as far as its slowest stream has got."""
+        done: dict[str, int] = {}
+        for cursor in self._cursors:
+            here = self._sizes[cursor.name] if cursor.exhausted else cursor.byte_pos
+            done[cursor.name] = min(done.get(cursor.name, here), here)
+        return sum(done.values())
 
     def close(self) -> None:
         for cursor in self._cursors:

@@ -5,12 +5,10 @@ by customer id, so the order across output partitions is not the replay's
 merged order; the records themselves are the same. What makes them the same
 is the source's event-time merge (omnitrigger/live_input.py): on a backlog it
 hands the records out in the replay's order with the replay's seqs, so
-customer ids, visits and trigger ids agree. The recording used has one
-partition per topic (the demo's receipts, on two partitions, are moved to
-one): the replay merges a file's lines in file order, while a consumer of
-two partitions merges them by event time, and the demo's redelivered
-receipts are out of event-time order in their file, which would give the
-same records other seqs (and so other customer ids). A last ping, days
+customer ids, visits and trigger ids agree. A replay reads a file that
+holds several partitions as one stream per partition, as a consumer of them
+does (test_a_file_of_two_partitions_replays_as_live_consumes_them); most
+tests here put the demo's receipts on one partition all the same. A last ping, days
 after the rest, moves the event-time clock past every deadline and open
 visit in both modes (live mode never reaches the replay's end of input,
 where the replay flushes them).
@@ -27,6 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
+from conftest import write_stores
 from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
     LiveJob, config_file, create_topics, free_port, live_config, mock_kafka, read_topic, scrape, wait_for_counts,
 )
@@ -39,6 +38,7 @@ from omnitrigger.recording import LineDecoder
 from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS, Emitted, Event
 from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import Contracts
+from test_recording_partitions import till_on_partitions
 
 STREAMS = (TRIGGERS, SUPPRESSED, VISITS, DEAD_LETTERS)
 
@@ -130,6 +130,26 @@ def test_live_gives_the_replays_outputs(tmp_path: Path, mock_kafka: Any) -> None
         assert message["headers"]["source_offset"] == str(message["value"]["offset"])
         assert message["headers"]["source_topic"].startswith("same.")
     assert any(line.get("msg", "").startswith("shutdown complete") for line in job.log_lines())
+
+
+def test_a_file_of_two_partitions_replays_as_live_consumes_them(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
+    """The till's receipts on two partitions, Anna's purchase behind a later receipt in the file: live merges
+    the partitions by event time, and so does the replay (tests/test_recording_partitions.py)."""
+    recording = tmp_path / "recording"
+    till_on_partitions(recording, first=0, second=1)
+    stores = write_stores(tmp_path / "stores.csv")
+    config = live_config("twoparts.")
+    create_topics(mock_kafka, config)
+    publish(recording, mock_kafka.bootstrap_servers, config)
+    replayed = replay_streams(tmp_path, recording, stores)
+    assert [(s["rule"], s["reason"]) for s in replayed[SUPPRESSED]] == [("cart_abandoned", "purchased")]
+    job = start_job(tmp_path, mock_kafka, config, stores)
+    try:
+        live = wait_for_counts(mock_kafka.bootstrap_servers, output_topics(config),
+                               {stream: len(records) for stream, records in replayed.items()}, job=job)
+    finally:
+        assert job.stop() == 0, job.log_path.read_text()[-3000:]
+    assert_same_outputs(live, replayed, config.kafka_topic_prefix)
 
 
 def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811

@@ -126,14 +126,16 @@ def test_any_streams_sort_by_the_running_max_of_the_heaps_own_key(streams: list[
         assert best[index] == clock
 
 
-def test_per_partition_keys_do_not_reproduce_a_file_that_holds_two_partitions() -> None:
-    """Where the reader's streams are files, a file with two partitions is merged as one stream: its late
-    record (t/1 at 1) waits behind the file's head (t/0 at 5), which per-partition keys do not."""
+def test_per_partition_keys_differ_from_a_merge_of_whole_files() -> None:
+    """Merged as one stream, a file with two partitions would hold its late record (t/1 at 1) behind the
+    file's head (t/0 at 5); per-partition keys do not, and neither does RecordingReader, which reads such
+    a file as one stream per partition (test_recording_reader_hands_out_the_partition_merge)."""
     files = [[(5, "t", 0, 0), (1, "t", 1, 0)], [(3, "u", 0, 0)]]
     assert reader_merge(files) == [(1, 0), (0, 0), (0, 1)]
     by_partition = [[(5, "t", 0, 0)], [(1, "t", 1, 0)], [(3, "u", 0, 0)]]
     assert [by_partition[i][0] for i, _ in stamped_order(by_partition)[0]] == [(1, "t", 1, 0), (3, "u", 0, 0),
                                                                               (5, "t", 0, 0)]
+    assert reader_merge(by_partition) == [(1, 0), (2, 0), (0, 0)]
 
 
 def test_two_files_with_the_same_line_tie_on_the_file_index() -> None:
@@ -173,31 +175,31 @@ def geo_ping(n: int, ts_ms: int) -> dict[str, Any]:
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 12)), max_size=12),
        st.lists(st.integers(0, 12), max_size=12))
-def test_recording_reader_hands_out_the_file_merge(web: list[tuple[int, int]], geo: list[int]) -> None:
-    """The model above is RecordingReader's order: kcat envelopes (each with its Kafka time, so no
-    clock check depends on the other file), web.events over two partitions, geo.pings over one."""
+def test_recording_reader_hands_out_the_partition_merge(web: list[tuple[int, int]], geo: list[int]) -> None:
+    """The model above is RecordingReader's order, one stream per (topic, partition): kcat envelopes (each
+    with its Kafka time, so no clock check depends on the other file), web.events over two partitions
+    interleaved in one file, geo.pings over one. So the stamped keys give the reader's order too."""
     files = {"web.events": [(partition, ts) for partition, ts in web], "geo.pings": [(0, ts) for ts in geo]}
     streams: list[list[Line]] = []
     with tempfile.TemporaryDirectory() as folder:
         for topic, records in sorted(files.items()):  # the reader's file order: by name
             offsets = [0, 0]
-            lines, stream = [], []
+            lines, by_partition = [], {}
             for n, (partition, ts) in enumerate(records):
                 ts_ms = BASE_MS + ts * 1000
                 body = (web_event if topic == "web.events" else geo_ping)(n, ts_ms)
                 lines.append(envelope(topic, partition, offsets[partition], body, ts_ms))
-                stream.append((ts_ms, topic, partition, offsets[partition]))
+                by_partition.setdefault(partition, []).append((ts_ms, topic, partition, offsets[partition]))
                 offsets[partition] += 1
             (Path(folder) / f"{topic}.jsonl").write_bytes(b"".join(line + b"\n" for line in lines))
-            streams.append(stream)
+            streams += [by_partition[partition] for partition in sorted(by_partition)]
         reader = RecordingReader(Path(folder), contracts(), pseudonymizer=Pseudonymizer(b"k" * 32))
         items = reader.read_batch(10**6)
         reader.close()
     assert all(type(item) is Event for item in items)
     read = [(item.ts_ms, item.topic, item.partition, item.offset) for item in items]
-    assert read == [streams[i][p] for i, p in running_max_order(streams, with_index=True)]
-    if all(len({line[2] for line in stream}) <= 1 for stream in streams):  # one partition a file
-        assert read == [streams[i][p] for i, p in stamped_order(streams)[0]]
+    assert read == [streams[i][p] for i, p in reader_merge(streams)]
+    assert read == [streams[i][p] for i, p in stamped_order(streams)[0]]
     if items:
         assert reader.clock_ms == max(ts for ts, *_ in read)
 
