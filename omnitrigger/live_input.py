@@ -32,6 +32,7 @@ from omnitrigger.records import DEAD_LETTERS, Emitted, Event
 from omnitrigger.schemas import ContractViolation
 
 Part = tuple[str, int]  # (Kafka topic, partition)
+_new_tuple = tuple.__new__  # an Event with another seq, without _replace's cost (records.with_customer does the same)
 
 
 class MessageDecoder:
@@ -132,16 +133,25 @@ class EventTimeMerger:
         return False
 
     def pop_ready(self, max_items: int, now: float | None = None, outage: bool = False) -> list[Event | Emitted]:
+        """Up to `max_items` records in merged order, each with its seq, as far as no partition blocks.
+
+        Whether a partition blocks is asked of every queue once; after that only the queue just popped can
+        change its answer (it blocks once it runs empty, not at its end, while `merge_wait_s` has not passed
+        since, which is at once: the time is `now` throughout)."""
         now = time.monotonic() if now is None else now
         out: list[Event | Emitted] = []
         heap = self._heap
-        while heap and len(out) < max_items and not self._blocked(now, outage):
+        if not heap or self._blocked(now, outage):
+            return out
+        waits = outage or self.merge_wait_s > 0
+        queues = self.queues
+        seq = self.next_seq
+        while heap and len(out) < max_items:
             merge_ts, topic, partition, _ = heapq.heappop(heap)
-            queue = self.queues[(topic, partition)]
+            queue = queues[(topic, partition)]
             _, offset, item = queue.items.popleft()
-            seq = self.next_seq
-            self.next_seq += 1
-            out.append(item._replace(seq=seq) if type(item) is Event else item._replace(sort_key=(seq, 0)))
+            out.append(_new_tuple(Event, (seq, *item[1:])) if type(item) is Event else item._replace(sort_key=(seq, 0)))
+            seq += 1
             queue.next_offset = offset + 1
             queue.emitted_ts = merge_ts
             if merge_ts > queue.max_ts:
@@ -151,6 +161,9 @@ class EventTimeMerger:
                 heapq.heappush(heap, (head_ts, topic, partition, head_offset))
             else:
                 queue.empty_since = now
+                if waits and not queue.eof:
+                    break
+        self.next_seq = seq
         return out
 
     def idle(self) -> bool:
