@@ -2,7 +2,12 @@
 
 Options follow docs/design.md#rocksdb-through-rocksdict: a bloom filter makes the common
 "key not there" lookup cost 0.34 µs instead of 3 µs, and writes go in one
-WriteBatch per snapshot. One store is opened per Bytewax shard key (the
+WriteBatch per snapshot. The table files' bloom filters do not cover the
+memtable, where a lookup of an absent key is a skiplist seek (2 µs once it
+holds a few hundred thousand keys): MEMTABLE_BLOOM_RATIO gives the memtable
+one too (0.25 µs; benchmarks/bench_rocksdb.py). The flow looks up absent keys
+about once a record (a new receipt or web event id in dedup, a new identifier,
+the old values the undo log reads at a commit for keys written for the first time). One store is opened per Bytewax shard key (the
 sequencer, each rules shard: rocksdb/<key>/ in the state folder), by the
 process that runs that key, so a key's state does not depend on which process
 ran it before (omnitrigger/runner/state_folder.py).
@@ -34,6 +39,9 @@ WRITE_BUFFER_BYTES = 32 << 20
 MAX_WRITE_BUFFERS = 2
 #: Memtable allocation unit (RocksDB's default is an eighth of the write buffer, 4 MiB, for each store).
 ARENA_BLOCK_BYTES = 1 << 20
+#: A memtable's bloom filter, as a fraction of the write buffer (0.64 MiB a memtable): absent-key lookups
+#: in the memtable at a tenth of their cost. 0: none.
+MEMTABLE_BLOOM_RATIO = 0.02
 
 _shared: tuple[Cache, WriteBufferManager] | None = None
 _shared_lock = threading.Lock()
@@ -54,13 +62,15 @@ def describe_options() -> str:
     return (f"block cache {BLOCK_CACHE_BYTES >> 20} MiB shared by every store of a process (LRU, index and filter "
             f"blocks included, partitioned, top level and L0 pinned), memtables {MAX_WRITE_BUFFERS} x "
             f"{WRITE_BUFFER_BYTES >> 20} MiB a store and {MAX_WRITE_BUFFERS * WRITE_BUFFER_BYTES >> 20} MiB for all "
-            "of a process's stores, 10-bit bloom filter, 1 background job")
+            f"of a process's stores, 10-bit bloom filter, memtable bloom {MEMTABLE_BLOOM_RATIO:g} of the write buffer, "
+            "1 background job")
 
 
 class RocksDBStore:
-    def __init__(self, path: Path, bulk_load: bool = False) -> None:
+    def __init__(self, path: Path, bulk_load: bool = False, memtable_bloom_ratio: float = MEMTABLE_BLOOM_RATIO) -> None:
         """`bulk_load`: for a benchmark filling a new store fast (no compaction, no WAL until `compact`);
-        the files it writes have the same table format as the flow's."""
+        the files it writes have the same table format as the flow's. `memtable_bloom_ratio`: for a
+        benchmark to compare."""
         path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
@@ -79,6 +89,9 @@ class RocksDBStore:
         options.set_arena_block_size(ARENA_BLOCK_BYTES)
         options.set_write_buffer_manager(buffers)
         options.set_max_background_jobs(1)  # two cores: compaction must not starve the pipeline
+        if memtable_bloom_ratio > 0:
+            options.set_memtable_prefix_bloom_ratio(memtable_bloom_ratio)
+            options.set_memtable_whole_key_filtering(True)  # no prefix extractor: the whole key
         self._write_options = WriteOptions()
         if bulk_load:
             options.set_disable_auto_compactions(True)
