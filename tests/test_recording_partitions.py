@@ -102,3 +102,25 @@ def test_which_partition_a_line_belongs_to(tmp_path: Path) -> None:
     assert line_partition(b"") == 0
     path = write_lines(tmp_path / "mixed.jsonl", [kcat, b"broken", reordered])
     assert file_partitions(path) == [0, 2, 4]
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1000, 1 << 20])
+def test_the_partitions_of_a_file_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """The prescan reads a MiB at a time; with any chunk size it finds what reading line by line finds, a
+    line cut by a chunk's end and a last line without its terminator included."""
+    from omnitrigger import recording
+
+    monkeypatch.setattr(recording, "_PRESCAN_CHUNK", chunk)
+    bare = [orjson.dumps({"event_id": f"e{n}", "ts": T0}) for n in range(30)]
+    kcat = [orjson.dumps(kcat_envelope("web.events", n % 2 + 1, n, {"event_id": f"k{n}"})) for n in range(10)]
+    reordered = orjson.dumps({"payload": "{}", "offset": 3, "partition": 5, "topic": "web.events"})
+    last = orjson.dumps(kcat_envelope("web.events", 7, 0, {"event_id": "last"}))
+    cases = {
+        "bare": (b"\n".join(bare) + b"\n", [0]),
+        "kcat": (b"\n".join(kcat) + b"\n", [1, 2]),
+        "mixed": (b"\n".join(bare[:10] + kcat + [reordered, b"", b"not json"] + bare[10:] + [last]), [0, 1, 2, 5, 7]),
+    }
+    for name, (data, expected) in cases.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_bytes(data)
+        assert file_partitions(path) == expected, name
