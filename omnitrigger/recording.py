@@ -302,10 +302,17 @@ class _FileCursor:
         self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
         self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
         self.exhausted = False
+        self._kcat_head: bytes | None = None  # `{"topic":"...","partition":` as this file's kcat lines begin
+        self._own_number = self._own_last_field = b""
 
     def read_line(self, limit: int = 0) -> tuple[bytes, int] | None:
         """The stream's next line and its line number in the file; None at the file's end (or after
-        `limit` lines of other partitions, when given)."""
+        `limit` lines of other partitions, when given).
+
+        Every cursor of a multi-partition file reads the whole file, so skipping a line must cost little:
+        once a kcat line has shown the file's head (`{"topic":"...","partition":`), a line with this
+        partition's head is taken and one with another number after it is skipped without decoding;
+        any other line is asked `line_partition`."""
         handle = self.handle
         partition = self.partition
         skipped = 0
@@ -316,11 +323,33 @@ class _FileCursor:
             number = self.read_line_no
             self.read_line_no += 1
             self.read_pos += len(line)
-            if partition is None or line_partition(line) == partition:
+            if partition is None:
+                return line, number
+            head = self._kcat_head
+            if head is not None and line.startswith(head):
+                if line.startswith(self._own_number, len(head)):
+                    return line, number
+                if not line.startswith(self._own_last_field, len(head)):
+                    skipped += 1  # another partition's kcat line
+                    if limit and skipped >= limit:
+                        return None
+                    continue
+            elif head is None and line.startswith(b'{"topic":'):
+                match = _KCAT_PARTITION.match(line)
+                if match is not None:
+                    self._learn_head(line[:match.start(1)])
+            if line_partition(line) == partition:
                 return line, number
             skipped += 1
             if limit and skipped >= limit:
                 return None
+
+    def _learn_head(self, head: bytes) -> None:
+        """The kcat head of this file's lines; this partition's lines continue it with their number and a
+        comma (or a brace, when the partition is the envelope's last field: asked `line_partition`)."""
+        self._kcat_head = head
+        self._own_number = b"%d," % self.partition
+        self._own_last_field = b"%d}" % self.partition
 
 
 class RecordingReader:
