@@ -223,37 +223,35 @@ def _dead_letter(violation: ContractViolation, raw: bytes | str, topic: str, par
     return record
 
 
-_KCAT_PARTITION = re.compile(rb'\{"topic":"(?:[^"\\]|\\.)*","partition":(-?[0-9]+)[,}]')
+#: A kcat line's start, up to its partition (a JSON number: no leading zero, no "-0"), spaces allowed between
+#: the tokens as JSON allows them (kcat writes none; an envelope made by hand may).
+_KCAT_PARTITION = re.compile(
+    rb'\{[ \t]*"topic"[ \t]*:[ \t]*"(?:[^"\\]|\\.)*"[ \t]*,[ \t]*"partition"[ \t]*:[ \t]*(0|-?[1-9][0-9]*)[ \t]*[,}]')
 
 
 def line_partition(line: bytes) -> int:
-    """The Kafka partition a recorded line belongs to: its kcat envelope's, or 0 (a bare event, a line
-    that is no envelope or not JSON at all). The same partition `LineDecoder.decode` reads, found without
-    decoding the line where kcat wrote it (`{"topic":"...","partition":N,...`)."""
-    if line.startswith(b'{"topic":'):
+    """The Kafka partition a recorded line's stream is: its kcat envelope's, the topic and the partition first
+    as kcat writes them (`{"topic":"...","partition":N,...`, N a JSON number); 0 for any other line (a
+    bare event, a line that is not JSON, an envelope written by hand with its keys in another order).
+
+    Only the line's start is looked at, so a partition's cursor can skip the others' lines by their first
+    bytes (`_PartitionCursor`). The event's `partition` is still the envelope's, as decoded."""
+    if line.startswith(b"{"):
         match = _KCAT_PARTITION.match(line)
         if match is not None:
             return int(match[1])
-    if b'"partition"' not in line:
-        return 0
-    try:
-        value = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return 0
-    if type(value) is dict and "payload" in value and "topic" in value and "offset" in value:
-        return _as_int(value.get("partition"), 0)
     return 0
 
 
-_KCAT_LINES = re.compile(rb'^\{"topic":"(?:[^"\\\n]|\\.)*","partition":(-?[0-9]+)[,}]', re.MULTILINE)
+_KCAT_LINES = re.compile(rb'^\{"topic":"(?:[^"\\\n]|\\.)*","partition":(0|-?[1-9][0-9]*)[,}]', re.MULTILINE)
 _PRESCAN_CHUNK = 1 << 20
 
 
 def file_partitions(path: Path) -> list[int]:
     """The partitions a recording file's lines belong to (`line_partition`), in order; one pass over the file.
 
-    Read a MiB at a time: a run of lines that never says "partition" is all partition 0 (bare events), and
-    a run of kcat envelopes is read with one regular expression; only other lines are looked at one by one.
+    Read a MiB at a time: a run of lines with no kcat envelope is all partition 0 (bare events), and a run of
+    kcat envelopes is read with one regular expression; only other lines are looked at one by one.
     """
     found: set[int] = set()
     with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
@@ -269,7 +267,7 @@ def file_partitions(path: Path) -> list[int]:
             lines, rest = data[:cut], data[cut:]
             if not lines:
                 continue
-            if b'partition"' not in lines:  # ("partition" without its first quote: a faster search)
+            if b'"topic"' not in lines:  # no envelope: all partition 0
                 found.add(0)
                 continue
             kcat = _KCAT_LINES.findall(lines)
@@ -281,19 +279,17 @@ def file_partitions(path: Path) -> list[int]:
 
 
 class _FileCursor:
-    """One stream of a recording file being read line by line, with its resumable position.
+    """One stream of a recording file being read line by line, with its resumable position: every line of
+    a file of one partition (`partition` None). `_PartitionCursor` reads one partition of a file of several."""
 
-    `partition` None: every line of the file (a file of one partition). Otherwise the lines of that one
-    Kafka partition: the others are skipped, counted in the line numbers and byte offsets all the same.
-    """
+    partition: int | None = None
 
-    def __init__(self, topic: str, path: Path, partition: int | None, byte_pos: int, line_no: int,
-                 last_ts: int) -> None:
+    def __init__(self, topic: str, path: Path, byte_pos: int, line_no: int, last_ts: int) -> None:
         self.topic = topic
+        self.path = path
         self.name = path.name
-        self.partition = partition
-        self.key = path.name if partition is None else f"{path.name}@{partition}"  # its name in `position()`
-        self.handle: BinaryIO = gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[assignment]
+        self.key = path.name  # its name in `position()`
+        self.handle: BinaryIO = _open(path)
         self.handle.seek(byte_pos)
         self.byte_pos = byte_pos  # just past the last line emitted: where a resume reads on
         self.line_no = line_no  # the file's line number at byte_pos
@@ -302,54 +298,186 @@ class _FileCursor:
         self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
         self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
         self.exhausted = False
-        self._kcat_head: bytes | None = None  # `{"topic":"...","partition":` as this file's kcat lines begin
-        self._own_number = self._own_last_field = b""
 
     def read_line(self, limit: int = 0) -> tuple[bytes, int] | None:
-        """The stream's next line and its line number in the file; None at the file's end (or after
-        `limit` lines of other partitions, when given).
+        """The stream's next line and its line number in the file; None at the file's end."""
+        line = self.handle.readline()
+        if not line:
+            return None
+        number = self.read_line_no
+        self.read_line_no += 1
+        self.read_pos += len(line)
+        return line, number
 
-        Every cursor of a multi-partition file reads the whole file, so skipping a line must cost little:
-        once a kcat line has shown the file's head (`{"topic":"...","partition":`), a line with this
-        partition's head is taken and one with another number after it is skipped without decoding;
-        any other line is asked `line_partition`."""
-        handle = self.handle
-        partition = self.partition
-        skipped = 0
+    def mark(self) -> Any:
+        """Where reading is now, for `reset` (a look ahead that must not move the stream)."""
+        return self.read_pos, self.read_line_no
+
+    def reset(self, mark: Any) -> None:
+        self.read_pos, self.read_line_no = mark
+        self.handle.seek(self.read_pos)
+
+    def line_at(self, start: int, length: int) -> bytes:
+        """The bytes of the line read earlier at `start` (what `omnitrigger publish` sends as recorded)."""
+        self.handle.seek(start)
+        line = self.handle.read(length)
+        self.handle.seek(self.read_pos)
+        return line
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _PartitionCursor(_FileCursor):
+    """The lines of one Kafka partition of a file that holds several; the other lines are skipped, counted in
+    the line numbers and byte offsets all the same.
+
+    Each partition of the file has its cursor, and each reads the whole file, so skipping must cost little.
+    The file is read a MiB at a time. Once a kcat line has shown the file's head (`{"topic":"...",
+    "partition":`), the next line of this partition is found by searching the block for the head and this
+    partition's number at a line start, and the lines before it are skipped at once when every one of them
+    is another partition's kcat line (counted with `bytes.count`); any other line is looked at alone
+    (`line_partition`).
+    """
+
+    _BLOCK = 1 << 20
+
+    def __init__(self, topic: str, path: Path, partition: int, byte_pos: int, line_no: int, last_ts: int) -> None:
+        super().__init__(topic, path, byte_pos, line_no, last_ts)
+        self.partition = partition
+        self.key = f"{path.name}@{partition}"
+        self._buffer = b""
+        self._buffer_start = byte_pos  # the file offset of _buffer[0]
+        self._at = 0  # the next unread byte in _buffer: read_pos == _buffer_start + _at
+        self._eof = False
+        self._kcat_head: bytes | None = None  # b'\n{"topic":"...","partition":', as this file's kcat lines begin
+        self._own_digits = b""  # the head and this partition's number
+        self._own = b""  # the same and a comma: the start of this partition's kcat lines
+        self._reread: BinaryIO | None = None
+
+    def _fill(self) -> bool:
+        """Read the next block onto the unread rest of the buffer; False at the file's end."""
+        if self._eof:
+            return False
+        block = self.handle.read(self._BLOCK)
+        if not block:
+            self._eof = True
+            return False
+        self._buffer = self._buffer[self._at:] + block
+        self._buffer_start += self._at
+        self._at = 0
+        return True
+
+    def _next_line(self) -> tuple[bytes, int] | None:
+        """The next line of the file, whatever its partition, and its line number."""
         while True:
-            line = handle.readline()
-            if not line:
+            end = self._buffer.find(b"\n", self._at)
+            if end >= 0:
+                line = self._buffer[self._at:end + 1]
+                break
+            if not self._fill():
+                line = self._buffer[self._at:]  # the last line, without a terminator, or nothing
+                if not line:
+                    return None
+                break
+        self._at += len(line)
+        number = self.read_line_no
+        self.read_line_no += 1
+        self.read_pos = self._buffer_start + self._at
+        return line, number
+
+    def _skip_to_own(self, limit: int, skipped: int) -> int:
+        """Skip, at once, the lines up to this partition's next kcat line (or to the block's last complete
+        line) if every one of them is another partition's kcat line, and no more than `limit` less
+        `skipped` of them when a limit is given; returns how many lines were skipped."""
+        head, buffer, at = self._kcat_head, self._buffer, self._at
+        if head is None or at == 0 or buffer[at - 1] != 10:  # the search needs the terminator before the line
+            return 0
+        if self.partition == 0:  # a kcat head with no valid number after it is partition 0: read line by line
+            return 0
+        start = at - 1
+        found = buffer.find(self._own, start)
+        if found < 0:
+            found = buffer.rfind(b"\n")
+        if found <= start:
+            return 0
+        lines = buffer.count(b"\n", start, found)  # each such terminator starts a line to skip
+        if buffer.count(head, start, found) != lines or not self._others_only(buffer, start, found):
+            return 0
+        if limit and skipped + lines > limit:
+            return 0
+        self._at = found + 1
+        self.read_line_no += lines
+        self.read_pos = self._buffer_start + self._at
+        return lines
+
+    def read_line(self, limit: int = 0) -> tuple[bytes, int] | None:
+        """The partition's next line and its line number in the file; None at the file's end (or after
+        `limit` lines of other partitions, when given)."""
+        skipped = 0
+        partition = self.partition
+        while True:
+            skipped += self._skip_to_own(limit, skipped)
+            if limit and skipped >= limit:
                 return None
-            number = self.read_line_no
-            self.read_line_no += 1
-            self.read_pos += len(line)
-            if partition is None:
-                return line, number
-            head = self._kcat_head
-            if head is not None and line.startswith(head):
-                if line.startswith(self._own_number, len(head)):
-                    return line, number
-                if not line.startswith(self._own_last_field, len(head)):
-                    skipped += 1  # another partition's kcat line
-                    if limit and skipped >= limit:
-                        return None
-                    continue
-            elif head is None and line.startswith(b'{"topic":'):
+            read = self._next_line()
+            if read is None:
+                return None
+            line = read[0]
+            if self._kcat_head is None and line.startswith(b'{"topic":"'):
                 match = _KCAT_PARTITION.match(line)
-                if match is not None:
-                    self._learn_head(line[:match.start(1)])
+                if match is not None and b" " not in line[:match.start(1)] and b"\t" not in line[:match.start(1)]:
+                    self._learn_head(line[:match.start(1)])  # as kcat writes it
             if line_partition(line) == partition:
-                return line, number
+                return read
             skipped += 1
             if limit and skipped >= limit:
                 return None
 
+    def _others_only(self, buffer: bytes, start: int, end: int) -> bool:
+        """Whether the lines in buffer[start:end], each starting with the head, are all other partitions':
+        the number after the head is not this partition's, in any spelling `line_partition` reads (with a
+        brace after it, or spaces around it); a longer number starting with the same digits is another."""
+        head, own = self._kcat_head, self._own_digits
+        assert head is not None
+        if buffer.count(head + b" ", start, end) or buffer.count(head + b"\t", start, end):
+            return False
+        same_start = buffer.count(own, start, end)
+        if not same_start:
+            return True
+        longer = sum(buffer.count(own + digit, start, end) for digit in (b"0", b"1", b"2", b"3", b"4", b"5", b"6",
+                                                                         b"7", b"8", b"9"))
+        return same_start == longer
+
     def _learn_head(self, head: bytes) -> None:
-        """The kcat head of this file's lines; this partition's lines continue it with their number and a
-        comma (or a brace, when the partition is the envelope's last field: asked `line_partition`)."""
-        self._kcat_head = head
-        self._own_number = b"%d," % self.partition
-        self._own_last_field = b"%d}" % self.partition
+        self._kcat_head = b"\n" + head
+        self._own_digits = self._kcat_head + b"%d" % self.partition
+        self._own = self._own_digits + b","
+
+    def mark(self) -> Any:
+        return (self._buffer, self._buffer_start, self._at, self._eof, self.read_line_no, self.read_pos,
+                self.handle.tell())
+
+    def reset(self, mark: Any) -> None:
+        self._buffer, self._buffer_start, self._at, self._eof, self.read_line_no, self.read_pos, here = mark
+        self.handle.seek(here)
+
+    def line_at(self, start: int, length: int) -> bytes:
+        if start >= self._buffer_start and start + length <= self._buffer_start + len(self._buffer):
+            return self._buffer[start - self._buffer_start:start - self._buffer_start + length]
+        if self._reread is None:
+            self._reread = _open(self.path)
+        self._reread.seek(start)
+        return self._reread.read(length)
+
+    def close(self) -> None:
+        super().close()
+        if self._reread is not None:
+            self._reread.close()
+
+
+def _open(path: Path) -> BinaryIO:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[return-value]
 
 
 class RecordingReader:
@@ -391,7 +519,8 @@ class RecordingReader:
             for partition in ([None] if len(partitions) == 1 else partitions):
                 cursor_key = path.name if partition is None else f"{path.name}@{partition}"
                 byte_pos, line_no, last_ts = position["files"].get(cursor_key, (0, 0, 0))
-                self._cursors.append(_FileCursor(topic, path, partition, byte_pos, line_no, last_ts))
+                self._cursors.append(_FileCursor(topic, path, byte_pos, line_no, last_ts) if partition is None
+                                     else _PartitionCursor(topic, path, partition, byte_pos, line_no, last_ts))
         for index in range(len(self._cursors)):
             self._advance(index)
 
@@ -435,7 +564,7 @@ class RecordingReader:
     def _earliest_ahead(self, cursor: _FileCursor, lines: int = 16, other_lines: int = 4096) -> int | None:
         """The earliest event time in the next `lines` lines of `cursor`'s stream (None: no event among them),
         looking past at most `other_lines` lines of other partitions for each."""
-        here, here_line_no = cursor.read_pos, cursor.read_line_no
+        here = cursor.mark()
         earliest: int | None = None
         try:
             for _ in range(lines):
@@ -448,8 +577,7 @@ class RecordingReader:
                     earliest = merge_ts
             return earliest
         finally:
-            cursor.handle.seek(here)
-            cursor.read_pos, cursor.read_line_no = here, here_line_no
+            cursor.reset(here)
 
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
@@ -480,10 +608,7 @@ class RecordingReader:
         while heap and len(out) < max_records:
             merge_ts, _, _, _, index, end_pos, line_len, *_ = heap[0]
             cursor = self._cursors[index]
-            handle = cursor.handle
-            handle.seek(end_pos - line_len)
-            line = handle.read(line_len)
-            handle.seek(cursor.read_pos)
+            line = cursor.line_at(end_pos - line_len, line_len)
             self.read_batch(1)
             out.append((cursor.topic, line, merge_ts))
         return out
@@ -504,5 +629,5 @@ class RecordingReader:
 
     def close(self) -> None:
         for cursor in self._cursors:
-            cursor.handle.close()
+            cursor.close()
 

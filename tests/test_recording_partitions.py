@@ -95,13 +95,15 @@ def test_which_partition_a_line_belongs_to(tmp_path: Path) -> None:
     kcat = orjson.dumps(kcat_envelope("web.events", 4, 0, {"a": 1}))
     assert line_partition(kcat) == 4
     reordered = orjson.dumps({"payload": "{}", "offset": 3, "partition": 2, "topic": "web.events"})
-    assert line_partition(reordered) == 2  # not kcat's key order: decoded, as the decoder reads it
+    assert line_partition(reordered) == 0  # not as kcat writes it: partition 0's stream
     assert line_partition(b'{"event_id": "e", "partition": 5}') == 0  # a bare event with such a field
     assert line_partition(b'{"topic":"x","partition":7,"offset":1,"payload":null}') == 7
     assert line_partition(b"not json at all, \"partition\": 3") == 0
+    assert line_partition(b'{"topic":"x","partition":05,"offset":1}') == 0  # no JSON number as kcat writes one
+    assert line_partition(b'{"topic":"x","partition":-1,"offset":1}') == -1
     assert line_partition(b"") == 0
     path = write_lines(tmp_path / "mixed.jsonl", [kcat, b"broken", reordered])
-    assert file_partitions(path) == [0, 2, 4]
+    assert file_partitions(path) == [0, 4]
 
 
 @pytest.mark.parametrize("chunk", [7, 64, 1000, 1 << 20])
@@ -113,14 +115,73 @@ def test_the_partitions_of_a_file_read_in_chunks(tmp_path: Path, monkeypatch: py
     monkeypatch.setattr(recording, "_PRESCAN_CHUNK", chunk)
     bare = [orjson.dumps({"event_id": f"e{n}", "ts": T0}) for n in range(30)]
     kcat = [orjson.dumps(kcat_envelope("web.events", n % 2 + 1, n, {"event_id": f"k{n}"})) for n in range(10)]
-    reordered = orjson.dumps({"payload": "{}", "offset": 3, "partition": 5, "topic": "web.events"})
+    reordered = orjson.dumps({"payload": "{}", "offset": 3, "partition": 5, "topic": "web.events"})  # partition 0
+    spaced = b'{"topic": "web.events", "partition": 5 ,"offset":4,"payload":"{}"}'  # spaces as JSON allows
     last = orjson.dumps(kcat_envelope("web.events", 7, 0, {"event_id": "last"}))
     cases = {
         "bare": (b"\n".join(bare) + b"\n", [0]),
         "kcat": (b"\n".join(kcat) + b"\n", [1, 2]),
-        "mixed": (b"\n".join(bare[:10] + kcat + [reordered, b"", b"not json"] + bare[10:] + [last]), [0, 1, 2, 5, 7]),
+        "mixed": (b"\n".join(bare[:10] + kcat + [reordered, spaced, b"", b"not json"] + bare[10:] + [last]), [0, 1, 2, 5, 7]),
     }
     for name, (data, expected) in cases.items():
         path = tmp_path / f"{name}.jsonl"
         path.write_bytes(data)
         assert file_partitions(path) == expected, name
+
+
+@pytest.mark.parametrize("block", [16, 200, 4096])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_partitions_cursor_reads_exactly_its_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int,
+                                                     seed: int) -> None:
+    """Each partition's cursor skips the other partitions' lines a block at a time; whatever the block size,
+    it reads the lines `line_partition` gives it, with their line numbers and byte offsets, and a look ahead
+    (`mark`, `reset`) leaves it where it was."""
+    import random
+
+    from omnitrigger import recording
+
+    monkeypatch.setattr(recording._PartitionCursor, "_BLOCK", block)
+    rng = random.Random(seed)
+    lines: list[bytes] = []
+    for n in range(300):
+        roll = rng.random()
+        if roll < 0.8:
+            lines.append(orjson.dumps(kcat_envelope("web.events", rng.choice([0, 1, 2, 3, 10, 11]), n, {"n": n})))
+        elif roll < 0.85:
+            lines.append(b'{"topic":"web.events","partition":1}')  # its last field
+        elif roll < 0.87:
+            lines.append(b'{"topic":"web.events","partition":01,"offset":1}')  # no JSON number: partition 0
+        elif roll < 0.9:
+            lines.append(rng.choice([b'{"topic":"web.events","partition": 2 ,"offset":1}',  # spaces: 2
+                                     b'{"topic":"web.events","partition":1 ,"offset":1}', b'{ "topic" : "x","partition":3}']))
+        elif roll < 0.95:
+            lines.append(orjson.dumps({"event_id": f"bare{n}"}))
+        else:
+            lines.append(b"")
+    data = b"\n".join(lines) + (b"\n" if seed % 2 else b"")  # with and without a last terminator
+    path = tmp_path / "web.events.jsonl"
+    path.write_bytes(data)
+    starts, offset = [], 0
+    for line in lines:
+        starts.append(offset)
+        offset += len(line) + 1
+    for partition in file_partitions(path):
+        expected = [(number, starts[number]) for number, line in enumerate(lines) if line_partition(line) == partition
+                    and (number < len(lines) - 1 or line or seed % 2)]
+        cursor = recording._PartitionCursor("web.events", path, partition, 0, 0, 0)
+        got = []
+        while True:
+            if len(got) % 7 == 3:  # a look ahead in between changes nothing
+                mark = cursor.mark()
+                cursor.read_line(limit=5)
+                cursor.read_line()
+                cursor.reset(mark)
+            read = cursor.read_line()
+            if read is None:
+                break
+            line, number = read
+            assert line.rstrip(b"\n") == lines[number]
+            assert cursor.line_at(cursor.read_pos - len(line), len(line)) == line
+            got.append((number, cursor.read_pos - len(line)))
+        cursor.close()
+        assert got == expected, partition
