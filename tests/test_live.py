@@ -108,6 +108,20 @@ def start_job(tmp_path: Path, mock: Any, config: Config, stores: Path, name: str
                    config_file(tmp_path / f"{name}.toml", config), tmp_path / f"{name}.log")
 
 
+def run_until_replayed(tmp_path: Path, mock: Any, config: Config, stores: Path,
+                       replayed: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, list[dict[str, Any]]], LiveJob]:
+    """A live job run until its output topics hold as many records as the replay wrote, then stopped;
+    its outputs must be the replay's."""
+    job = start_job(tmp_path, mock, config, stores)
+    try:
+        live = wait_for_counts(mock.bootstrap_servers, output_topics(config),
+                               {stream: len(records) for stream, records in replayed.items()}, job=job)
+    finally:
+        assert job.stop() == 0, job.log_path.read_text()[-3000:]
+    assert_same_outputs(live, replayed, config.kafka_topic_prefix)
+    return live, job
+
+
 def test_live_gives_the_replays_outputs(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
     recording, stores = single_partition_recording(tmp_path)
     config = live_config("same.")
@@ -115,13 +129,7 @@ def test_live_gives_the_replays_outputs(tmp_path: Path, mock_kafka: Any) -> None
     publish(recording, mock_kafka.bootstrap_servers, config)
     replayed = replay_streams(tmp_path, recording, stores)
     assert replayed[VISITS] and replayed[DEAD_LETTERS]
-    job = start_job(tmp_path, mock_kafka, config, stores)
-    try:
-        live = wait_for_counts(mock_kafka.bootstrap_servers, output_topics(config),
-                               {stream: len(records) for stream, records in replayed.items()}, job=job)
-    finally:
-        assert job.stop() == 0, job.log_path.read_text()[-3000:]
-    assert_same_outputs(live, replayed, config.kafka_topic_prefix)
+    live, job = run_until_replayed(tmp_path, mock_kafka, config, stores, replayed)
     for message in live[TRIGGERS]:
         assert message["headers"]["trigger_id"] == message["value"]["trigger_id"]
         assert message["key"] == message["value"]["customer_id"]
@@ -143,13 +151,7 @@ def test_a_file_of_two_partitions_replays_as_live_consumes_them(tmp_path: Path, 
     publish(recording, mock_kafka.bootstrap_servers, config)
     replayed = replay_streams(tmp_path, recording, stores)
     assert [(s["rule"], s["reason"]) for s in replayed[SUPPRESSED]] == [("cart_abandoned", "purchased")]
-    job = start_job(tmp_path, mock_kafka, config, stores)
-    try:
-        live = wait_for_counts(mock_kafka.bootstrap_servers, output_topics(config),
-                               {stream: len(records) for stream, records in replayed.items()}, job=job)
-    finally:
-        assert job.stop() == 0, job.log_path.read_text()[-3000:]
-    assert_same_outputs(live, replayed, config.kafka_topic_prefix)
+    run_until_replayed(tmp_path, mock_kafka, config, stores, replayed)
 
 
 def test_broker_outage_mid_stream_loses_nothing(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
