@@ -28,11 +28,10 @@ from collections import deque
 from typing import Any
 
 from omnitrigger.recording import LineDecoder, _dead_letter, _loads
-from omnitrigger.records import DEAD_LETTERS, Emitted, Event
+from omnitrigger.records import DEAD_LETTERS, Emitted, Event, with_seq
 from omnitrigger.schemas import ContractViolation
 
 Part = tuple[str, int]  # (Kafka topic, partition)
-_new_tuple = tuple.__new__  # an Event with another seq, without _replace's cost (records.with_customer does the same)
 
 
 class MessageDecoder:
@@ -150,7 +149,7 @@ class EventTimeMerger:
             merge_ts, topic, partition, _ = heapq.heappop(heap)
             queue = queues[(topic, partition)]
             _, offset, item = queue.items.popleft()
-            out.append(_new_tuple(Event, (seq, *item[1:])) if type(item) is Event else item._replace(sort_key=(seq, 0)))
+            out.append(with_seq(item, seq) if type(item) is Event else item._replace(sort_key=(seq, 0)))
             seq += 1
             queue.next_offset = offset + 1
             queue.emitted_ts = merge_ts
