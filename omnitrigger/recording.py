@@ -223,10 +223,13 @@ def _dead_letter(violation: ContractViolation, raw: bytes | str, topic: str, par
     return record
 
 
-#: A kcat line's start, up to its partition (a JSON number: no leading zero, no "-0"), spaces allowed between
-#: the tokens as JSON allows them (kcat writes none; an envelope made by hand may).
+#: An envelope's partition: a JSON number (no leading zero, no "-0"), then its end.
+_PARTITION_NUMBER = rb'(0|-?[1-9][0-9]*)'
+#: A kcat line's start, up to its partition, spaces allowed between the tokens as JSON allows them (kcat
+#: writes none; an envelope made by hand may).
 _KCAT_PARTITION = re.compile(
-    rb'\{[ \t]*"topic"[ \t]*:[ \t]*"(?:[^"\\]|\\.)*"[ \t]*,[ \t]*"partition"[ \t]*:[ \t]*(0|-?[1-9][0-9]*)[ \t]*[,}]')
+    rb'\{[ \t]*"topic"[ \t]*:[ \t]*"(?:[^"\\]|\\.)*"[ \t]*,[ \t]*"partition"[ \t]*:[ \t]*' + _PARTITION_NUMBER
+    + rb'[ \t]*[,}]')
 
 
 def line_partition(line: bytes) -> int:
@@ -243,18 +246,19 @@ def line_partition(line: bytes) -> int:
     return 0
 
 
-_KCAT_LINES = re.compile(rb'^\{"topic":"(?:[^"\\\n]|\\.)*","partition":(0|-?[1-9][0-9]*)[,}]', re.MULTILINE)
 _PRESCAN_CHUNK = 1 << 20
 
 
 def file_partitions(path: Path) -> list[int]:
     """The partitions a recording file's lines belong to (`line_partition`), in order; one pass over the file.
 
-    Read a MiB at a time: a run of lines with no kcat envelope is all partition 0 (bare events), and a run of
-    kcat envelopes is read with one regular expression; only other lines are looked at one by one.
+    Read a MiB at a time: a run of lines with no envelope is all partition 0 (bare events), and a run of kcat
+    envelopes of one topic (the file's head, `{"topic":"...","partition":`, at every line start) is read
+    with one search for the head; only other lines are looked at one by one.
     """
     found: set[int] = set()
-    with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as handle:
+    heads: re.Pattern[bytes] | None = None  # the head and the number after it, at a line start
+    with _open(path) as handle:
         rest = b""
         while True:
             chunk = handle.read(_PRESCAN_CHUNK)
@@ -270,9 +274,13 @@ def file_partitions(path: Path) -> list[int]:
             if b'"topic"' not in lines:  # no envelope: all partition 0
                 found.add(0)
                 continue
-            kcat = _KCAT_LINES.findall(lines)
-            if len(kcat) == lines.count(b"\n"):  # every line a kcat envelope
-                found.update(int(partition) for partition in set(kcat))
+            if heads is None and lines.startswith(b'{"topic":"'):
+                match = _KCAT_PARTITION.match(lines)
+                if match is not None and not any(space in lines[:match.start(1)] for space in (b" ", b"\t")):
+                    heads = re.compile(re.escape(b"\n" + lines[:match.start(1)]) + _PARTITION_NUMBER + rb"[,}]")
+            numbers = heads.findall(b"\n" + lines) if heads is not None else []
+            if len(numbers) == lines.count(b"\n"):  # every line a kcat envelope of the file's topic
+                found.update(int(number) for number in set(numbers))
             else:
                 found.update(line_partition(line) for line in lines.split(b"\n")[:-1])
     return sorted(found) or [0]
@@ -288,7 +296,7 @@ class _FileCursor:
         self.topic = topic
         self.path = path
         self.name = path.name
-        self.key = path.name  # its name in `position()`
+        self.key = stream_key(path.name, None)  # its name in `position()`
         self.handle: BinaryIO = _open(path)
         self.handle.seek(byte_pos)
         self.byte_pos = byte_pos  # just past the last line emitted: where a resume reads on
@@ -345,7 +353,7 @@ class _PartitionCursor(_FileCursor):
     def __init__(self, topic: str, path: Path, partition: int, byte_pos: int, line_no: int, last_ts: int) -> None:
         super().__init__(topic, path, byte_pos, line_no, last_ts)
         self.partition = partition
-        self.key = f"{path.name}@{partition}"
+        self.key = stream_key(path.name, partition)
         self._buffer = b""
         self._buffer_start = byte_pos  # the file offset of _buffer[0]
         self._at = 0  # the next unread byte in _buffer: read_pos == _buffer_start + _at
@@ -353,6 +361,8 @@ class _PartitionCursor(_FileCursor):
         self._kcat_head: bytes | None = None  # b'\n{"topic":"...","partition":', as this file's kcat lines begin
         self._own_digits = b""  # the head and this partition's number
         self._own = b""  # the same and a comma: the start of this partition's kcat lines
+        self._spaced_heads: tuple[bytes, ...] = ()
+        self._longer_numbers: tuple[bytes, ...] = ()
         self._reread: BinaryIO | None = None
 
     def _fill(self) -> bool:
@@ -438,21 +448,21 @@ class _PartitionCursor(_FileCursor):
         """Whether the lines in buffer[start:end], each starting with the head, are all other partitions':
         the number after the head is not this partition's, in any spelling `line_partition` reads (with a
         brace after it, or spaces around it); a longer number starting with the same digits is another."""
-        head, own = self._kcat_head, self._own_digits
-        assert head is not None
-        if buffer.count(head + b" ", start, end) or buffer.count(head + b"\t", start, end):
+        if any(buffer.count(spaced, start, end) for spaced in self._spaced_heads):
             return False
-        same_start = buffer.count(own, start, end)
+        same_start = buffer.count(self._own_digits, start, end)
         if not same_start:
             return True
-        longer = sum(buffer.count(own + digit, start, end) for digit in (b"0", b"1", b"2", b"3", b"4", b"5", b"6",
-                                                                         b"7", b"8", b"9"))
-        return same_start == longer
+        return same_start == sum(buffer.count(longer, start, end) for longer in self._longer_numbers)
 
     def _learn_head(self, head: bytes) -> None:
         self._kcat_head = b"\n" + head
         self._own_digits = self._kcat_head + b"%d" % self.partition
         self._own = self._own_digits + b","
+        # What `_others_only` searches for, made once: a head with a space after it, and this partition's
+        # number with another digit after it.
+        self._spaced_heads = (self._kcat_head + b" ", self._kcat_head + b"\t")
+        self._longer_numbers = tuple(self._own_digits + bytes([digit]) for digit in b"0123456789")
 
     def mark(self) -> Any:
         return (self._buffer, self._buffer_start, self._at, self._eof, self.read_line_no, self.read_pos,
@@ -474,6 +484,12 @@ class _PartitionCursor(_FileCursor):
         super().close()
         if self._reread is not None:
             self._reread.close()
+
+
+def stream_key(file_name: str, partition: int | None) -> str:
+    """A stream's name in a reader's position: its file's, or `<file>@<partition>` for one partition of a file
+    that holds several."""
+    return file_name if partition is None else f"{file_name}@{partition}"
 
 
 def _open(path: Path) -> BinaryIO:
@@ -517,8 +533,7 @@ class RecordingReader:
         for topic, path in files.items():
             partitions = file_partitions(path)
             for partition in ([None] if len(partitions) == 1 else partitions):
-                cursor_key = path.name if partition is None else f"{path.name}@{partition}"
-                byte_pos, line_no, last_ts = position["files"].get(cursor_key, (0, 0, 0))
+                byte_pos, line_no, last_ts = position["files"].get(stream_key(path.name, partition), (0, 0, 0))
                 self._cursors.append(_FileCursor(topic, path, byte_pos, line_no, last_ts) if partition is None
                                      else _PartitionCursor(topic, path, partition, byte_pos, line_no, last_ts))
         for index in range(len(self._cursors)):
