@@ -66,6 +66,7 @@ from omnitrigger.config import Config
 from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
 from omnitrigger.records import (
     CONVERSIONS, DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted,
+    format_ms,
 )
 from omnitrigger.schemas import ContractViolation, parse_event_time
 
@@ -334,5 +335,4 @@ class KafkaOutputSink(DynamicSink):
 
 
 def _wall_clock_iso() -> str:
-    now_ms = int(time.time() * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now_ms // 1000)) + f".{now_ms % 1000:03d}Z"
+    return format_ms(int(time.time() * 1000))

@@ -120,7 +120,8 @@ def suspect_raw(data: bytes) -> bool:
     if _AT in data or _PLUS in data or _BACKSLASH in data:  # an int: a memchr, where a bytes needle is slower
         return True
     low = data.lower()
-    return low.find(b"mail") >= 0 or low.find(b"phone") >= 0 or low.find(b"mobile") >= 0 or low.find(b"msisdn") >= 0
+    # Each word's tail: a shorter needle is a faster search, and a line with the word has its tail too.
+    return low.find(b"ail") >= 0 or low.find(b"hone") >= 0 or low.find(b"obile") >= 0 or low.find(b"sisdn") >= 0
 
 
 def _suspect(text: str) -> bool:

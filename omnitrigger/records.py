@@ -21,8 +21,15 @@ topic-keyed paths to take a type too.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
+
+
+def format_ms(ts_ms: int) -> str:
+    """An event time in epoch ms as every output writes it: RFC 3339 UTC with milliseconds
+    ("2017-11-25T02:16:24.123Z"). `time.gmtime` on whole seconds: half the cost of a datetime, and exact."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(ts_ms // 1000)) + f"{ts_ms % 1000:03d}Z"
 
 
 class Event(NamedTuple):
@@ -147,6 +154,10 @@ def is_returned_line(item: dict[str, Any]) -> bool:
     """A receipt or purchase line that is a return, not a sale: a quantity of zero or less."""
     qty = item.get("qty")
     return isinstance(qty, (int, float)) and qty <= 0
+
+
+#: The topics `is_return` can say yes for.
+RETURN_TOPICS = frozenset({"pos.receipts", "web.events"})
 
 
 def is_return(topic: str, body: dict[str, Any]) -> bool:

@@ -77,6 +77,9 @@ class Identity(StageOperator):
         # Live only: every change of a customer's identifiers goes to the compacted identities topic.
         self.publish_updates = bool(config.wall_clock and config.kafka_identities_topic)
         self._merged_away: list[str] = []
+        # Decoded identifier entries by their stored bytes: a hot identifier's bytes come back as the same
+        # object from the state's cache, so a lookup is one dict probe instead of a JSON decode.
+        self._decoded: dict[bytes, tuple[str, int]] = {}
 
     # -- the operator ---------------------------------------------------------
 
@@ -205,7 +208,14 @@ class Identity(StageOperator):
     def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
         """(customer id, last seen ms) of a live identifier, or None."""
         raw = self.state.get(_identifier_key(identifier), self.clock.now_ms)
-        return tuple(orjson.loads(raw)) if raw is not None else None
+        if raw is None:
+            return None
+        decoded = self._decoded.get(raw)
+        if decoded is None:
+            if len(self._decoded) >= 100_000:
+                self._decoded.clear()
+            decoded = self._decoded[raw] = tuple(orjson.loads(raw))
+        return decoded
 
     def _lookup(self, identifier: Identifier) -> str | None:
         entry = self._entry(identifier)

@@ -17,7 +17,7 @@ import orjson
 
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, Emitted, Event, Heartbeat, Item, is_return,
+    DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, RETURN_TOPICS, Emitted, Event, Heartbeat, Item, is_return,
 )
 from omnitrigger.state import ShardState
 
@@ -46,7 +46,6 @@ class StageChain:
                 kind = type(item)
                 if kind is Event:
                     events.append(item)
-                    read[item.topic] += 1
                     self.last_seq = item.seq
                 elif kind is Heartbeat:
                     events.append(item._replace(seq=self.last_seq))
@@ -56,6 +55,8 @@ class StageChain:
                         read[item.record["topic"]] += 1
                         self.counters["dead_letters"][item.record["reason"]] += 1
                         self.last_seq = item.sort_key[0]
+        # Counted from lists of topics (Counter.update counts a list in C): once per record, so it adds up.
+        read.update([event.topic for event in events if type(event) is Event])
         for operator in self.operators:
             result = operator.on_events(events)
             events = result.events
@@ -65,8 +66,9 @@ class StageChain:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
         external = [event for event in events
                     if type(event) is Event and not event.topic.startswith(INTERNAL_TOPIC_PREFIX)]
-        self.counters["events"].update(event.topic for event in external)
-        self.counters["returns"].update(event.topic for event in external if is_return(event.topic, event.body))
+        self.counters["events"].update([event.topic for event in external])
+        self.counters["returns"].update([event.topic for event in external
+                                         if event.topic in RETURN_TOPICS and is_return(event.topic, event.body)])
         if self.emit_events:
             out.extend(Emitted(EVENTS, (e.seq, 0), {"topic": e.topic, "partition": e.partition, "offset": e.offset,
                                                    "ts_ms": e.ts_ms, "customer_id": e.customer, "event": e.body})

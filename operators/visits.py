@@ -50,7 +50,6 @@ truth): each device with a record has one entry whose due time is at most its re
 from __future__ import annotations
 
 import heapq
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -59,7 +58,7 @@ import xxhash
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge
+from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge, format_ms
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 from omnitrigger.state.documents import DecodedValues
@@ -70,18 +69,12 @@ _COUNTS = b"counts"
 _DEVICE = b"d"
 _DEVICE_END = b"e"
 _LOCATION = b"L"  # L <customer> -> [status, ts_ms]: the latest location consent change
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 COUNTERS = ("late_pings", "reordered_pings", "inaccurate_pings", "excluded_source_pings", "visits_confirmed",
             "visits_ended", "no_device_pings", "visits_without_location_consent")
 
 # Fields of an open visit, in its state list.
 STORE, VISIT_ID, START, LAST, PINGS, CONFIRMED_AT, PREV, CUSTOMER = range(8)
 LOCATION_OK = 8  # set at confirmation: did the customer allow location processing (absent: not confirmed yet)
-
-
-def format_ms(ts_ms: int) -> str:
-    """RFC 3339 UTC with milliseconds, as every output time is written."""
-    return (_EPOCH + timedelta(milliseconds=ts_ms)).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
 
 
 def visit_id(device_id: str, store_id: str, start_ms: int) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from omnitrigger.records import format_ms
+
 START_MS = 1_791_187_200_000  # 2026-10-05T08:00:00Z: in the past, so no record is "in the future"
 MINUTE_MS = 60_000
 
@@ -41,10 +43,8 @@ class Customer:
     phone: str
 
 
-def iso(ts_ms: int) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+#: An event time as the recordings write it (the flow's output time format).
+iso = format_ms
 
 
 def _offset_point(lat: float, lon: float, metres: float, bearing_deg: float) -> tuple[float, float]:

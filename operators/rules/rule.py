@@ -25,10 +25,11 @@ history through the same hooks with `ctx.replaying` set, to rebuild state withou
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Callable, ClassVar, Protocol
 
 import xxhash
+
+from omnitrigger.records import format_ms
 
 #: A pending deadline: [due_ms, set_ms, [evidence ids]].
 Pending = list[Any]
@@ -38,8 +39,8 @@ Converter = Callable[[Any, str], Any]
 MAX_EVIDENCE = 10
 
 
-def iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+#: An event time as a trigger writes it (the flow's one output time format).
+iso = format_ms
 
 
 def trigger_id(rule: str, customer: str, subject: str, ts_ms: int) -> str:
