@@ -26,7 +26,7 @@ Key layout (P = namespace, NUL, 2-byte shard):
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from omnitrigger.state.store import KeyValueStore
 
@@ -56,6 +56,9 @@ class ShardState:
         self._meta = b"m" + prefix
         self._pending: dict[bytes, bytes | None] = {}
         self._pending_expiring: list[bytes] = []  # expiry index keys put since the last commit, for the sweep
+        # The pending data keys grouped by their bytes up to the first zero byte past the data prefix (an
+        # owner's keys, state/keys.py): a scan of one owner's keys walks its group, not the epoch's every write.
+        self._pending_groups: dict[bytes, set[bytes]] = {}
         # Committed values read or written lately (None = known absent). This shard is the only writer of
         # its keys, so the cache is exact; it spares RocksDB reads of hot keys and the undo log's reads of
         # old values at commit. Trimmed, oldest first, when full; cleared on rollback.
@@ -91,14 +94,31 @@ class ShardState:
         return _U64.unpack_from(raw)[0] if raw is not None else None
 
     def put(self, key: bytes, value: bytes, expires_at_ms: int = 0) -> None:
-        self._pending[self._data + key] = _U64.pack(expires_at_ms) + value
+        full_key = self._data + key
+        if full_key not in self._pending:
+            self._group(full_key)
+        self._pending[full_key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:
             index_key = self._index + _U64.pack(expires_at_ms) + key
             self._pending[index_key] = _EMPTY
             self._pending_expiring.append(index_key)
 
     def delete(self, key: bytes) -> None:
-        self._pending[self._data + key] = None
+        full_key = self._data + key
+        if full_key not in self._pending:
+            self._group(full_key)
+        self._pending[full_key] = None
+
+    def _group(self, full_key: bytes) -> None:
+        """File a data key newly pending under its group (see `_pending_groups`)."""
+        cut = full_key.find(b"\x00", len(self._data)) + 1
+        if cut:
+            group = full_key[:cut]
+            keys = self._pending_groups.get(group)
+            if keys is None:
+                self._pending_groups[group] = {full_key}
+            else:
+                keys.add(full_key)
 
     def scan(self, start: bytes, end: bytes, now_ms: int = 0, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """Live (key, value) pairs with start <= key < end in key order, buffered writes included.
@@ -112,9 +132,15 @@ class ShardState:
             merged[full_key] = raw
             if limit is not None and len(merged) >= limit + len(self._pending):
                 break
-        for full_key, raw in self._pending.items():
+        pending = self._pending
+        cut = low.find(b"\x00", len(self._data)) + 1
+        if cut and high.startswith(low[:cut]):  # every key in range starts with that group's bytes
+            candidates: Iterable[bytes] = self._pending_groups.get(low[:cut], ())
+        else:
+            candidates = pending
+        for full_key in candidates:
             if low <= full_key < high:
-                merged[full_key] = raw
+                merged[full_key] = pending[full_key]
         out: list[tuple[bytes, bytes]] = []
         skip = len(self._data)
         for full_key in sorted(merged):
@@ -173,6 +199,8 @@ class ShardState:
             if raw is not None:
                 expires = _U64.unpack_from(raw)[0]
                 if expires and expires <= now_ms:
+                    if self._data + key not in self._pending:
+                        self._group(self._data + key)
                     self._pending[self._data + key] = None
                     deleted += 1
             self._pending[index_key] = None
@@ -229,6 +257,7 @@ class ShardState:
             _forget_oldest(cache, self.cache_entries)
         self._pending.clear()
         self._pending_expiring.clear()
+        self._pending_groups.clear()
         self.generation = generation
         return generation
 
@@ -241,6 +270,7 @@ class ShardState:
         """
         self._pending.clear()
         self._pending_expiring.clear()
+        self._pending_groups.clear()
         self._cache.clear()
         for forget in self._after_rollback:
             forget()

@@ -467,3 +467,52 @@ def test_the_read_cache_follows_commits_rollbacks_and_its_bound(tmp_path: Path) 
     other = ShardState(store, "cached", 0)
     assert other.get(b"k") == b"v2" and other.get(b"n9") == b"9"
     store.close()
+
+
+def test_scans_of_an_owners_keys_match_a_plain_model_through_commits_sweeps_and_rollbacks(tmp_path: Path) -> None:
+    """A scan that stays inside one owner's keys (state/keys.py: owner, zero byte, subject) reads only that
+    owner's buffered writes; whatever the mix of puts, deletes, expiries, sweeps, commits and rollbacks, every
+    scan (an owner's, a range across owners, one whose bounds share no zero byte) gives what a model gives."""
+    store = RocksDBStore(tmp_path / "db")
+    state = ShardState(store, "journal", 1)
+    rng = random.Random(11)
+    owners = [b"h", b"hx", b"h\x00", b"cus_1", b"cus_12", b"cus_2", b"\x00"]
+    committed: dict[int, dict[bytes, tuple[bytes, int]]] = {0: {}}
+    model: dict[bytes, tuple[bytes, int]] = {}
+
+    def random_key() -> bytes:
+        owner = rng.choice(owners)
+        return b"h" + owner + b"\x00" + rng.randbytes(rng.randrange(0, 3)) if rng.random() < 0.8 else rng.randbytes(3)
+
+    def expected(start: bytes, end: bytes, now_ms: int) -> list[tuple[bytes, bytes]]:
+        return sorted((key, value) for key, (value, expires) in model.items()
+                      if start <= key < end and not (expires and expires <= now_ms))
+
+    for step in range(3000):
+        roll = rng.random()
+        if roll < 0.45:
+            key, value = random_key(), rng.randbytes(4)
+            expires = rng.choice([0, 0, rng.randrange(1, 1000)])
+            state.put(key, value, expires)
+            model[key] = (value, expires)
+        elif roll < 0.6:
+            key = random_key()
+            state.delete(key)
+            model.pop(key, None)
+        elif roll < 0.65:
+            now_ms = rng.randrange(0, 1000)
+            state.sweep(now_ms)
+            model = {key: entry for key, entry in model.items() if not (entry[1] and entry[1] <= now_ms)}
+        elif roll < 0.7:
+            committed[state.commit()] = dict(model)
+        elif roll < 0.72:
+            generation = rng.choice([g for g in committed if g >= state.generation - 10])
+            state.rollback_to(generation)
+            model = dict(committed[generation])
+            committed = {g: saved for g, saved in committed.items() if g <= generation}
+        now_ms = rng.randrange(0, 1000)
+        owner_prefix = b"h" + rng.choice(owners) + b"\x00"
+        for start, end in [(owner_prefix, owner_prefix + b"\xff" * 3), (b"h", b"i"), (b"hcus_1", b"hcus_2"),
+                           (b"h\x00", b"h\x00\xff")]:
+            assert state.scan(start, end, now_ms) == expected(start, end, now_ms), (step, start, end)
+    store.close()
