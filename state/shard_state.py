@@ -14,11 +14,16 @@ old generations are trimmed, in chunks, once they are `keep_generations` behind.
 Expiry is in event time, so it is deterministic: a value put with
 `expires_at_ms` is invisible to `get(key, now_ms)` once `now_ms` reaches it,
 whenever it is physically deleted. `sweep(now_ms)` deletes expired values
-through an index ordered by expiry.
+through an index of expiry buckets: each commit writes, per minute of expiry
+its changes fall in, one value listing those keys (one RocksDB entry for a
+minute's keys, not one per key: about a third of a flow's entries were index
+entries); a sweep reads the buckets up to its time, deletes what has expired,
+and drops each bucket once its whole minute has passed.
 
 Key layout (P = namespace, NUL, 2-byte shard):
     d P key              -> 8-byte expiry (0 = never) + value
-    x P expiry key       -> b""           (expiry index)
+    y P minute gen       -> (8-byte expiry, 4-byte key length, key) of each key the generation put expiring then
+    x P expiry key       -> b""           (the per-key expiry index of older state folders, still swept)
     u P gen chunk        -> undo records   (old values of the keys a generation changed, packed)
     m P name             -> shard metadata (current generation, undo floor)
 """
@@ -31,11 +36,15 @@ from collections.abc import Callable, Iterable, Iterator
 from omnitrigger.state.store import KeyValueStore
 
 _U64 = struct.Struct(">Q")
+_BUCKET_ENTRY = struct.Struct(">QI")  # expiry, key length
+#: The span of expiry times one index bucket covers.
+EXPIRY_BUCKET_MS = 60_000
 _UNDO_HEADER = struct.Struct(">IBI")  # key length, has-old-value flag, old value length
 _UNDO_CHUNK_BYTES = 1 << 20
 _GEN = b"gen"
 _UNDO_FLOOR = b"undo_floor"
 _EMPTY = b""
+_NEVER = bytes(8)  # the expiry of a value that does not expire
 
 
 class StateError(Exception):
@@ -52,10 +61,12 @@ class ShardState:
         self.keep_generations = keep_generations
         self._data = b"d" + prefix
         self._index = b"x" + prefix
+        self._buckets = b"y" + prefix
         self._undo = b"u" + prefix
         self._meta = b"m" + prefix
         self._pending: dict[bytes, bytes | None] = {}
-        self._pending_expiring: list[bytes] = []  # expiry index keys put since the last commit, for the sweep
+        # (expiry, data key) of each put with an expiry since the last commit, for the sweep
+        self._pending_expiring: list[tuple[int, bytes]] = []
         # The pending data keys grouped by their bytes up to the first zero byte past the data prefix (an
         # owner's keys, state/keys.py): a scan of one owner's keys walks its group, not the epoch's every write.
         self._pending_groups: dict[bytes, set[bytes]] = {}
@@ -99,9 +110,7 @@ class ShardState:
             self._group(full_key)
         self._pending[full_key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:
-            index_key = self._index + _U64.pack(expires_at_ms) + key
-            self._pending[index_key] = _EMPTY
-            self._pending_expiring.append(index_key)
+            self._pending_expiring.append((expires_at_ms, full_key))
 
     def delete(self, key: bytes) -> None:
         full_key = self._data + key
@@ -185,26 +194,54 @@ class ShardState:
     # -- expiry -------------------------------------------------------------
 
     def sweep(self, now_ms: int, limit: int = 10_000) -> int:
-        """Delete up to `limit` values whose expiry is at or before `now_ms`; returns how many."""
-        end = self._index + _U64.pack(now_ms + 1)
-        index_keys = dict.fromkeys(key for key, _ in _take(self.store.scan(self._index, end), limit))
+        """Delete the values whose expiry is at or before `now_ms`, reading about `limit` index entries at most
+        (whole buckets: the rest waits for the next sweep); returns how many values it deleted."""
         pending = self._pending
-        index_keys.update(dict.fromkeys(key for key in self._pending_expiring if key < end and pending[key] is not None))
         deleted = 0
-        for index_key in index_keys:
-            if self._pending.get(index_key, _EMPTY) is None:
+        read = 0
+        # Buckets up to now's, oldest first; one whose minute has wholly passed goes, once read.
+        end = self._buckets + _U64.pack(now_ms // EXPIRY_BUCKET_MS + 1)
+        for bucket_key, entries in self.store.scan(self._buckets, end):
+            if read >= limit:
+                break
+            if pending.get(bucket_key, _EMPTY) is None:  # read by an earlier sweep of this epoch
                 continue
-            key = index_key[len(self._index) + 8:]
-            raw = self._raw(self._data + key)
-            if raw is not None:
-                expires = _U64.unpack_from(raw)[0]
-                if expires and expires <= now_ms:
-                    if self._data + key not in self._pending:
-                        self._group(self._data + key)
-                    self._pending[self._data + key] = None
-                    deleted += 1
-            self._pending[index_key] = None
+            at, size = 0, len(entries)
+            while at < size:
+                expires, key_length = _BUCKET_ENTRY.unpack_from(entries, at)
+                at += _BUCKET_ENTRY.size
+                if expires <= now_ms:
+                    deleted += self._delete_if_expired(self._data + entries[at:at + key_length], now_ms)
+                at += key_length
+                read += 1
+            bucket = _U64.unpack_from(bucket_key, len(self._buckets))[0]
+            if (bucket + 1) * EXPIRY_BUCKET_MS - 1 <= now_ms:
+                pending[bucket_key] = None
+        # The per-key index of state folders written before the buckets.
+        index_end = self._index + _U64.pack(now_ms + 1)
+        for index_key, _ in _take(self.store.scan(self._index, index_end), max(0, limit - read)):
+            if pending.get(index_key, _EMPTY) is None:
+                continue
+            deleted += self._delete_if_expired(self._data + index_key[len(self._index) + 8:], now_ms)
+            pending[index_key] = None
+        # This epoch's puts, not in a bucket yet.
+        for expires, full_key in self._pending_expiring:
+            if expires <= now_ms:
+                deleted += self._delete_if_expired(full_key, now_ms)
         return deleted
+
+    def _delete_if_expired(self, full_key: bytes, now_ms: int) -> int:
+        """Delete the data key if its value has expired by `now_ms` (1), else leave it (0)."""
+        raw = self._raw(full_key)
+        if raw is None:
+            return 0
+        expires = _U64.unpack_from(raw)[0]
+        if not expires or expires > now_ms:
+            return 0
+        if full_key not in self._pending:
+            self._group(full_key)
+        self._pending[full_key] = None
+        return 1
 
     # -- generations, snapshot and rollback ---------------------------------
 
@@ -224,6 +261,8 @@ class ShardState:
         chunks: list[bytes] = []
         undo: list[bytes] = []
         size = 0
+        data, skip = self._data, len(self._data)
+        buckets: dict[int, list[bytes]] = {}  # expiry minute -> entries of the keys written expiring then
         for full_key, value in self._pending.items():
             old = cache[full_key] if full_key in cache else read[full_key]
             if old == value:  # unchanged, or put and deleted within the epoch (a timer set and fired): no write
@@ -236,6 +275,16 @@ class ShardState:
                 chunks.append(b"".join(undo))
                 undo, size = [], 0
             batch[full_key] = value
+            if value is not None and value[:8] != _NEVER and full_key.startswith(data):
+                expires = _U64.unpack_from(value)[0]
+                entries = buckets.get(expires // EXPIRY_BUCKET_MS)
+                if entries is None:
+                    entries = buckets[expires // EXPIRY_BUCKET_MS] = []
+                entries.append(_BUCKET_ENTRY.pack(expires, len(full_key) - skip) + full_key[skip:])
+        for bucket, entries in buckets.items():  # new keys (this generation's): their undo is the key alone
+            bucket_key = self._buckets + _U64.pack(bucket) + _U64.pack(generation)
+            batch[bucket_key] = b"".join(entries)
+            undo.append(pack(len(bucket_key), 0, 0) + bucket_key)
         if undo:
             chunks.append(b"".join(undo))
         for n, chunk in enumerate(chunks):

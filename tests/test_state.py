@@ -57,8 +57,20 @@ def stored_expiries(state: ShardState) -> dict[bytes, int]:
 
 
 def stored_index(state: ShardState) -> list[tuple[int, bytes]]:
-    """The shard's expiry index as (expiry, key) pairs."""
-    return [(U64.unpack_from(entry)[0], entry[8:]) for entry in scan_prefix(state.store, prefix(b"x", state))]
+    """The shard's expiry index as (expiry, key) pairs: the entries of its expiry buckets (and of the per-key
+    index of older state folders)."""
+    pairs = [(U64.unpack_from(entry)[0], entry[8:]) for entry in scan_prefix(state.store, prefix(b"x", state))]
+    for entries in scan_prefix(state.store, prefix(b"y", state)).values():
+        at = 0
+        while at < len(entries):
+            expires, length = struct.unpack_from(">QI", entries, at)
+            pairs.append((expires, entries[at + 12:at + 12 + length]))
+            at += 12 + length
+    return pairs
+
+
+def bucket_keys(state: ShardState) -> int:
+    return len(scan_prefix(state.store, prefix(b"y", state)))
 
 
 def count_keys(store: RocksDBStore) -> int:
@@ -328,10 +340,11 @@ def fill_for_sweep(state: ShardState) -> None:
 
 
 def test_sweep_deletes_expired_values_and_their_index_entries(store: RocksDBStore) -> None:
-    """sweep(now) deletes what expired by now, with its index entries; unexpired and renewed keys stay."""
+    """sweep(now) deletes what expired by now; unexpired and renewed keys stay. The index is one value per
+    generation and minute of expiry (two here, not 300 keys): a bucket goes once its whole minute has passed."""
     state = ShardState(store, "ttl", 0)
     fill_for_sweep(state)
-    assert len(stored_data(state)) == 300 and len(stored_index(state)) == 300
+    assert len(stored_data(state)) == 300 and len(stored_index(state)) == 300 and bucket_keys(state) == 2
 
     assert state.sweep(1_000) == 100
     state.commit()
@@ -341,9 +354,15 @@ def test_sweep_deletes_expired_values_and_their_index_entries(store: RocksDBStor
                                       + [b"renewed-%d" % n for n in range(50)])
     assert all(expiries[b"renewed-%d" % n] == 90_000 and state.get(b"renewed-%d" % n, 1_000) == b"new"
                for n in range(50))
-    assert sorted(stored_index(state)) == sorted([(50_000, b"long-%d" % n) for n in range(100)]
-                                                 + [(90_000, b"renewed-%d" % n) for n in range(50)])
+    assert len(stored_index(state)) == 300  # the first minute (expiries 0 to 59,999) is not over: its bucket stays
     assert state.sweep(1_000) == 0
+
+    assert state.sweep(59_999) == 100  # the long-lived keys; the renewed ones' old entries find them renewed
+    state.commit()
+    assert sorted(stored_expiries(state)) == sorted([b"forever-%d" % n for n in range(50)]
+                                                    + [b"renewed-%d" % n for n in range(50)])
+    assert sorted(stored_index(state)) == sorted((90_000, b"renewed-%d" % n) for n in range(50))
+    assert bucket_keys(state) == 1
 
 
 def test_sweep_sees_uncommitted_puts(store: RocksDBStore) -> None:
@@ -382,9 +401,10 @@ def test_store_shrinks_after_sweep(store: RocksDBStore) -> None:
     live_before = len(stored_data(state)) + len(stored_index(state))
     total_before = count_keys(store)
 
-    state.sweep(1_000)
+    state.sweep(59_999)
     sweep_generation = state.commit()
-    assert len(stored_data(state)) + len(stored_index(state)) == live_before - 250  # 100 values, 150 index entries
+    # 200 values, and the spent bucket with its 250 entries (short, long and the renewed keys' old expiry)
+    assert len(stored_data(state)) + len(stored_index(state)) == live_before - 450
 
     for tick in range(keep + 1):
         state.put_meta(b"tick", b"%d" % tick)
@@ -393,7 +413,7 @@ def test_store_shrinks_after_sweep(store: RocksDBStore) -> None:
     undo_generations = {int.from_bytes(key[len(state._undo):len(state._undo) + 8], "big")
                         for key, _ in store.scan(state._undo, state._undo + b"\xff")}
     assert undo_generations and min(undo_generations) > sweep_generation  # the sweep's undo records are trimmed
-    assert total_after < total_before - 240  # the 250 swept keys are gone (a few metadata keys came)
+    assert total_after < total_before - 190  # the 200 swept keys are gone (a few metadata keys came)
     store.compact()
     assert count_keys(store) == total_after
     # store.approximate_keys() is not asserted on: RocksDB's estimate-num-keys is not
@@ -516,3 +536,34 @@ def test_scans_of_an_owners_keys_match_a_plain_model_through_commits_sweeps_and_
                            (b"h\x00", b"h\x00\xff")]:
             assert state.scan(start, end, now_ms) == expected(start, end, now_ms), (step, start, end)
     store.close()
+
+
+def test_sweep_still_reads_the_per_key_index_of_an_older_state_folder(store: RocksDBStore) -> None:
+    """State written before the expiry buckets has one index key per value (x P expiry key): a sweep deletes
+    those values and their index keys as before, beside the buckets' values."""
+    state = ShardState(store, "ttl", 0)
+    data, index = prefix(b"d", state), prefix(b"x", state)
+    store.write({data + b"old-%d" % n: U64.pack(500) + b"v" for n in range(20)}
+                | {index + U64.pack(500) + b"old-%d" % n: b"" for n in range(20)})
+    state.put(b"new", b"v", expires_at_ms=700)
+    state.commit()
+    assert state.sweep(1_000) == 21
+    state.commit()
+    assert stored_data(state) == {} and scan_prefix(store, index) == {}
+    assert stored_index(state) == [(700, b"new")]  # its bucket's minute is not over yet
+
+
+def test_a_sweep_reads_about_limit_entries_and_the_next_one_goes_on(store: RocksDBStore) -> None:
+    """A sweep reads whole buckets until it has read `limit` entries; what is left waits for the next sweep."""
+    state = ShardState(store, "ttl", 0)
+    for minute in range(10):
+        for n in range(100):
+            state.put(b"k-%d-%d" % (minute, n), b"v", expires_at_ms=minute * 60_000 + n + 1)
+        state.commit()
+    assert state.sweep(10 * 60_000, limit=250) == 300  # three buckets of 100
+    state.commit()
+    assert len(stored_data(state)) == 700 and bucket_keys(state) == 7
+    while state.sweep(10 * 60_000, limit=250):
+        state.commit()
+    state.commit()
+    assert stored_data(state) == {} and bucket_keys(state) == 0
