@@ -55,6 +55,8 @@ BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "
 _ALL_ZEROS = re.compile(r"^[0\W_]+$")  # 0000, 00000000-0000-0000-0000-000000000000 (a zeroed advertising id)
 _REFRESH_MS = 86_400_000  # an identifier's last-seen time is rewritten at most once a day
 _IGNORED = b"ignored"
+_NO_MERGES: list[Merge] = []  # shared by the one-identifier fast path: read, never changed
+_NO_REFUSALS: list[dict[str, Any]] = []
 
 Identifier = tuple[str, str]
 
@@ -77,9 +79,11 @@ class Identity(StageOperator):
         # Live only: every change of a customer's identifiers goes to the compacted identities topic.
         self.publish_updates = bool(config.wall_clock and config.kafka_identities_topic)
         self._merged_away: list[str] = []
-        # Decoded identifier entries by their stored bytes: a hot identifier's bytes come back as the same
-        # object from the state's cache, so a lookup is one dict probe instead of a JSON decode.
-        self._decoded: dict[bytes, tuple[str, int]] = {}
+        # identifier -> ((customer, last seen), expiry) as stored: most events are a known identifier seen again,
+        # and this answers them without building its key, asking the state and decoding the entry. Every write of
+        # an identifier goes through `_point`, which keeps it; a rollback clears it.
+        self._entries: dict[Identifier, tuple[tuple[str, int], int]] = {}
+        state.after_rollback(self._entries.clear)
 
     # -- the operator ---------------------------------------------------------
 
@@ -118,7 +122,7 @@ class Identity(StageOperator):
         if len(ids) == 1:  # most events (a ping, a page view) carry one identifier: nothing to link
             (kind, value), = ids.items()
             if kind in _TYPE_CODE and type(value) is str and not self.is_blocked(value):
-                return self._customer_of((kind, value), event, set()), [], []
+                return self._customer_of((kind, value), event, set()), _NO_MERGES, _NO_REFUSALS
         refusals: list[dict[str, Any]] = []
         identifiers: list[Identifier] = []
         for kind in IDENTIFIER_TYPES:
@@ -207,15 +211,16 @@ class Identity(StageOperator):
 
     def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
         """(customer id, last seen ms) of a live identifier, or None."""
-        raw = self.state.get(_identifier_key(identifier), self.clock.now_ms)
-        if raw is None:
-            return None
-        decoded = self._decoded.get(raw)
-        if decoded is None:
-            if len(self._decoded) >= 100_000:
-                self._decoded.clear()
-            decoded = self._decoded[raw] = tuple(orjson.loads(raw))
-        return decoded
+        known = self._entries.get(identifier)
+        if known is None:
+            stored = self.state.get_with_expiry(_identifier_key(identifier), self.clock.now_ms)
+            if stored is None:
+                return None
+            if len(self._entries) >= 200_000:
+                self._entries.clear()
+            known = self._entries[identifier] = (tuple(orjson.loads(stored[0])), stored[1])
+        expires = known[1]
+        return None if expires and expires <= self.clock.now_ms else known[0]
 
     def _lookup(self, identifier: Identifier) -> str | None:
         entry = self._entry(identifier)
@@ -275,7 +280,12 @@ class Identity(StageOperator):
         self._save(customer, self._record(customer), ts_ms)
 
     def _point(self, identifier: Identifier, customer: str, ts_ms: int) -> None:
-        self.state.put(_identifier_key(identifier), orjson.dumps([customer, ts_ms]), ts_ms + self.retention_ms)
+        """Point the identifier at `customer`, last seen at `ts_ms` (it expires `retention` after)."""
+        expires = ts_ms + self.retention_ms
+        self.state.put(_identifier_key(identifier), orjson.dumps([customer, ts_ms]), expires)
+        if len(self._entries) >= 200_000:
+            self._entries.clear()
+        self._entries[identifier] = ((customer, ts_ms), expires)
 
     def _save(self, customer: str, record: dict[str, Any], ts_ms: int) -> None:
         key = b"c" + customer.encode()
@@ -286,12 +296,10 @@ class Identity(StageOperator):
     def _merge(self, winner: str, winner_record: dict[str, Any], loser: str, loser_record: dict[str, Any],
                ts_ms: int) -> None:
         for kind, value in loser_record["ids"]:
-            key = _identifier_key((kind, value))
-            raw = self.state.get(key, self.clock.now_ms)
-            if raw is None or orjson.loads(raw)[0] != loser:
+            entry = self._entry((kind, value))
+            if entry is None or entry[0] != loser:
                 continue
-            last_seen = orjson.loads(raw)[1]
-            self.state.put(key, orjson.dumps([winner, last_seen]), last_seen + self.retention_ms)
+            self._point((kind, value), winner, entry[1])
             winner_record["ids"].append([kind, value])
         winner_record["ids"] = [list(identifier) for identifier in self._live_ids(winner, winner_record)]
         self.state.delete(b"c" + loser.encode())

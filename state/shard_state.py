@@ -99,6 +99,16 @@ class ShardState:
             return None
         return raw[8:]
 
+    def get_with_expiry(self, key: bytes, now_ms: int = 0) -> tuple[bytes, int] | None:
+        """(value, expiry: 0 = never) under `key`, or None if absent or expired at `now_ms` (as `get`)."""
+        raw = self._raw(self._data + key)
+        if raw is None:
+            return None
+        expires = _U64.unpack_from(raw)[0]
+        if expires and expires <= now_ms:
+            return None
+        return raw[8:], expires
+
     def expiry_of(self, key: bytes) -> int | None:
         """When the value under `key` expires (0 = never), or None if there is no value."""
         raw = self._raw(self._data + key)
