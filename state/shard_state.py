@@ -45,6 +45,7 @@ _GEN = b"gen"
 _UNDO_FLOOR = b"undo_floor"
 _EMPTY = b""
 _NEVER = bytes(8)  # the expiry of a value that does not expire
+_NO_EXPIRY = 1 << 64  # later than every expiry
 
 
 class StateError(Exception):
@@ -65,8 +66,10 @@ class ShardState:
         self._undo = b"u" + prefix
         self._meta = b"m" + prefix
         self._pending: dict[bytes, bytes | None] = {}
-        # (expiry, data key) of each put with an expiry since the last commit, for the sweep
+        # (expiry, data key) of each put with an expiry since the last commit, for the sweep, and their
+        # earliest expiry: a sweep before it (most of them) need not walk the list
         self._pending_expiring: list[tuple[int, bytes]] = []
+        self._pending_earliest = _NO_EXPIRY
         # The pending data keys grouped by their bytes up to the first zero byte past the data prefix (an
         # owner's keys, state/keys.py): a scan of one owner's keys walks its group, not the epoch's every write.
         self._pending_groups: dict[bytes, set[bytes]] = {}
@@ -121,6 +124,8 @@ class ShardState:
         self._pending[full_key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:
             self._pending_expiring.append((expires_at_ms, full_key))
+            if expires_at_ms < self._pending_earliest:
+                self._pending_earliest = expires_at_ms
 
     def delete(self, key: bytes) -> None:
         full_key = self._data + key
@@ -235,9 +240,12 @@ class ShardState:
             deleted += self._delete_if_expired(self._data + index_key[len(self._index) + 8:], now_ms)
             pending[index_key] = None
         # This epoch's puts, not in a bucket yet.
-        for expires, full_key in self._pending_expiring:
-            if expires <= now_ms:
-                deleted += self._delete_if_expired(full_key, now_ms)
+        if self._pending_earliest <= now_ms:
+            for expires, full_key in self._pending_expiring:
+                if expires <= now_ms:
+                    deleted += self._delete_if_expired(full_key, now_ms)
+            self._pending_expiring = [entry for entry in self._pending_expiring if entry[0] > now_ms]
+            self._pending_earliest = min((entry[0] for entry in self._pending_expiring), default=_NO_EXPIRY)
         return deleted
 
     def _delete_if_expired(self, full_key: bytes, now_ms: int) -> int:
@@ -316,6 +324,7 @@ class ShardState:
             _forget_oldest(cache, self.cache_entries)
         self._pending.clear()
         self._pending_expiring.clear()
+        self._pending_earliest = _NO_EXPIRY
         self._pending_groups.clear()
         self.generation = generation
         return generation
@@ -329,6 +338,7 @@ class ShardState:
         """
         self._pending.clear()
         self._pending_expiring.clear()
+        self._pending_earliest = _NO_EXPIRY
         self._pending_groups.clear()
         self._cache.clear()
         for forget in self._after_rollback:
