@@ -1,0 +1,166 @@
+"""Instructions per record of the flow's stages, counted by callgrind: an A/B measure the machine's noise cannot move.
+
+    python benchmarks/bench_instructions.py [--copies 1] [--checkout PATH ...]
+
+Timings on this shared 2-core machine move by 10 to 20 % between identical runs; instruction counts
+move by about 0.05 %. For each checkout (this one by default; an older commit as a `git worktree`, with
+its own `.venv` if it has one) this runs, under `valgrind --tool=callgrind`, the stages bench_stages.py
+times, in one process: the recording reader (decode, contracts, PII hashing, merge), the sequencer's
+stage chain (dedup, identity, visits, history, clock, counters), the router, the 16 rules shards and the
+commits, over the real-data mix (benchmarks/real_mix.py), committing every 30,000 records as a replay's
+epochs do, with the flow's garbage-collector settings. It prints the main thread's instructions, the
+same for a 100-record mix (start-up: interpreter, imports, store index), and the difference per record.
+Python files are compiled first, so no checkout pays for compiling. RocksDB's background threads are
+left out: their work depends on timing.
+
+Needs valgrind (Debian: `apt-get install valgrind`). About 2 minutes a checkout at --copies 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COMMIT_EVERY = 30_000
+START_UP_RECORDS = 20  # lines of each recording file in the start-up mix
+
+
+def pipeline(checkout: Path, mix: Path) -> None:
+    """The stages over the mix in `mix`, with the modules of `checkout` (run inside callgrind)."""
+    import gc
+    import time
+
+    sys.path[:0] = [str(checkout), str(checkout / "benchmarks")]
+    os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
+    from omnitrigger.config import Config
+    from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
+    from omnitrigger.operators.router import ShardRouter
+    from omnitrigger.operators.stage_chain import StageChain
+    from omnitrigger.recording import RecordingReader
+    from omnitrigger.schemas import Contracts
+    from omnitrigger.state import RocksDBStore, ShardState
+
+    with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-instructions-") as work:
+        config = Config(stores_file=str(mix / "stores.csv"))
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)  # as omnitrigger/runner/process.py runs a flow
+        reader = RecordingReader(mix / "recording", Contracts(), reference_ms=2_000_000_000_000)
+        store = RocksDBStore(Path(work) / "db")
+        factories = [Dedup, Identity, Visits, History, EventClock]
+        counter_state = ShardState(store, "stage", 0)
+        states = [ShardState(store, factory.name, 0) for factory in factories]
+        chain = StageChain([factory(state, config) for factory, state in zip(factories, states)], counter_state,
+                           False)
+        router = ShardRouter(config.rule_shards)
+        rules: dict[int, Rules] = {}
+        records = outputs = since_commit = 0
+        started = time.process_time()
+        while True:
+            batch = reader.read_batch(1000)
+            last = not batch
+            if batch:
+                records += len(batch)
+                since_commit += len(batch)
+                out, events = chain.on_batches([batch])
+                outputs += len(out)
+                for shard, shard_events in sorted(router.route(events).items()):
+                    if shard not in rules:
+                        rules[shard] = Rules(ShardState(store, Rules.name, shard), config)
+                    outputs += len(rules[shard].on_events(shard_events).emitted)
+            if since_commit >= COMMIT_EVERY or last:
+                since_commit = 0
+                for state in [counter_state, *states, *(shard_rules.state for shard_rules in rules.values())]:
+                    state.commit()
+            if last:
+                break
+        reader.close()
+        store.close()
+        print(f"records {records} outputs {outputs} cpu_s {time.process_time() - started:.2f}")
+
+
+def main_thread_instructions(python: str, checkout: Path, mix: Path, work: Path, name: str) -> tuple[int, str]:
+    """(instructions of the main thread, the pipeline's own output line) for one callgrind run."""
+    out_file = work / f"callgrind.{name}"
+    command = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out_file}",
+               python, str(Path(__file__).resolve()), "--pipeline", str(checkout), str(mix)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
+    if result.returncode != 0:
+        raise SystemExit(f"bench_instructions: {name}: the run failed:\n{result.stderr[-2000:]}")
+    main_thread = work / f"callgrind.{name}-01"
+    summary = re.search(r"^summary: (\d+)", main_thread.read_text(errors="replace"), re.MULTILINE)
+    if summary is None:
+        raise SystemExit(f"bench_instructions: no summary line in {main_thread}")
+    return int(summary.group(1)), result.stdout.strip().splitlines()[-1]
+
+
+def start_up_mix(mix: Path, into: Path) -> Path:
+    """The first START_UP_RECORDS lines of each recording file: a run that is nearly all start-up."""
+    (into / "recording").mkdir(parents=True)
+    shutil.copy(mix / "stores.csv", into / "stores.csv")
+    for path in (mix / "recording").iterdir():
+        with path.open("rb") as source:
+            lines = [line for _, line in zip(range(START_UP_RECORDS), source)]
+        (into / "recording" / path.name).write_bytes(b"".join(lines))
+    return into
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
+    parser.add_argument("--copies", type=int, default=1, help="copies of the real-data mix (benchmarks/real_mix.py)")
+    parser.add_argument("--checkout", type=Path, action="append", default=None, metavar="PATH",
+                        help="a checkout to measure (repeat to compare; default: this one)")
+    parser.add_argument("--pipeline", nargs=2, metavar=("CHECKOUT", "MIX"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.pipeline:
+        pipeline(Path(args.pipeline[0]), Path(args.pipeline[1]))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("bench_instructions: valgrind not found (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    real_data = args.shared / "data" / "real"
+    if not real_data.is_dir():
+        print(f"bench_instructions: real data not found at {real_data} (use --shared)", file=sys.stderr)
+        return 2
+    checkouts = [path.resolve() for path in (args.checkout or [REPO])]
+    for checkout in checkouts:
+        if not (checkout / "omnitrigger" / "recording.py").is_file():
+            print(f"bench_instructions: {checkout} is not an omnitrigger checkout", file=sys.stderr)
+            return 2
+        if checkout != REPO and not (checkout / ".venv" / "bin" / "python").exists():
+            print(f"bench_instructions: {checkout} has no .venv of its own (python3 -m venv {checkout}/.venv && "
+                  f"{checkout}/.venv/bin/pip install -e '{checkout}[test]'): an editable install maps the "
+                  "packages to one checkout", file=sys.stderr)
+            return 2
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from real_mix import build_scaled_mix
+
+    with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-instructions-") as folder:
+        work = Path(folder)
+        build_scaled_mix(real_data, work / "mix", args.copies)
+        small = start_up_mix(work / "mix", work / "start-up")
+        print(f"the real-data mix x{args.copies}, reader + stage chain + router + 16 rules shards + commits every "
+              f"{COMMIT_EVERY:,} records, callgrind, main thread:")
+        for n, checkout in enumerate(checkouts):
+            venv_python = checkout / ".venv" / "bin" / "python"
+            python = str(venv_python) if venv_python.exists() else sys.executable
+            subprocess.run([python, "-m", "compileall", "-q", *(str(checkout / part) for part in
+                            ("omnitrigger", "operators", "state", "flows", "schemas"))],
+                           capture_output=True, check=False)
+            total, line = main_thread_instructions(python, checkout, work / "mix", work, f"{n}-mix")
+            start_up, _ = main_thread_instructions(python, checkout, small, work, f"{n}-start")
+            records = int(line.split()[1])
+            print(f"  {checkout}: {total / 1e9:.3f} G instructions, start-up {start_up / 1e9:.3f} G, "
+                  f"{(total - start_up) / records / 1000:.1f} k a record ({line})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
