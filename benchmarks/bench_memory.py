@@ -153,8 +153,7 @@ def populate(db: Path, customers: int, identifiers: int, deadlines: int) -> None
 
     def flush(*states: ShardState) -> None:
         for state in states:
-            state.store.write(state._pending)  # part of the committed state, no new generation
-            state._pending.clear()
+            state.bulk_write()  # part of the committed state, no new generation
 
     # Rules and history first: their operators read as they write, cheaper while the store is small.
     history_state = ShardState(store, History.name, 0)

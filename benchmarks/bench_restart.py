@@ -88,8 +88,7 @@ def build_identity(state: Path, customers: int) -> float:
         history.on_events(identity.on_events(batch).events)
         for shard in states:
             # Stored as part of the committed generation (not a new one), so Bytewax's snapshot still matches.
-            store.write(shard._pending)
-            shard._pending.clear()
+            shard.bulk_write()
         if n % 500 == 0 and n:
             print(f"  built {n * 1000:,} customers ({time.perf_counter() - started:.0f} s)", flush=True)
     store.compact()

@@ -567,3 +567,18 @@ def test_a_sweep_reads_about_limit_entries_and_the_next_one_goes_on(store: Rocks
         state.commit()
     state.commit()
     assert stored_data(state) == {} and bucket_keys(state) == 0
+
+
+def test_bulk_write_stores_the_buffer_as_committed_with_its_expiry_buckets(store: RocksDBStore) -> None:
+    """What a benchmark builds with bulk_write reads back, resumes at the same generation, and sweeps."""
+    state = ShardState(store, "ttl", 0)
+    for part in range(3):
+        for n in range(10):
+            state.put(b"k-%d-%d" % (part, n), b"v", expires_at_ms=1_000 + n)
+        state.bulk_write()
+    assert state.generation == 0 and len(stored_data(state)) == 30 and bucket_keys(state) == 3
+    reopened = ShardState(store, "ttl", 0)
+    assert reopened.rollback_to(0) == 0 and reopened.get(b"k-2-9", 1_000) == b"v"
+    assert reopened.sweep(2_000) == 30
+    reopened.commit()
+    assert stored_data(reopened) == {} and bucket_keys(reopened) == 0
