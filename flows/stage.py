@@ -43,13 +43,13 @@ class _SequencerLogic(StatefulBatchLogic):
         return self._tagged(*self.chain.on_batches(values)), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
-        return self._tagged(*self.chain.on_eof()), StatefulBatchLogic.RETAIN
+        return self._tagged(*self.chain.on_eof(), final=True), StatefulBatchLogic.RETAIN
 
-    def _tagged(self, out: list[Emitted], events: list[Item]) -> list[tuple[Any, ...]]:
+    def _tagged(self, out: list[Emitted], events: list[Item], final: bool = False) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
         if self.router is not None:
             items += [("rules", shard_key(shard), (shard, batch))
-                      for shard, batch in sorted(self.router.route(events).items())]
+                      for shard, batch in sorted(self.router.route(events, final).items())]
         return items
 
     def snapshot(self) -> tuple[int, ...]:

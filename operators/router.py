@@ -3,10 +3,14 @@
 The rules run on `rule_shards` fixed shard keys, a customer on the shard of
 a hash of its id. Each shard gets, in input order, the events of its
 customers, each preceded by the global watermark if it moved since that
-shard last heard of it, plus the latest watermark at the end of every
-batch. A shard therefore fires its deadlines before exactly the same events
-whatever the batch size or the number of workers, which is what keeps the
-triggers identical. A merge goes to both customers' shards: the loser's
+shard last heard of it, plus the latest watermark at the end of a batch:
+always when the batch had events for it, and to a shard it had nothing else
+for once the watermark has moved `IDLE_WATERMARK_STEP_MS` past what that
+shard heard (or at the end of the input). A live batch holds a few
+milliseconds of records, and a watermark alone cost each of the 16 shards
+a delivery every batch; a deadline now fires at most that step later. A
+shard fires its deadlines before exactly the same events whatever the batch
+size or the number of workers, which is what keeps the triggers identical. A merge goes to both customers' shards: the loser's
 retires its state, the winner's absorbs its history (one copy, role
 "both", when they share a shard).
 
@@ -28,6 +32,10 @@ from omnitrigger.records import IDENTITY_TOPIC, VISIT_CONFIRMED, Event, Item, Me
 RULE_TOPICS = frozenset({"web.events", "pos.receipts", "consent.changes", VISIT_CONFIRMED})
 
 
+#: How far the watermark moves before a shard that had no events in a batch hears it (event time).
+IDLE_WATERMARK_STEP_MS = 100
+
+
 def shard_of(customer: str, shards: int) -> int:
     return xxhash.xxh3_64_intdigest(customer.encode()) % shards
 
@@ -47,7 +55,9 @@ class ShardRouter:
         self.watermark_ms = 0
         self._told: dict[int, int] = {}  # shard -> the last watermark it was sent
 
-    def route(self, events: list[Item]) -> dict[int, list[Item]]:
+    def route(self, events: list[Item], final: bool = False) -> dict[int, list[Item]]:
+        """Each shard's items of `events`, watermarks included; `final`: the end of the input, when every shard
+        hears the last watermark."""
         routed: dict[int, list[Item]] = {}
         last_seq = -1
         for event in events:
@@ -70,10 +80,13 @@ class ShardRouter:
                 for shard in range(self.shards):
                     self._send(routed, shard, event)
         if last_seq >= 0:
+            watermark = self.watermark_ms
+            idle_below = watermark if final else watermark - IDLE_WATERMARK_STEP_MS
             for shard in range(self.shards):
-                if self._told.get(shard, 0) < self.watermark_ms:
-                    routed.setdefault(shard, []).append(watermark_event(last_seq, self.watermark_ms))
-                    self._told[shard] = self.watermark_ms
+                told = self._told.get(shard, 0)
+                if told < watermark and (shard in routed or told <= idle_below):
+                    routed.setdefault(shard, []).append(watermark_event(last_seq, watermark))
+                    self._told[shard] = watermark
         return routed
 
     def _send(self, routed: dict[int, list[Item]], shard: int, event: Item) -> None:
