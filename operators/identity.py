@@ -216,9 +216,7 @@ class Identity(StageOperator):
             stored = self.state.get_with_expiry(_identifier_key(identifier), self.clock.now_ms)
             if stored is None:
                 return None
-            if len(self._entries) >= 200_000:
-                self._entries.clear()
-            known = self._entries[identifier] = (tuple(orjson.loads(stored[0])), stored[1])
+            known = self._remember(identifier, tuple(orjson.loads(stored[0])), stored[1])
         expires = known[1]
         return None if expires and expires <= self.clock.now_ms else known[0]
 
@@ -283,9 +281,14 @@ class Identity(StageOperator):
         """Point the identifier at `customer`, last seen at `ts_ms` (it expires `retention` after)."""
         expires = ts_ms + self.retention_ms
         self.state.put(_identifier_key(identifier), orjson.dumps([customer, ts_ms]), expires)
+        self._remember(identifier, (customer, ts_ms), expires)
+
+    def _remember(self, identifier: Identifier, entry: tuple[str, int], expires: int) -> tuple[tuple[str, int], int]:
+        """Keep the identifier's stored entry decoded (at most 200,000: then it starts afresh)."""
         if len(self._entries) >= 200_000:
             self._entries.clear()
-        self._entries[identifier] = ((customer, ts_ms), expires)
+        known = self._entries[identifier] = (entry, expires)
+        return known
 
     def _save(self, customer: str, record: dict[str, Any], ts_ms: int) -> None:
         key = b"c" + customer.encode()

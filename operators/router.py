@@ -10,9 +10,10 @@ shard heard (or at the end of the input). A live batch holds a few
 milliseconds of records, and a watermark alone cost each of the 16 shards
 a delivery every batch; a deadline now fires at most that step later. A
 shard fires its deadlines before exactly the same events whatever the batch
-size or the number of workers, which is what keeps the triggers identical. A merge goes to both customers' shards: the loser's
-retires its state, the winner's absorbs its history (one copy, role
-"both", when they share a shard).
+size or the number of workers, which is what keeps the triggers identical.
+A merge goes to both customers' shards: the loser's retires its state, the
+winner's absorbs its history (one copy, role "both", when they share a
+shard).
 
 Stock levels (`inventory.levels`, when a rule reads them) go to every
 shard, in order like everything else: each shard keeps the levels its

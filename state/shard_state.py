@@ -105,13 +105,8 @@ class ShardState:
 
     def get_with_expiry(self, key: bytes, now_ms: int = 0) -> tuple[bytes, int] | None:
         """(value, expiry: 0 = never) under `key`, or None if absent or expired at `now_ms` (as `get`)."""
-        raw = self._raw(self._data + key)
-        if raw is None:
-            return None
-        expires = _U64.unpack_from(raw)[0]
-        if expires and expires <= now_ms:
-            return None
-        return raw[8:], expires
+        value = self.get(key, now_ms)
+        return None if value is None else (value, self.expiry_of(key) or 0)
 
     def expiry_of(self, key: bytes) -> int | None:
         """When the value under `key` expires (0 = never), or None if there is no value."""
@@ -280,7 +275,6 @@ class ShardState:
         chunks: list[bytes] = []
         undo: list[bytes] = []
         size = 0
-        data, skip = self._data, len(self._data)
         buckets: dict[int, list[bytes]] = {}  # expiry minute -> entries of the keys written expiring then
         for full_key, value in self._pending.items():
             old = cache[full_key] if full_key in cache else read[full_key]
@@ -294,8 +288,7 @@ class ShardState:
                 chunks.append(b"".join(undo))
                 undo, size = [], 0
             batch[full_key] = value
-            if value is not None and value[:8] != _NEVER and full_key.startswith(data):
-                _add_to_bucket(buckets, full_key, value, skip)
+            self._file_expiring(buckets, full_key, value)
         for bucket, entries in buckets.items():  # new keys (this generation's): their undo is the key alone
             bucket_key = self._buckets + _U64.pack(bucket) + _U64.pack(generation)
             batch[bucket_key] = b"".join(entries)
@@ -316,13 +309,7 @@ class ShardState:
         self.store.write(batch)
         if trim_below > floor:
             self.store.delete_range(self._undo + _U64.pack(floor), self._undo + _U64.pack(trim_below))
-        cache.update(self._pending)
-        if len(cache) > self.cache_entries:
-            _forget_oldest(cache, self.cache_entries)
-        self._pending.clear()
-        self._pending_expiring.clear()
-        self._pending_earliest = _NO_EXPIRY
-        self._pending_groups.clear()
+        self._written()
         self.generation = generation
         return generation
 
@@ -333,19 +320,35 @@ class ShardState:
         for flush in self._before_commit:
             flush()
         buckets: dict[int, list[bytes]] = {}
-        skip = len(self._data)
         for full_key, value in self._pending.items():
-            if value is not None and value[:8] != _NEVER and full_key.startswith(self._data):
-                _add_to_bucket(buckets, full_key, value, skip)
+            self._file_expiring(buckets, full_key, value)
         self._bulk_parts += 1
         batch = dict(self._pending)
         for bucket, entries in buckets.items():  # a part number after the generation keeps each write's own
             batch[self._buckets + _U64.pack(bucket) + _U64.pack(self.generation)
                   + self._bulk_parts.to_bytes(4, "big")] = b"".join(entries)
         self.store.write(batch)
+        self._written()
+
+    def _file_expiring(self, buckets: dict[int, list[bytes]], full_key: bytes, value: bytes | None) -> None:
+        """If `full_key` is a data key written with an expiry, file its index entry under its minute of expiry."""
+        if value is None or value[:8] == _NEVER or not full_key.startswith(self._data):
+            return
+        expires = _U64.unpack_from(value)[0]
+        entries = buckets.get(expires // EXPIRY_BUCKET_MS)
+        if entries is None:
+            entries = buckets[expires // EXPIRY_BUCKET_MS] = []
+        skip = len(self._data)
+        entries.append(_BUCKET_ENTRY.pack(expires, len(full_key) - skip) + full_key[skip:])
+
+    def _written(self) -> None:
+        """The buffered writes are in the store: they become cached committed values, and the buffers empty."""
         self._cache.update(self._pending)
         if len(self._cache) > self.cache_entries:
             _forget_oldest(self._cache, self.cache_entries)
+        self._clear_pending()
+
+    def _clear_pending(self) -> None:
         self._pending.clear()
         self._pending_expiring.clear()
         self._pending_earliest = _NO_EXPIRY
@@ -358,10 +361,7 @@ class ShardState:
         undo records needed were already trimmed: the state folder is then
         further ahead of the recovery store than it can be wound back.
         """
-        self._pending.clear()
-        self._pending_expiring.clear()
-        self._pending_earliest = _NO_EXPIRY
-        self._pending_groups.clear()
+        self._clear_pending()
         self._cache.clear()
         for forget in self._after_rollback:
             forget()
@@ -409,15 +409,6 @@ class ShardState:
 
     def pending_changes(self) -> int:
         return len(self._pending)
-
-
-def _add_to_bucket(buckets: dict[int, list[bytes]], full_key: bytes, value: bytes, skip: int) -> None:
-    """File an expiring data key's index entry under its minute of expiry (`skip`: the data prefix's length)."""
-    expires = _U64.unpack_from(value)[0]
-    entries = buckets.get(expires // EXPIRY_BUCKET_MS)
-    if entries is None:
-        entries = buckets[expires // EXPIRY_BUCKET_MS] = []
-    entries.append(_BUCKET_ENTRY.pack(expires, len(full_key) - skip) + full_key[skip:])
 
 
 def _forget_oldest(cache: dict[bytes, bytes | None], capacity: int) -> None:
