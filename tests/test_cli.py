@@ -91,3 +91,34 @@ def test_state_dir_of_another_recording_is_refused(tmp_path: Path, recording: Pa
     result = omnitrigger("replay", str(other), "--stores", str(stores), "--out", str(tmp_path / "b.jsonl"),
                          "--state-dir", str(state), "--quiet")
     assert_one_line_error(result, 1, "state folder", "recording")
+
+
+def _through_panic_filter(stderr: bytes) -> bytes:
+    from omnitrigger.cli.panics import _PANIC_FILTER
+
+    return subprocess.run([sys.executable, "-I", "-S", "-c", _PANIC_FILTER], input=stderr, capture_output=True,
+                          timeout=30, check=True).stdout
+
+
+def test_the_panic_filter_drops_a_panics_message_and_backtrace_and_keeps_our_lines() -> None:
+    """A panic whose message is not Bytewax's usual one (the recovery store's SQLite finding the disk full)
+    and its backtrace are dropped whole; the error line and log lines around it pass, as written."""
+    report = (b'{"level": "info", "msg": "replay started"}\n'
+              b"thread '<unnamed>' panicked at src/recovery.rs:712:18:\n"
+              b"called `Result::unwrap()` on an `Err` value: SqliteFailure(Error { code: DiskFull, extended_code: 13 },"
+              b' Some("database or disk is full"))\n'
+              b"stack backtrace:\n"
+              b"   0: rust_begin_unwind\n"
+              b"             at /rustc/a28077b/library/std/src/panicking.rs:597:5\n"
+              b"   3: <bytewax::recovery::SerializedSnapshotWriter as bytewax::timely::Writer>::write_batch\n"
+              b"note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n"
+              b"omnitrigger: error: no space left on the disk of state folder s (0.3 MiB free)\n")
+    assert _through_panic_filter(report) == (b'{"level": "info", "msg": "replay started"}\n'
+                                             b"omnitrigger: error: no space left on the disk of state folder s "
+                                             b"(0.3 MiB free)\n")
+    without_backtrace = (b"thread 'main' panicked at src/run.rs:1:1:\n"
+                         b"a message\nof two lines\n"
+                         b"note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n"
+                         b"omnitrigger: error: the step failed\n")
+    assert _through_panic_filter(without_backtrace) == b"omnitrigger: error: the step failed\n"
+    assert _through_panic_filter(b"plain line\n") == b"plain line\n"

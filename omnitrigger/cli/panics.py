@@ -20,7 +20,10 @@ panic = re.compile(rb"thread '[^']*' panicked at ")
 noise = re.compile(rb"(Box<dyn Any>|stack backtrace:|\s+\d+: |\s+at |note: (Some details are omitted|run with "
                    rb"`RUST_BACKTRACE)|panic in a destructor during cleanup|thread caused non-unwinding panic)")
 start = b"thread '"
-buffer, in_panic, mid_line = b"", False, False
+ours = (b"omnitrigger", b"{")  # our error line and our JSON log lines: never part of a panic's report
+# in_panic: inside a report; in_message: between its "panicked at" line and its backtrace or note, where
+# the panic's message is (any text: a failed unwrap of a disk-full error, say)
+buffer, in_panic, in_message, mid_line = b"", False, False, False
 def out(data):
     while data:
         data = data[os.write(1, data):]
@@ -34,11 +37,14 @@ while True:
             out(line)
             mid_line = False
         elif panic.match(line):
-            in_panic = True
+            in_panic = in_message = True
+        elif in_message and not line.startswith(ours):
+            if line.startswith((b"stack backtrace:", b"note: ")):
+                in_message = False
         elif (in_panic and (noise.match(line) or not line.strip())) or line.startswith(b"note: run with `RUST_"):
             pass
         else:
-            in_panic = False
+            in_panic = in_message = False
             out(line)
     if buffer and not chunk:
         if not (in_panic or panic.match(buffer)):
