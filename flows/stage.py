@@ -1,14 +1,15 @@
-"""Bytewax wrappers for the two stages: RocksDB state consistent with recovery, fixed shard keys.
+"""Bytewax wrappers for the stages: RocksDB state consistent with recovery, fixed shard keys.
 
-Bytewax only ever sees a fixed set of shard keys ("sequencer", "rules-0000"
-to "rules-NNNN"), never a key per customer or receipt, so its recovery store
+Bytewax only ever sees a fixed set of shard keys ("sequencer", "history", the
+rules shards' keys: flows/placement.py), never a key per customer or receipt, so its recovery store
 stays small (docs/design.md#bytewax-recovery-reloads-every-key). Each key keeps its own RocksDB
 store, `<rocksdb folder>/<key>/`, opened by whichever process Bytewax gives the key to, so a
 resume with another process count finds each key's state where it left it. The snapshot of a
 shard is the tuple of its state generations; building a shard from a snapshot rolls RocksDB
 back to it.
 
-The sequencer's items out are tagged: `("out", [Emitted])` for the sinks
+A stage's items out are tagged: `("out", [Emitted])` for the sinks,
+`("next", "history", [Item])` for the history stage (the sequencer's hand-off, operators/handoff.py)
 and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
 """
 
@@ -22,10 +23,12 @@ from bytewax.operators import StatefulBatchLogic
 
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
+from omnitrigger.flows.placement import HISTORY_KEY, rules_key
+from omnitrigger.operators.handoff import Handoff
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
-from omnitrigger.operators.stage_chain import StageChain
-from omnitrigger.records import Emitted, Item
+from omnitrigger.operators.stage_chain import LaterChain, StageChain
+from omnitrigger.records import IDENTITY_TOPIC, Emitted, Item
 from omnitrigger.state import ShardState, open_store
 
 OperatorFactory = Callable[[ShardState, Config], StageOperator]
@@ -33,11 +36,15 @@ OperatorFactory = Callable[[ShardState, Config], StageOperator]
 COUNTERS_NAMESPACE = "stage"
 
 
-class _SequencerLogic(StatefulBatchLogic):
-    def __init__(self, chain: StageChain, states: list[ShardState], router: ShardRouter | None) -> None:
+class _StageLogic(StatefulBatchLogic):
+    """A single-key stage (the sequencer, the history stage): its chain, then the hand-off to what follows it."""
+
+    def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
+                 handoff: Handoff | None) -> None:
         self.chain = chain
         self.states = states
         self.router = router
+        self.handoff = handoff
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
         return self._tagged(*self.chain.on_batches(values)), StatefulBatchLogic.RETAIN
@@ -47,8 +54,10 @@ class _SequencerLogic(StatefulBatchLogic):
 
     def _tagged(self, out: list[Emitted], events: list[Item], final: bool = False) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
-        if self.router is not None:
-            items += [("rules", shard_key(shard), (shard, batch))
+        if self.handoff is not None:
+            items.append(("next", HISTORY_KEY, self.handoff.items(events, self.chain.last_seq)))
+        elif self.router is not None:
+            items += [("rules", rules_key(shard), (shard, batch))
                       for shard, batch in sorted(self.router.route(events, final).items())]
         return items
 
@@ -57,11 +66,12 @@ class _SequencerLogic(StatefulBatchLogic):
 
 
 def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
-                      route_to_rules: bool) -> Callable[[Any], _SequencerLogic]:
+                      route_to_rules: bool, hand_on: bool = False) -> Callable[[Any], _StageLogic]:
     """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new);
-    `store_path` is the sequencer key's own RocksDB folder."""
+    `store_path` is the sequencer key's own RocksDB folder. `hand_on`: a history stage follows (it routes
+    to the rules); else the sequencer routes to them itself when `route_to_rules`."""
 
-    def build(resume_state: Any) -> _SequencerLogic:
+    def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
         counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations, config.state_cache_entries)
         operator_states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
@@ -69,10 +79,37 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         states = [counter_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
-        router = ShardRouter(config.rule_shards, rule_topics(config), broadcast_topics(config)) if route_to_rules else None
-        return _SequencerLogic(StageChain(operators, counter_state, emit_events), states, router)
+        handoff = Handoff(handed_on_topics(config)) if hand_on else None
+        router = _router(config) if route_to_rules and not hand_on else None
+        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff)
 
     return build
+
+
+def history_builder(store_path: Path, factories: list[OperatorFactory], config: Config,
+                    route_to_rules: bool) -> Callable[[Any], _StageLogic]:
+    """The builder of the history stage (history, the clock: what follows the sequencer), in its own RocksDB
+    folder `store_path`."""
+
+    def build(resume_state: Any) -> _StageLogic:
+        store = open_store(store_path)
+        states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
+                  for factory in factories]
+        _roll_back(states, resume_state)
+        operators = [factory(state, config) for factory, state in zip(factories, states)]
+        return _StageLogic(LaterChain(operators), states, _router(config) if route_to_rules else None, None)
+
+    return build
+
+
+def handed_on_topics(config: Config) -> frozenset[str]:
+    """What the history stage and the rules read in full: the rules' topics (the journal's too), the broadcast
+    ones, identity changes and consent."""
+    return rule_topics(config) | broadcast_topics(config) | {IDENTITY_TOPIC, "consent.changes"}
+
+
+def _router(config: Config) -> ShardRouter:
+    return ShardRouter(config.rule_shards, rule_topics(config), broadcast_topics(config))
 
 
 class _RulesLogic(StatefulBatchLogic):

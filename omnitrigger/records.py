@@ -5,7 +5,7 @@ between the processes of a Bytewax cluster. An operator's list holds events
 and control records mixed, in input order; it dispatches on the record's
 type (`type(item) is Merge`), and passes on what it does not handle.
 
-Control records (`Watermark`, `Merge`, `Heartbeat`) tell operators how to
+Control records (`Watermark`, `Merge`, `Heartbeat`, `Progress`) tell operators how to
 handle their state: the clock moved, two customers became one, an idle
 source's wall clock. They are not events: no contract, no topic, not counted in
 the run totals (operators/stage_chain.py). They live in memory and in Bytewax's
@@ -84,6 +84,16 @@ class Watermark(NamedTuple):
     ts_ms: int
 
 
+class Progress(NamedTuple):
+    """The stage before has handed on everything of the input up to `seq` (a control record between stages).
+
+    The sequencer hands the history stage only what that stage reads (operators/handoff.py): without this
+    mark, the history stage would not know where a batch, or the input, ended.
+    """
+
+    seq: int
+
+
 #: Which of a merge's customers a rules shard holds (operators/router.py): the loser's shard retires its
 #: state, the winner's absorbs its history, one shard holding both does both.
 MergeRole = Literal["retire", "absorb", "both"]
@@ -108,7 +118,7 @@ class Merge(NamedTuple):
 
 
 #: What an operator takes and passes on: events and the control records among them.
-Item = Event | Watermark | Merge | Heartbeat
+Item = Event | Watermark | Merge | Heartbeat | Progress
 
 
 class Emitted(NamedTuple):

@@ -40,7 +40,7 @@ import orjson
 
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.rules.registry import longest_delay_ms, rule_topics
-from omnitrigger.records import IDENTITY_TOPIC, Event, Heartbeat, Item, Merge
+from omnitrigger.records import IDENTITY_TOPIC, Event, Heartbeat, Item, Merge, Progress
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 
@@ -66,6 +66,9 @@ class History(StageOperator):
         out: list[Item] = []
         for event in events:
             kind = type(event)
+            if kind is Progress:  # the end of the sequencer's hand-off (operators/handoff.py): no time of its own
+                out.append(event)
+                continue
             self.clock.advance(event.wall_ms if kind is Heartbeat else event.ts_ms)  # an idle source: its wall clock
             if kind is Merge:
                 journal = self._move(event.loser, event.winner)

@@ -6,6 +6,10 @@ what survives the last operator becomes the `events` stream if asked for.
 The counters (records read per topic, dead letters by reason, duplicates)
 live in the shard's state, so they roll back and resume with it and a
 resumed replay reports the same totals as an uninterrupted one.
+
+A chain after the first (`LaterChain`, the history stage's) takes what the
+stage before it handed on (operators/handoff.py) and counts nothing: the
+run totals are the first stage's.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import orjson
 
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.records import (
-    DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, RETURN_TOPICS, Emitted, Event, Heartbeat, Item, is_return,
+    DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, RETURN_TOPICS, Emitted, Event, Heartbeat, Item, Progress,
+    is_return,
 )
 from omnitrigger.state import ShardState
 
@@ -106,3 +111,41 @@ class StageChain:
                 document[operator.name] = dict(sorted(operator.stats().items()))
         return Emitted(STATS, (self.last_seq + 1, 0), document)
 
+
+
+class LaterChain:
+    """The operators of a stage after the first, over what the stage before handed on, in order.
+
+    `last_seq` follows the `Progress` marks that end each hand-off (it is the first stage's), so the
+    end-of-input records sort where they would in one stage.
+    """
+
+    def __init__(self, operators: list[StageOperator]) -> None:
+        self.operators = operators
+        self.last_seq = -1
+
+    def on_batches(self, batches: Iterable[list[Item]]) -> tuple[list[Emitted], list[Item]]:
+        out: list[Emitted] = []
+        events: list[Item] = [item for batch in batches for item in batch]
+        for item in reversed(events):
+            if type(item) is Progress:
+                self.last_seq = max(self.last_seq, item.seq)
+                break
+        for operator in self.operators:
+            result = operator.on_events(events)
+            events = result.events
+            out.extend(result.emitted)
+        return out, events
+
+    def on_eof(self) -> tuple[list[Emitted], list[Item]]:
+        out: list[Emitted] = []
+        carried: list[Item] = []
+        for operator in self.operators:
+            if carried:
+                result = operator.on_events(carried)
+                carried = list(result.events)
+                out.extend(result.emitted)
+            result = operator.on_eof(self.last_seq + 1)
+            carried.extend(result.events)
+            out.extend(result.emitted)
+        return out, carried

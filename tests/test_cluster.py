@@ -1,6 +1,6 @@
 """The flow as a Bytewax cluster: processes over addresses give a single process's outputs, live and replay.
 
-- Where Bytewax puts a key is predicted (omnitrigger/runner/cluster.py `worker_of`),
+- Where Bytewax puts a key is predicted (flows/placement.py `worker_of`),
   so process 0 can be the sequencer's; checked against Bytewax itself.
 - A replay as two processes started like two machines would start them
   (`--addresses A,B --process-id 0|1`, each its own --state-dir), stopped
@@ -40,9 +40,9 @@ from conftest import STREAM_FLAGS, replay, write_stores
 from geolife import write_stores_csv
 from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read_topic  # noqa: F401  (a fixture)
 from omnitrigger.runner import cluster
-from omnitrigger.runner.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses, worker_of
+from omnitrigger.runner.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses
 from omnitrigger.config import Config
-from omnitrigger.flows.replay_flow import SEQUENCER_KEY
+from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY, rules_key, worker_of
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.runner.finish import _write_identities
@@ -93,7 +93,7 @@ cluster_main(flow, sys.argv[2].split(";"), int(sys.argv[1]))
 
 @pytest.mark.parametrize("processes", [2, 3])
 def test_keys_land_where_worker_of_says(tmp_path: Path, processes: int) -> None:
-    keys = [SEQUENCER_KEY] + [f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)]
+    keys = [SEQUENCER_KEY, HISTORY_KEY] + [rules_key(shard) for shard in range(CONFIG.rule_shards)]
     probe = tmp_path / "probe.py"
     probe.write_text(_ROUTE_PROBE)
     addresses = ";".join(local_addresses(processes))
@@ -107,6 +107,8 @@ def test_keys_land_where_worker_of_says(tmp_path: Path, processes: int) -> None:
     assert {key: int(worker) for key, worker in seen.items()} == {key: worker_of(key, processes) for key in keys}
     role = Role(0, tuple(f"h{n}:1" for n in range(processes)))
     assert role.worker == worker_of(SEQUENCER_KEY, processes)  # process 0 runs the sequencer
+    # ... and nothing else: the history stage and every rules shard run on the other processes
+    assert all(int(seen[key]) != role.worker for key in keys[1:])
     everyone = [Role(n, role.addresses) for n in range(processes)]
     assert sorted(shard for member in everyone for shard in member.rule_shards(CONFIG.rule_shards)) == \
         list(range(CONFIG.rule_shards))
@@ -215,7 +217,7 @@ def test_a_replay_resumes_with_another_process_count(tmp_path: Path, generated: 
         assert files[flag] == generated["alone"][flag], flag
     assert orjson.loads((state / "layout.json").read_bytes())["processes"] == then
     assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
-        [*(f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)), "sequencer"]
+        ["history", *(f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)), "sequencer"]
 
 
 # -- live, two processes, through the mock cluster -------------------------------------------------------

@@ -189,7 +189,7 @@ def test_a_cluster_state_folder_explains_the_same(run: dict, tmp_path: Path) -> 
     cluster = explain_json({"state": tmp_path / "state"}, "--customer", run["customer"],
                            "--out-dir", str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "state" / "rocksdb").iterdir()) == \
-        [*(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
+        ["history", *(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
     for doc in (alone, cluster):
         doc.pop("state_dir"), doc.pop("out_dir")
     assert cluster == alone and cluster["pending"] and cluster["triggers"]

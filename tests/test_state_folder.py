@@ -108,7 +108,7 @@ def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], stat
     assert sorted(path.name for path in (state / "recovery").glob("*.sqlite3")) == ["part-0.sqlite3"]
     assert (state / "rocksdb" / "sequencer" / "CURRENT").is_file()
     assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
-        [*(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
+        ["history", *(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
 
 
 def test_a_live_job_with_another_process_count_is_refused(tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ sequencer lands is known before the flow starts. omnitrigger numbers the
 processes so that process 0 is the sequencer's worker: Bytewax process
 `(I + worker_of("sequencer", N)) % N` runs as omnitrigger process I. So
 process 0 reads the input (the recording, or every Kafka input partition),
-runs the sequencer (dedup, identity, visits, history, clock) and, in a
-replay, receives every output record and writes the output files; the input
-never crosses the network. The rules shards (`rules-0000` ...) spread over
-all processes by the same hash, and their triggers cross the network to
-process 0 in a replay, or go to Kafka from the process that made them live.
+runs the sequencer (dedup, identity, visits) and, in a replay, receives
+every output record and writes the output files; the input never crosses
+the network. The history stage (history, the clock, the router) and the
+rules shards have keys named so that, on 2 to 8 processes, none lands on
+process 0 (flows/placement.py): they spread over the other processes, and
+their triggers cross the network to process 0 in a replay, or go to Kafka
+from the process that made them live.
 
 Security. Bytewax's cluster channel is plain TCP carrying pickles, without
 authentication or encryption: whoever can connect to a process's port can
@@ -44,9 +46,8 @@ from typing import Any
 
 import click
 
-SEQUENCER_KEY = "sequencer"  # flows/replay_flow.py SEQUENCER_KEY: the one key every input batch goes to
+from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY, rules_key, worker_of
 
-_MASK = (1 << 64) - 1
 #: Set to 1 to start a cluster on addresses that are not private (the environment's form of --allow-public-cluster).
 ALLOW_PUBLIC_ENV = "OMNITRIGGER_ALLOW_PUBLIC_CLUSTER"
 _PRIVATE_NETWORKS = tuple(ipaddress.ip_network(network) for network in (
@@ -61,52 +62,6 @@ _ADDRESS = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)
 class ClusterError(Exception):
     """The cluster cannot run as asked (a bad hostfile, an address this machine cannot listen on, a process
     that left); the message is one line for the user."""
-
-
-# -- where Bytewax puts a key ------------------------------------------------------------------------
-
-
-def _rotl(value: int, bits: int) -> int:
-    return ((value << bits) | (value >> (64 - bits))) & _MASK
-
-
-def siphash13(data: bytes, k0: int = 0, k1: int = 0) -> int:
-    """SipHash-1-3, the hash of Rust's `std::collections::hash_map::DefaultHasher` (zero keys for `::new()`)."""
-    v0, v1 = k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D
-    v2, v3 = k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573
-
-    def sip_round() -> None:
-        nonlocal v0, v1, v2, v3
-        v0 = (v0 + v1) & _MASK
-        v1 = _rotl(v1, 13) ^ v0
-        v0 = _rotl(v0, 32)
-        v2 = (v2 + v3) & _MASK
-        v3 = _rotl(v3, 16) ^ v2
-        v0 = (v0 + v3) & _MASK
-        v3 = _rotl(v3, 21) ^ v0
-        v2 = (v2 + v1) & _MASK
-        v1 = _rotl(v1, 17) ^ v2
-        v2 = _rotl(v2, 32)
-
-    whole = len(data) - len(data) % 8
-    for start in range(0, whole, 8):
-        word = int.from_bytes(data[start:start + 8], "little")
-        v3 ^= word
-        sip_round()
-        v0 ^= word
-    last = int.from_bytes(data[whole:], "little") | ((len(data) & 0xFF) << 56)
-    v3 ^= last
-    sip_round()
-    v0 ^= last
-    v2 ^= 0xFF
-    for _ in range(3):
-        sip_round()
-    return v0 ^ v1 ^ v2 ^ v3
-
-
-def worker_of(key: str, workers: int) -> int:
-    """The Bytewax worker a stateful step sends `key` to (Rust hashes a str as its bytes and 0xFF)."""
-    return siphash13(key.encode() + b"\xff") % workers
 
 
 # -- addresses ---------------------------------------------------------------------------------------
@@ -297,12 +252,16 @@ class Role:
 
     def rule_shards(self, shards: int) -> list[int]:
         """The rules shards this process runs."""
-        from omnitrigger.operators.router import shard_key
+        return [shard for shard in range(shards) if worker_of(rules_key(shard), self.processes) == self.worker]
 
-        return [shard for shard in range(shards) if worker_of(shard_key(shard), self.processes) == self.worker]
+    @property
+    def runs_history(self) -> bool:
+        """Whether this process runs the history stage (history, the clock, the router: flows/placement.py)."""
+        return worker_of(HISTORY_KEY, self.processes) == self.worker
 
     def describe(self, shards: int) -> str:
         part = "the input, the sequencer and " if self.reads_input else ""
+        part += "the history stage and " if self.runs_history else ""
         return (f"process {self.process_id} of {self.processes} ({self.address}): {part}rules shards "
                 f"{','.join(map(str, self.rule_shards(shards))) or 'none'}")
 

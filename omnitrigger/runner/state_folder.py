@@ -27,7 +27,7 @@ What it records (replay and live):
                      (checked and cut back to the snapshot on resume: omnitrigger/outputs.py)
 
 The folder (one process alone, or every process of a one-machine cluster):
-    layout.json  recovery/part-0.sqlite3  rocksdb/sequencer/  rocksdb/rules-0000/ ...  parts/
+    layout.json  recovery/part-0.sqlite3  rocksdb/sequencer/  rocksdb/history/  rocksdb/rules-0000/ ...  parts/
 One RocksDB store a Bytewax shard key, opened by whichever process Bytewax gives the key to
 (the hash of the key modulo the process count), and one recovery partition every process of a
 one-machine cluster sees. Bytewax (0.21.1, docs/guide/concepts/rescaling.md) keeps a fixed
@@ -79,7 +79,7 @@ if TYPE_CHECKING:
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
 #: 5: one RocksDB store a shard key (rocksdb/<key>/), one shared recovery partition on one machine.
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
 _ORDER = ("layout_version", "mode", "processes", "process_id", "rule_shards", "operators", "rules",
