@@ -5,7 +5,8 @@
 The mix is the one tests/test_rules_real_data.py replays (tests/recordings.py `omnichannel_recording`):
 real Taobao clickstream, bakery receipts and GeoLife GPS traces of 114 shoppers, with identity links,
 consents and stores where the traces dwell, 52,780 records. Every stage runs the production operator
-classes on RocksDB, the sequencer's operators in order, then the router and the 16 rules shards,
+classes on RocksDB, the sequencer's operators in order, its hand-off, the history stage's operators,
+then the router and the 16 rules shards,
 committing after every 1,000-record batch (`--commit-every`: the flow commits once per epoch, 1 s, so
 that overstates commits; `--commit-every 30000` is near a replay's epoch).
 µs/record is the stage's time divided by all records, so the column adds up to the per-record cost;
@@ -32,6 +33,8 @@ from results import Figures  # noqa: E402
 
 from omnitrigger.config import Config  # noqa: E402
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits  # noqa: E402
+from omnitrigger.flows.stage import handed_on_topics  # noqa: E402
+from omnitrigger.operators.handoff import Handoff  # noqa: E402
 from omnitrigger.operators.router import ShardRouter  # noqa: E402
 from omnitrigger.recording import RecordingReader  # noqa: E402
 from omnitrigger.records import Event  # noqa: E402
@@ -88,18 +91,26 @@ def main() -> int:
         records = sum(map(len, batches))
         cost["decode, validate, merge"] = time.perf_counter() - started
         store = RocksDBStore(Path(work) / "db")
-        factories = [Dedup, Identity, Visits, History, EventClock]
-        states = [ShardState(store, factory.name, 0) for factory in factories]
-        operators = [factory(state, config) for factory, state in zip(factories, states)]
-        for name in [factory.name for factory in factories] + ["sequencer commits", "router", "rules",
-                                                              "rules commits"]:
+        # The sequencer's operators, then the history stage's (flows/replay_flow.py): the sequencer hands the
+        # history stage only what it reads (operators/handoff.py).
+        sequencer_factories, history_factories = [Dedup, Identity, Visits], [History, EventClock]
+        sequencer_states = [ShardState(store, factory.name, 0) for factory in sequencer_factories]
+        history_states = [ShardState(store, factory.name, 0) for factory in history_factories]
+        sequencer = [factory(state, config) for factory, state in zip(sequencer_factories, sequencer_states)]
+        history = [factory(state, config) for factory, state in zip(history_factories, history_states)]
+        handoff = Handoff(handed_on_topics(config))
+        for name in [*(factory.name for factory in sequencer_factories), "sequencer commits", "hand-off",
+                     *(factory.name for factory in history_factories), "history commits", "router", "rules",
+                     "rules commits"]:
             cost[name] = 0.0
         router = ShardRouter(config.rule_shards)
         rules: dict[int, Rules] = {}
         since_commit = 0
         # What items would cost crossing processes in a cluster (Bytewax pickles what goes to another worker):
-        # the routed batches (sequencer -> rules shards), and the decoded input (were the source elsewhere).
-        crossing = {"rules batches": 0.0, "decoded input": 0.0}
+        # the hand-off (sequencer -> history stage), the routed batches (history stage -> rules shards), and
+        # the decoded input (were the source elsewhere).
+        crossing = {"hand-off batches": 0.0, "rules batches": 0.0, "decoded input": 0.0}
+        handed_on = 0
         for batch in batches:
             this_batch = dict.fromkeys(cost, 0.0)
             since_commit += len(batch)
@@ -107,14 +118,27 @@ def main() -> int:
             if commit_now:
                 since_commit = 0
             events = [item for item in batch if type(item) is Event]
-            for operator in operators:
+            for operator in sequencer:
                 started = time.perf_counter()
                 events = operator.on_events(events).events
                 this_batch[operator.name] += time.perf_counter() - started
             started = time.perf_counter()
-            for state in states if commit_now else ():
+            for state in sequencer_states if commit_now else ():
                 state.commit()
             this_batch["sequencer commits"] += time.perf_counter() - started
+            started = time.perf_counter()
+            events = handoff.items(events, batch[-1].seq)
+            this_batch["hand-off"] += time.perf_counter() - started
+            handed_on += len(events)
+            crossing["hand-off batches"] += _pickle_round_trip(events)
+            for operator in history:
+                started = time.perf_counter()
+                events = operator.on_events(events).events
+                this_batch[operator.name] += time.perf_counter() - started
+            started = time.perf_counter()
+            for state in history_states if commit_now else ():
+                state.commit()
+            this_batch["history commits"] += time.perf_counter() - started
             started = time.perf_counter()
             routed = router.route(events)
             this_batch["router"] += time.perf_counter() - started
@@ -147,6 +171,11 @@ def main() -> int:
     print("crossing processes, not in the total (pickle + unpickle, as Bytewax between workers of two processes):")
     for name, seconds in crossing.items():
         print(f"  {name:26s} {seconds / records * 1e6:9.1f} µs/record")
+    central = sum(cost[name] for name in (*(factory.name for factory in sequencer_factories), "sequencer commits",
+                                          "hand-off"))
+    print(f"the central stage (the sequencer: {', '.join(factory.name for factory in sequencer_factories)}, its commits "
+          f"and the hand-off): {central / records * 1e6:.1f} µs/record; it hands on {handed_on / records:.0%} of the "
+          "records (full or as clock marks)")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else "")
@@ -155,6 +184,8 @@ def main() -> int:
         figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),
                     "ms")
+    figures.add("the central stage (sequencer, its commits, the hand-off)", round(central / records * 1e6, 1),
+                "µs/record")
     figures.add("stages alone: total", round(total / records * 1e6, 1), "µs/record")
     for name, seconds in crossing.items():
         figures.add(f"crossing processes: {name}", round(seconds / records * 1e6, 1), "µs/record")
