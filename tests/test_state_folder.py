@@ -101,7 +101,7 @@ def test_other_rule_shards_are_refused_on_the_command_line(made: dict[str, Path]
 
 
 def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
-    """One RocksDB store a shard key and one recovery partition (state format 5): a replay on one machine resumes
+    """One RocksDB store a shard key and one recovery partition (state format 5 on): a replay on one machine resumes
     with another --processes (tests/test_cluster.py checks the outputs); layout.json then says the new count."""
     resume(made, state, tmp_path, processes=2)
     assert orjson.loads((state / "layout.json").read_bytes())["processes"] == 2
@@ -109,6 +109,15 @@ def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], stat
     assert (state / "rocksdb" / "sequencer" / "CURRENT").is_file()
     assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
         ["history", *(f"rules-{shard:04d}" for shard in range(16)), "sequencer"]
+
+
+def test_a_folder_of_the_one_stage_sequencer_is_refused(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
+    """Format 5 kept history and the clock in the sequencer's key: its snapshots do not fit the history stage."""
+    layout = orjson.loads((state / "layout.json").read_bytes())
+    (state / "layout.json").write_bytes(orjson.dumps({**layout, "layout_version": 5}))
+    assert FORMAT_VERSION == 6
+    assert "was made with state format 5, and this omnitrigger uses state format 6; use a fresh --state-dir" in \
+        refused(made, state, tmp_path)
 
 
 def test_a_live_job_with_another_process_count_is_refused(tmp_path: Path) -> None:
