@@ -260,10 +260,12 @@ class Role:
         return worker_of(HISTORY_KEY, self.processes) == self.worker
 
     def describe(self, shards: int) -> str:
-        part = "the input, the sequencer and " if self.reads_input else ""
-        part += "the history stage and " if self.runs_history else ""
-        return (f"process {self.process_id} of {self.processes} ({self.address}): {part}rules shards "
-                f"{','.join(map(str, self.rule_shards(shards))) or 'none'}")
+        """One line: what this process ran (the input and the sequencer, the history stage, its rules shards)."""
+        parts = ["the input and the sequencer"] if self.reads_input else []
+        parts += ["the history stage"] if self.runs_history else []
+        mine = self.rule_shards(shards)
+        parts.append(f"rules shards {','.join(map(str, mine))}" if mine else "no rules shard")
+        return f"process {self.process_id} of {self.processes} ({self.address}): {', '.join(parts)}"
 
     @classmethod
     def local(cls, processes: int) -> list[Role]:
