@@ -146,7 +146,12 @@ def test_two_processes_over_addresses_write_the_single_process_outputs(tmp_path:
 
     for flag in ("triggers", *STREAM_FLAGS):
         assert (out / f"{flag}.jsonl").read_bytes() == alone[flag], flag
-    # The sequencer (identity state) ran in process 0; process 1 kept rules shards and one recovery partition.
+    # The sequencer (identity state) ran in process 0; process 1 ran the history stage and every rules shard
+    # (their keys are placed off the sequencer's worker), and kept one recovery partition.
+    assert "the history stage, rules shards 0,1,2," in last
+    assert sorted(path.name for path in (tmp_path / "state-0" / "rocksdb").iterdir()) == ["sequencer"]
+    assert sorted(path.name for path in (tmp_path / "state-1" / "rocksdb").iterdir()) == \
+        ["history", *(f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards))]
     assert _write_identities(tmp_path / "state-0" / "rocksdb", None)[0] == len(alone["identities"].splitlines())
     assert _write_identities(tmp_path / "state-1" / "rocksdb", None) == (0, 0)
     assert [path.name for path in (tmp_path / "state-1" / "recovery").glob("*.sqlite3")] == ["part-1.sqlite3"]
