@@ -4,7 +4,9 @@ Lines are `[seq, sub, record]`: the sort key travels with the record, so the
 merge can put every stream in one deterministic order whatever stage wrote
 it. One partition, "outputs", built on one process (`here`; in a cluster,
 process 0, so every process's records travel to it through Bytewax and no
-folder is shared between machines), one part file a stream.
+folder is shared between machines), one part file a stream. The flow hands it
+each stage's records already encoded as lines (`encode_outputs`, on the
+process that made them), so what crosses to process 0 is bytes.
 
 The partition is stateful: its snapshot is each part's (lines, bytes,
 crc32) after the epoch's records were written and flushed. Built again on
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -33,6 +35,27 @@ PARTITION = "outputs"
 
 #: What a partition's close() could not do, for the runner (omnitrigger/runner/process.py) to raise once the flow has returned.
 CLOSE_ERRORS: list[Exception] = []
+
+
+class EncodedOutputs(NamedTuple):
+    """A stage's output records as part-file lines, `{stream: (lines, how many)}`, encoded where they were made.
+
+    The flow encodes each stage's outputs before they travel to the one writer (flows/replay_flow.py), so
+    what crosses processes in a cluster is bytes, which pickle for nearly nothing, and the writer's process
+    (process 0, the busiest) neither unpickles the records nor encodes them.
+    """
+
+    lines: dict[str, tuple[bytes, int]]
+
+
+def encode_outputs(emitted: list[Emitted]) -> EncodedOutputs:
+    """`emitted` as part-file lines `[seq, sub, record]`, grouped by stream in their order."""
+    lines: dict[str, list[bytes]] = {}
+    dumps = orjson.dumps
+    for record in emitted:
+        seq, sub = record.sort_key
+        lines.setdefault(record.stream, []).append(dumps([seq, sub, record.record]))
+    return EncodedOutputs({stream: (b"\n".join(chunk) + b"\n", len(chunk)) for stream, chunk in lines.items()})
 
 
 class _PartFiles(StatefulSinkPartition):
@@ -72,18 +95,20 @@ class _PartFiles(StatefulSinkPartition):
             self.states.setdefault(name, (0, 0, 0))
         return name, handle
 
-    def write_batch(self, items: list[list[Emitted]]) -> None:
+    def write_batch(self, items: list[EncodedOutputs | list[Emitted]]) -> None:
         lines: dict[str, list[bytes]] = {}
-        for emitted_list in items:
-            for emitted in emitted_list:
-                seq, sub = emitted.sort_key
-                lines.setdefault(emitted.stream, []).append(orjson.dumps([seq, sub, emitted.record]) + b"\n")
-        for stream, stream_lines in lines.items():
+        counts: dict[str, int] = {}
+        for item in items:
+            encoded = item if type(item) is EncodedOutputs else encode_outputs(item)
+            for stream, (data, count) in encoded.lines.items():
+                lines.setdefault(stream, []).append(data)
+                counts[stream] = counts.get(stream, 0) + count
+        for stream, chunks in lines.items():
             name, handle = self._file(stream)
-            data = b"".join(stream_lines)
+            data = b"".join(chunks)
             handle.write(data)
             count, size, crc = self.states[name]
-            self.states[name] = (count + len(stream_lines), size + len(data), zlib.crc32(data, crc))
+            self.states[name] = (count + counts[stream], size + len(data), zlib.crc32(data, crc))
         for handle in self._files.values():
             handle.flush()
         self._changed = self._changed or bool(lines)
@@ -130,4 +155,4 @@ class PartFileSink(FixedPartitionedSink):
         return _PartFiles(self.parts_dir, 0, resume_state)
 
 
-__all__ = ["CLOSE_ERRORS", "MANIFEST", "PartFileSink"]
+__all__ = ["CLOSE_ERRORS", "MANIFEST", "EncodedOutputs", "PartFileSink", "encode_outputs"]

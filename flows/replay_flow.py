@@ -33,6 +33,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import FixedPartitionedSink, Sink
 
 from omnitrigger.config import Config
+from omnitrigger.flows.part_file_sink import encode_outputs
 from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY
 from omnitrigger.flows.stage import OperatorFactory, history_builder, rules_builder, sequencer_builder
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
@@ -83,7 +84,8 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         triggers = op.stateful_batch("rules", to_rules, rules_builder(state_path, config))
         outputs = op.merge("all_outputs", outputs, op.key_rm("unkey_rules", triggers))
     if isinstance(sink, FixedPartitionedSink):  # a cluster's process 0 gathers every output (flows/cluster_worker.py)
-        outputs = op.key_on("to_writer", outputs, _writer_key)
+        # Encoded where each stage made them: what travels to the writer is bytes (flows/part_file_sink.py).
+        outputs = op.key_on("to_writer", op.map("encode_outputs", outputs, encode_outputs), _writer_key)
     op.output("write", outputs, sink)
     return flow
 
