@@ -111,6 +111,29 @@ def start_up_mix(mix: Path, into: Path) -> Path:
     return into
 
 
+def checked_setup(program: str, shared: Path, checkout_args: list[Path] | None) -> tuple[Path, list[Path]] | None:
+    """(the real data, the checkouts to measure) for a callgrind A/B benchmark, or None after one line on stderr:
+    valgrind missing, no real data, or a checkout that is not one (or has no .venv of its own)."""
+    if shutil.which("valgrind") is None:
+        print(f"{program}: valgrind not found (Debian: apt-get install valgrind)", file=sys.stderr)
+        return None
+    real_data = shared / "data" / "real"
+    if not real_data.is_dir():
+        print(f"{program}: real data not found at {real_data} (use --shared)", file=sys.stderr)
+        return None
+    checkouts = [path.resolve() for path in (checkout_args or [REPO])]
+    for checkout in checkouts:
+        if not (checkout / "omnitrigger" / "recording.py").is_file():
+            print(f"{program}: {checkout} is not an omnitrigger checkout", file=sys.stderr)
+            return None
+        if checkout != REPO and not (checkout / ".venv" / "bin" / "python").exists():
+            print(f"{program}: {checkout} has no .venv of its own (python3 -m venv {checkout}/.venv && "
+                  f"{checkout}/.venv/bin/pip install -e '{checkout}[test]'): an editable install maps the "
+                  "packages to one checkout", file=sys.stderr)
+            return None
+    return real_data, checkouts
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
@@ -122,23 +145,10 @@ def main() -> int:
     if args.pipeline:
         pipeline(Path(args.pipeline[0]), Path(args.pipeline[1]))
         return 0
-    if shutil.which("valgrind") is None:
-        print("bench_instructions: valgrind not found (Debian: apt-get install valgrind)", file=sys.stderr)
+    checked = checked_setup("bench_instructions", args.shared, args.checkout)
+    if checked is None:
         return 2
-    real_data = args.shared / "data" / "real"
-    if not real_data.is_dir():
-        print(f"bench_instructions: real data not found at {real_data} (use --shared)", file=sys.stderr)
-        return 2
-    checkouts = [path.resolve() for path in (args.checkout or [REPO])]
-    for checkout in checkouts:
-        if not (checkout / "omnitrigger" / "recording.py").is_file():
-            print(f"bench_instructions: {checkout} is not an omnitrigger checkout", file=sys.stderr)
-            return 2
-        if checkout != REPO and not (checkout / ".venv" / "bin" / "python").exists():
-            print(f"bench_instructions: {checkout} has no .venv of its own (python3 -m venv {checkout}/.venv && "
-                  f"{checkout}/.venv/bin/pip install -e '{checkout}[test]'): an editable install maps the "
-                  "packages to one checkout", file=sys.stderr)
-            return 2
+    real_data, checkouts = checked
     sys.path.insert(0, str(REPO / "benchmarks"))
     from real_mix import build_scaled_mix
 

@@ -49,6 +49,20 @@ def _pickle_round_trip(value: object) -> float:
     return time.perf_counter() - started
 
 
+def _timed_stage(operators: list, states: list[ShardState], commits: str, events: list, commit_now: bool,
+                 seconds: dict[str, float]) -> list:
+    """One stage's operators over `events`, then its commits if due, each timed into `seconds`; what it passes on."""
+    for operator in operators:
+        started = time.perf_counter()
+        events = operator.on_events(events).events
+        seconds[operator.name] += time.perf_counter() - started
+    started = time.perf_counter()
+    for state in states if commit_now else ():
+        state.commit()
+    seconds[commits] += time.perf_counter() - started
+    return events
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
@@ -118,27 +132,13 @@ def main() -> int:
             if commit_now:
                 since_commit = 0
             events = [item for item in batch if type(item) is Event]
-            for operator in sequencer:
-                started = time.perf_counter()
-                events = operator.on_events(events).events
-                this_batch[operator.name] += time.perf_counter() - started
-            started = time.perf_counter()
-            for state in sequencer_states if commit_now else ():
-                state.commit()
-            this_batch["sequencer commits"] += time.perf_counter() - started
+            events = _timed_stage(sequencer, sequencer_states, "sequencer commits", events, commit_now, this_batch)
             started = time.perf_counter()
             events = handoff.items(events, batch[-1].seq)
             this_batch["hand-off"] += time.perf_counter() - started
             handed_on += len(events)
             crossing["hand-off batches"] += _pickle_round_trip(events)
-            for operator in history:
-                started = time.perf_counter()
-                events = operator.on_events(events).events
-                this_batch[operator.name] += time.perf_counter() - started
-            started = time.perf_counter()
-            for state in history_states if commit_now else ():
-                state.commit()
-            this_batch["history commits"] += time.perf_counter() - started
+            events = _timed_stage(history, history_states, "history commits", events, commit_now, this_batch)
             started = time.perf_counter()
             routed = router.route(events)
             this_batch["router"] += time.perf_counter() - started
