@@ -24,7 +24,7 @@ is more; without them (a fresh state folder, a cluster's other processes)
 only the tail.
 
 In a cluster every process has its own sink partition and producer and
-publishes what its own rules shards (and, on process 0, the sequencer) made,
+publishes what its own stages and rules shards made (the sequencer on process 0),
 so no output crosses between processes. That keeps each trigger id once:
 an id is made by one rules shard (its customer's), and a shard stays on one
 process for the life of the state folder (the process count is fixed in

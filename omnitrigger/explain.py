@@ -16,7 +16,8 @@ if it crashes before Bytewax commits that epoch.
 Where things are (state/shard_state.py: data keys are `d <namespace> NUL <2-byte shard> <key>`):
     identity   namespace "identity", shard 0, in the sequencer's RocksDB (process 0):
                i <type code> <value> -> [customer, last seen ms]; c <customer> -> {"first", "ids"}
-    history    namespace "history", shard 0, same place: k <customer> -> {channel: [status, ts_ms]}
+    history    namespace "history", shard 0, in the history stage's RocksDB (rocksdb/history; on a cluster, the
+               process Bytewax gives the key "history"): k <customer> -> {channel: [status, ts_ms]}
     rules      namespace "rules", shard `shard_of(customer, rule_shards)` (operators/router.py), in the
                RocksDB of whichever process ran that shard: A/B (pending), C (consents), F and G (caps)
 The rules' and the policy's key layouts are decoded here, mirroring operators/rules.py and
