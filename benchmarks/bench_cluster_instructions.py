@@ -8,8 +8,9 @@ For each checkout (this one by default; an older commit as a `git worktree` with
 `valgrind --tool=callgrind --trace-children=yes --separate-threads=yes`, in one epoch (`[replay]
 epoch_interval = "1000s"`, so the snapshots' count does not depend on how fast valgrind runs), and prints, for
 each cluster process, its worker thread's work: the Python it runs (the inclusive count of
-`_PyEval_EvalFrameDefault`: every operator, the reader, the sinks, pickling called from Python) plus the
-unpickling Bytewax does for items from other processes (`PickleVisitor::visit_bytes`). Not counted: what
+`_PyEval_EvalFrameDefault`: every operator, the reader, the sinks), the pickling Bytewax does for items it
+sends to other processes (`TdPyAny::serialize`) and the unpickling of what it receives
+(`PickleVisitor::visit_bytes`). Not counted: what
 Bytewax's worker spends scheduling and polling while it waits for work, which grows with how long it waits
 and so depends on timing. Process 0 is the one that decodes the input (msgspec's decoder is in its
 profile). The triggers of every checkout are compared: they must be byte-identical.
@@ -37,6 +38,7 @@ from real_mix import build_scaled_mix  # noqa: E402
 _COUNT = re.compile(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$")
 _PYTHON_WORK = "ceval.c:_PyEval_EvalFrameDefault "
 _UNPICKLING = "PickleVisitor as serde::de::Visitor>::visit_bytes"
+_PICKLING = "TdPyAny as serde::ser::Serialize>::serialize"
 _DECODER = "JSONDecoder_decode"
 
 
@@ -52,7 +54,8 @@ def inclusive_counts(profile: Path) -> dict[str, int]:
         count, name = int(match.group(1).replace(",", "")), match.group(2)
         if "PROGRAM TOTALS" in name:
             found.setdefault("total", count)
-        for key, needle in (("python", _PYTHON_WORK), ("unpickling", _UNPICKLING), ("decoder", _DECODER)):
+        for key, needle in (("python", _PYTHON_WORK), ("unpickling", _UNPICKLING), ("pickling", _PICKLING),
+                            ("decoder", _DECODER)):
             if needle in name:
                 found.setdefault(key, count)
     return found
@@ -114,17 +117,19 @@ def main() -> int:
         counts = build_scaled_mix(real_data, mix, args.copies)
         records = sum(value for key, value in counts.items() if key != "stores")
         print(f"{records:,} records (the real-data mix x{args.copies}), --processes {args.processes}, one epoch; "
-              "each process's worker thread, instructions a record (Python work + unpickling):")
+              "each process's worker thread, instructions a record (Python work + Bytewax's pickling + unpickling):")
         digests = set()
         for index, checkout in enumerate(checkouts):
             workers, digest = measure(checkout, mix, args.processes, Path(folder) / f"run-{index}")
             digests.add(digest)
             parts = []
             for number, worker in enumerate(workers):
-                python, unpickling = worker.get("python", 0), worker.get("unpickling", 0)
-                parts.append(f"process {number}: {(python + unpickling) / records / 1000:.1f} k "
-                             f"({python / records / 1000:.1f} + {unpickling / records / 1000:.1f})")
-            total = sum(worker.get("python", 0) + worker.get("unpickling", 0) for worker in workers)
+                python, pickling, unpickling = (worker.get(key, 0) for key in ("python", "pickling", "unpickling"))
+                parts.append(f"process {number}: {(python + pickling + unpickling) / records / 1000:.1f} k "
+                             f"({python / records / 1000:.1f} + {pickling / records / 1000:.1f} + "
+                             f"{unpickling / records / 1000:.1f})")
+            total = sum(worker.get("python", 0) + worker.get("pickling", 0) + worker.get("unpickling", 0)
+                        for worker in workers)
             print(f"  {checkout}: " + "; ".join(parts) + f"; all: {total / records / 1000:.1f} k")
         print("triggers identical across the checkouts" if len(digests) == 1 else "TRIGGERS DIFFER between the checkouts")
     return 0

@@ -9,7 +9,7 @@ shard is the tuple of its state generations; building a shard from a snapshot ro
 back to it.
 
 A stage's items out are tagged: `("out", [Emitted])` for the sinks,
-`("next", "history", [Item])` for the history stage (the sequencer's hand-off, operators/handoff.py)
+`("next", "history", packed [Item])` for the history stage (the sequencer's hand-off, operators/handoff.py)
 and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
 """
 
@@ -24,7 +24,7 @@ from bytewax.operators import StatefulBatchLogic
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.flows.placement import HISTORY_KEY, rules_key
-from omnitrigger.operators.handoff import Handoff
+from omnitrigger.operators.handoff import Handoff, pack, unpack
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import LaterChain, StageChain
@@ -40,14 +40,16 @@ class _StageLogic(StatefulBatchLogic):
     """A single-key stage (the sequencer, the history stage): its chain, then the hand-off to what follows it."""
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
-                 handoff: Handoff | None) -> None:
+                 handoff: Handoff | None, handed_on: bool = False) -> None:
         self.chain = chain
         self.states = states
         self.router = router
         self.handoff = handoff
+        self.handed_on = handed_on  # its input is the stage before's packed hand-offs
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
-        return self._tagged(*self.chain.on_batches(values)), StatefulBatchLogic.RETAIN
+        batches = [unpack(value) for value in values] if self.handed_on else values
+        return self._tagged(*self.chain.on_batches(batches)), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
         return self._tagged(*self.chain.on_eof(), final=True), StatefulBatchLogic.RETAIN
@@ -55,7 +57,7 @@ class _StageLogic(StatefulBatchLogic):
     def _tagged(self, out: list[Emitted], events: list[Item], final: bool = False) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
         if self.handoff is not None:
-            items.append(("next", HISTORY_KEY, self.handoff.items(events, self.chain.last_seq)))
+            items.append(("next", HISTORY_KEY, pack(self.handoff.items(events, self.chain.last_seq))))
         elif self.router is not None:
             items += [("rules", rules_key(shard), (shard, batch))
                       for shard, batch in sorted(self.router.route(events, final).items())]
@@ -97,7 +99,8 @@ def history_builder(store_path: Path, factories: list[OperatorFactory], config: 
                   for factory in factories]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, states)]
-        return _StageLogic(LaterChain(operators), states, _router(config) if route_to_rules else None, None)
+        return _StageLogic(LaterChain(operators), states, _router(config) if route_to_rules else None, None,
+                           handed_on=True)
 
     return build
 

@@ -2,13 +2,15 @@
 
 - What it hands on: the topics a later stage reads in full, control records in full, and of the other
   records (pings) only the one that moved the latest event time, stripped; a `Progress` mark at the end.
+- It crosses processes as plain tuples (`pack`), and unpacks to the same records.
 - Exactness: the rules shards get the same items, watermarks included, whether the history stage sees
-  everything or only the hand-off, for random topics, event times and batch cuts (a property test), and
+  everything or only the hand-off (packed, pickled and unpacked), for random topics, event times and batch cuts (a property test), and
   on real data through the whole chain (dedup, identity, visits | history, clock, router).
 """
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -18,11 +20,11 @@ from hypothesis import strategies as st
 from omnitrigger.config import Config
 from omnitrigger.flows.stage import handed_on_topics
 from omnitrigger.operators import EventClock, History, OPERATORS
-from omnitrigger.operators.handoff import Handoff
+from omnitrigger.operators.handoff import Handoff, pack, unpack
 from omnitrigger.operators.router import ShardRouter
 from omnitrigger.operators.rules import broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import LaterChain
-from omnitrigger.records import IDENTITY_TOPIC, VISIT_CONFIRMED, Emitted, Event, Heartbeat, Item, Progress
+from omnitrigger.records import IDENTITY_TOPIC, VISIT_CONFIRMED, Emitted, Event, Heartbeat, Item, Merge, Progress
 from omnitrigger.state import RocksDBStore, ShardState
 from geolife import write_stores_csv
 from recordings import omnichannel_recording
@@ -63,6 +65,16 @@ def test_an_event_handed_on_in_full_moves_the_latest_time_too() -> None:
     assert handoff.items([view(0, 5_000), ping(1, 4_000)], last_seq=1) == [view(0, 5_000), Progress(1)]
 
 
+def test_a_packed_hand_off_crosses_as_plain_tuples_and_unpacks_to_the_same_records() -> None:
+    items: list[Item] = [view(0, 1_000), Event(1, "geo.pings", 0, 1, 2_000, {}),
+                         Merge(2, 2_500, "c-1", "c-2", [[0, "web.events", 1_000, {}]], {"push": ["granted", 9]}),
+                         Heartbeat(9_000, 2), Progress(2)]
+    codes, fields = pack(items)
+    assert all(type(values) is tuple for values in fields)  # no NamedTuple: pickling calls no Python per record
+    unpacked = unpack(pickle.loads(pickle.dumps((codes, fields))))
+    assert unpacked == items and [type(item) for item in unpacked] == [type(item) for item in items]
+
+
 def _routed(batches: list[list[Item]], *, hand_off: bool, store_path: Path,
             config: Config = CONFIG) -> tuple[list[dict[int, list[Item]]], list[Emitted]]:
     """What the rules shards get, batch by batch, when history and the clock see all of each batch or only
@@ -76,7 +88,8 @@ def _routed(batches: list[list[Item]], *, hand_off: bool, store_path: Path,
     for batch in batches:
         last_seq = batch[-1].seq
         # All of the batch, and where it ended (which a single stage knows by itself), or the hand-off.
-        items = handoff.items(batch, last_seq) if hand_off else [*batch, Progress(last_seq)]
+        items = unpack(pickle.loads(pickle.dumps(pack(handoff.items(batch, last_seq))))) if hand_off \
+            else [*batch, Progress(last_seq)]
         out, events = chain.on_batches([items])
         routed.append(router.route(events))
         emitted += out
