@@ -42,7 +42,7 @@ from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read
 from omnitrigger.runner import cluster
 from omnitrigger.runner.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses
 from omnitrigger.config import Config
-from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY, rules_key, worker_of
+from omnitrigger.flows.placement import HISTORY_KEY, KEPT_APART_FOR, SEQUENCER_KEY, rules_key, worker_of
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.runner.finish import _write_identities
@@ -89,6 +89,18 @@ seen = op.stateful_map("where", keyed, lambda state, key: (state, print(f"{key} 
 op.inspect("end", seen, lambda *_: None)
 cluster_main(flow, sys.argv[2].split(";"), int(sys.argv[1]))
 """
+
+
+def test_no_key_after_the_sequencer_lands_on_its_worker_on_2_to_8_processes() -> None:
+    """flows/placement.py names the history stage's and the rules shards' keys so that process 0 keeps only the
+    input and the sequencer; the names do not depend on the process count (a replay resumes with another)."""
+    keys = [HISTORY_KEY, *(rules_key(shard) for shard in range(64))]
+    for processes in KEPT_APART_FOR:
+        sequencer = worker_of(SEQUENCER_KEY, processes)
+        assert all(worker_of(key, processes) != sequencer for key in keys), processes
+    assert rules_key(0) == "rules-0000" and all(key.startswith(f"rules-{shard:04d}")
+                                                 for shard, key in enumerate(keys[1:]))
+    assert list(KEPT_APART_FOR) == [2, 3, 4, 5, 6, 7, 8]
 
 
 @pytest.mark.parametrize("processes", [2, 3])
