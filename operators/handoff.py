@@ -36,11 +36,11 @@ Packed = tuple[bytes, list[tuple]]
 
 
 class Handoff:
-    """Cuts the sequencer's events down to what the history stage needs; a plain class, no state kept.
+    """Cuts the sequencer's events down to what the history stage needs; a plain class.
 
     `full_topics`: the topics a later stage reads (the rules', the journal's, the broadcast ones).
-    Forgetting the latest time handed on (a restart) only hands on a few more marks, which the clock
-    ignores, so nothing of this is saved.
+    It remembers the latest event time handed on, in memory only: forgetting it (a restart) only hands
+    on a few more marks, which the clock ignores, so nothing of this is saved.
     """
 
     def __init__(self, full_topics: Iterable[str]) -> None:

@@ -62,10 +62,8 @@ class StageChain:
                         self.last_seq = item.sort_key[0]
         # Counted from lists of topics (Counter.update counts a list in C): once per record, so it adds up.
         read.update([event.topic for event in events if type(event) is Event])
-        for operator in self.operators:
-            result = operator.on_events(events)
-            events = result.events
-            out.extend(result.emitted)
+        operators_out, events = through(self.operators, events)
+        out.extend(operators_out)
         for emitted in out:
             if emitted.stream == DUPLICATES:
                 self.counters["duplicates"][emitted.record["topic"]] += 1
@@ -83,17 +81,7 @@ class StageChain:
 
     def on_eof(self) -> tuple[list[Emitted], list[Item]]:
         """End of input: each operator's end-of-input output (passed through the operators after it), then stats."""
-        out: list[Emitted] = []
-        carried: list[Item] = []
-        end_seq = self.last_seq + 1
-        for operator in self.operators:
-            if carried:
-                result = operator.on_events(carried)
-                carried = list(result.events)
-                out.extend(result.emitted)
-            result = operator.on_eof(end_seq)
-            carried.extend(result.events)
-            out.extend(result.emitted)
+        out, carried = end_of_input(self.operators, self.last_seq + 1)
         self._save_counters()
         out.append(self.stats_record())
         return out, carried
@@ -112,7 +100,6 @@ class StageChain:
         return Emitted(STATS, (self.last_seq + 1, 0), document)
 
 
-
 class LaterChain:
     """The operators of a stage after the first, over what the stage before handed on, in order.
 
@@ -125,27 +112,37 @@ class LaterChain:
         self.last_seq = -1
 
     def on_batches(self, batches: Iterable[list[Item]]) -> tuple[list[Emitted], list[Item]]:
-        out: list[Emitted] = []
         events: list[Item] = [item for batch in batches for item in batch]
         for item in reversed(events):
             if type(item) is Progress:
                 self.last_seq = max(self.last_seq, item.seq)
                 break
-        for operator in self.operators:
-            result = operator.on_events(events)
-            events = result.events
-            out.extend(result.emitted)
-        return out, events
+        return through(self.operators, events)
 
     def on_eof(self) -> tuple[list[Emitted], list[Item]]:
-        out: list[Emitted] = []
-        carried: list[Item] = []
-        for operator in self.operators:
-            if carried:
-                result = operator.on_events(carried)
-                carried = list(result.events)
-                out.extend(result.emitted)
-            result = operator.on_eof(self.last_seq + 1)
-            carried.extend(result.events)
+        return end_of_input(self.operators, self.last_seq + 1)
+
+
+def through(operators: list[StageOperator], events: list[Item]) -> tuple[list[Emitted], list[Item]]:
+    """`events` through each operator in turn: what they all emitted, and what the last passed on."""
+    out: list[Emitted] = []
+    for operator in operators:
+        result = operator.on_events(events)
+        events = result.events
+        out.extend(result.emitted)
+    return out, events
+
+
+def end_of_input(operators: list[StageOperator], end_seq: int) -> tuple[list[Emitted], list[Item]]:
+    """Each operator's end-of-input output, passed through the operators after it: (emitted, passed on)."""
+    out: list[Emitted] = []
+    carried: list[Item] = []
+    for operator in operators:
+        if carried:
+            result = operator.on_events(carried)
+            carried = list(result.events)
             out.extend(result.emitted)
-        return out, carried
+        result = operator.on_eof(end_seq)
+        carried.extend(result.events)
+        out.extend(result.emitted)
+    return out, carried
