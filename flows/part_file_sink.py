@@ -95,11 +95,11 @@ class _PartFiles(StatefulSinkPartition):
             self.states.setdefault(name, (0, 0, 0))
         return name, handle
 
-    def write_batch(self, items: list[EncodedOutputs | list[Emitted]]) -> None:
+    def write_batch(self, items: list[EncodedOutputs]) -> None:
+        """Append each stream's lines (`encode_outputs`, done by the flow where the records were made)."""
         lines: dict[str, list[bytes]] = {}
         counts: dict[str, int] = {}
-        for item in items:
-            encoded = item if type(item) is EncodedOutputs else encode_outputs(item)
+        for encoded in items:
             for stream, (data, count) in encoded.lines.items():
                 lines.setdefault(stream, []).append(data)
                 counts[stream] = counts.get(stream, 0) + count

@@ -35,7 +35,7 @@ import pytest
 from conftest import replay, write_stores
 from omnitrigger import outputs
 from omnitrigger.demo.generator import RecordingGenerator
-from omnitrigger.flows.part_file_sink import _PartFiles
+from omnitrigger.flows.part_file_sink import _PartFiles, encode_outputs
 from omnitrigger.outputs import PartFileError, Parts
 from omnitrigger.records import TRIGGERS, Emitted
 from test_crash_resume import OUTPUTS, lines_in, replay_command
@@ -218,7 +218,8 @@ def test_a_line_damaged_during_the_run_stops_the_merge(tmp_path: Path) -> None:
     """What the merge reads is checked line by line too (damage after the last check before the merge)."""
     parts_dir = tmp_path / "parts"
     sink = _PartFiles(parts_dir)
-    sink.write_batch([[Emitted(TRIGGERS, (seq, 0), {"rule": "cart_abandoned", "n": seq}) for seq in range(50)]])
+    sink.write_batch([encode_outputs([Emitted(TRIGGERS, (seq, 0), {"rule": "cart_abandoned", "n": seq})
+                                      for seq in range(50)])])
     sink.close()
     part = parts_dir / "triggers.w0.jsonl"
     data = part.read_bytes()
@@ -495,7 +496,8 @@ def test_the_merge_holds_a_bounded_part_of_a_stream_in_memory(tmp_path: Path) ->
     written += [(key, {"rule": "r", "key": list(key), "pad": "x" * 1400}) for key in rng.sample(keys, 500)]
     written += [(key, {"rule": "other", "key": list(key)}) for key in rng.sample(keys, 125)]
     for start_at in range(0, len(written), 1000):
-        sink.write_batch([[Emitted(TRIGGERS, key, record) for key, record in written[start_at:start_at + 1000]]])
+        sink.write_batch([encode_outputs([Emitted(TRIGGERS, key, record)
+                                          for key, record in written[start_at:start_at + 1000]])])
     sink.close()
     assert (parts_dir / "triggers.w0.jsonl").stat().st_size > 35_000_000
     expected, seen = hashlib.sha256(), set()
