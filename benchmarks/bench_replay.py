@@ -9,7 +9,8 @@ stores). Each run is `omnitrigger replay` in a fresh state folder, as a user
 runs it, all outputs written; events/s is the replay's own figure (records
 over the run's wall time, start-up included) and peak RSS is that of its
 largest process. The triggers of every process count are compared with the
-first run's: they must be byte-identical.
+first run's: they must be byte-identical. While each runs, each process's Bytewax worker thread's CPU is
+read from /proc: against the run's time it says how busy each process of a cluster kept.
 
 A replay has no per-record latency worth the name (it reads as fast as the
 flow takes records); latency percentiles are live mode's, `bench_live.py`.
@@ -25,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -42,20 +44,73 @@ FLOOR_US = 10.0
 _RATE = re.compile(r"events/s: ([\d,]+) \(([\d,]+) records in ([\d.]+) s")
 
 
-def run_replay(work: Path, recording: Path, stores: Path, processes: int) -> tuple[int, float, float, float, str]:
+class WorkerThreads:
+    """The CPU seconds of each Bytewax worker thread (`timely:work-*`) under `root`, read from /proc while it runs.
+
+    A cluster's processes are the replay's children; each runs the flow on one worker thread, so its CPU
+    against the run's time says how busy that process kept (Linux only; empty elsewhere).
+    """
+
+    def __init__(self, root: int, every_s: float = 0.25) -> None:
+        self.root, self.every_s = root, every_s
+        self.seconds: dict[tuple[int, int], float] = {}  # (pid, tid) -> CPU seconds, the latest reading
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[float]:
+        """Each process's worker thread's CPU seconds, by process id (so in start order: process 0 first)."""
+        self._stop.set()
+        self._thread.join()
+        by_process: dict[int, float] = {}
+        for (pid, _tid), seconds in self.seconds.items():  # the worker of each process: its busiest such thread
+            by_process[pid] = max(by_process.get(pid, 0.0), seconds)
+        return [by_process[pid] for pid in sorted(by_process)]
+
+    def _poll(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while not self._stop.wait(self.every_s):
+            for pid in self._tree():
+                for task in Path(f"/proc/{pid}/task").glob("*"):
+                    try:
+                        if not (task / "comm").read_text().startswith("timely:work"):
+                            continue
+                        fields = (task / "stat").read_text().rsplit(") ", 1)[1].split()
+                    except (OSError, IndexError):
+                        continue
+                    self.seconds[(pid, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
+
+    def _tree(self) -> list[int]:
+        found, todo = [], [self.root]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                children = []
+            todo.extend(int(child) for child in children)
+        return found
+
+
+def run_replay(work: Path, recording: Path, stores: Path, processes: int,
+               config: Path | None = None) -> tuple[int, float, float, float, str, list[float]]:
     """(records, seconds, CPU seconds of every process of the run, peak RSS MiB of the largest process (wait4),
-    sha256 of the triggers) of a fresh replay. A one-machine cluster's processes are children the replay waits
-    for, so wait4's usage counts them too."""
+    sha256 of the triggers, CPU seconds of each process's worker thread) of a fresh replay. A one-machine
+    cluster's processes are children the replay waits for, so wait4's usage counts them too."""
     out = work / f"out-{processes}"
     out.mkdir()
     command = [sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
                "--out", str(out / "triggers.jsonl"), "--suppressed", str(out / "suppressed.jsonl"),
                "--visits", str(out / "visits.jsonl"), "--dead-letter", str(out / "dead.jsonl"),
-               "--state-dir", str(work / f"state-{processes}"), "--processes", str(processes), "--quiet"]
+               "--state-dir", str(work / f"state-{processes}"), "--processes", str(processes), "--quiet",
+               *(["--config", str(config)] if config is not None else [])]
     log = work / f"replay-{processes}.log"
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        workers = WorkerThreads(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
+        worker_seconds = workers.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     if process.returncode != 0:
@@ -65,7 +120,7 @@ def run_replay(work: Path, recording: Path, stores: Path, processes: int) -> tup
         raise SystemExit(f"bench_replay: no events/s line in the replay's summary:\n{text}")
     records, seconds = int(match[2].replace(",", "")), float(match[3])
     digest = hashlib.sha256((out / "triggers.jsonl").read_bytes()).hexdigest()
-    return records, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, digest
+    return records, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, digest, worker_seconds
 
 
 def main() -> int:
@@ -73,8 +128,13 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=10, help="copies of the real-data mix (1 to 99)")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to run")
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
+    parser.add_argument("--config", type=Path, help="a config file for every replay (e.g. another [replay] "
+                                                    "epoch_interval), to compare settings")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
+    if args.config is not None and not args.config.is_file():
+        print(f"bench_replay: config file not found: {args.config}", file=sys.stderr)
+        return 2
     real_data = args.shared / "data" / "real"
     if not real_data.is_dir():
         print(f"bench_replay: real data not found at {real_data} (use --shared)", file=sys.stderr)
@@ -101,7 +161,8 @@ def main() -> int:
               f"built in {time.perf_counter() - started:.1f} s")
         first_digest = None
         for processes in args.processes:
-            records, seconds, cpu, rss, digest = run_replay(work, work / "recording", work / "stores.csv", processes)
+            records, seconds, cpu, rss, digest, workers = run_replay(work, work / "recording", work / "stores.csv",
+                                                                      processes, args.config)
             first_digest = first_digest or digest
             same = "identical to the first run's" if digest == first_digest else "DIFFERENT from the first run's"
             rate = records / seconds
@@ -109,6 +170,9 @@ def main() -> int:
                   f"{seconds / records * 1e6:.1f} µs an event, {seconds / records * 1e6 / FLOOR_US:.1f}x the "
                   f"{FLOOR_US:.0f} µs floor); CPU {cpu / records * 1e6:.1f} µs an event (all processes); "
                   f"peak RSS {rss:,.0f} MiB; triggers {same}")
+            if workers:
+                print("  each process's worker thread, CPU s and busy for the run's time: " + ", ".join(
+                    f"process {number} {busy:.1f} s ({busy / seconds:.0%})" for number, busy in enumerate(workers)))
             figures.add(f"full replay, {processes} process{'es' if processes > 1 else ''} "
                         f"({records:,} records)", round(rate), "events/s")
             figures.add(f"full replay, {processes} process{'es' if processes > 1 else ''}: ratio to the "
