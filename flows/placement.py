@@ -6,8 +6,9 @@ tests/test_cluster.py). omnitrigger numbers a cluster's processes so that
 process 0 is the sequencer's worker (omnitrigger/runner/cluster.py), and
 names the other keys so that, on a cluster of 2 to 8 processes, none of
 them lands there: process 0 reads and decodes the input and runs the
-sequencer (dedup, identity, visits), the most work of any one key, and the
-history stage and the rules shards spread over the other processes. The
+sequencer (dedup, identity), the most work of any one key, and the
+history stage (visits, history, the clock) and the rules shards spread over
+the other processes. The
 names are fixed, whatever the process count, because a key's snapshot in
 the recovery store goes by its name: a cluster resumes with another count.
 A rules shard's RocksDB folder keeps its plain name (`rules-0000`,
@@ -19,9 +20,9 @@ from __future__ import annotations
 import functools
 import itertools
 
-#: The sequencer: dedup, identity, visits (every input batch goes to it).
+#: The sequencer: dedup, identity (every input batch goes to it).
 SEQUENCER_KEY = "sequencer"
-#: The history stage: history, the event-time clock and the router, after the sequencer.
+#: The history stage: visits, history, the event-time clock and the router, after the sequencer.
 HISTORY_KEY = "history"
 #: The cluster sizes for which the keys after the sequencer's avoid its worker.
 KEPT_APART_FOR = range(2, 9)

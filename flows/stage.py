@@ -9,7 +9,7 @@ shard is the tuple of its state generations; building a shard from a snapshot ro
 back to it.
 
 A stage's items out are tagged: `("out", [Emitted])` for the sinks,
-`("next", "history", packed [Item])` for the history stage (the sequencer's hand-off, operators/handoff.py)
+`("next", "history", packed hand-off)` for the history stage (the sequencer's hand-off, operators/handoff.py)
 and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
 """
 
@@ -24,10 +24,12 @@ from bytewax.operators import StatefulBatchLogic
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
 from omnitrigger.flows.placement import HISTORY_KEY, rules_key
-from omnitrigger.operators.handoff import Handoff, pack, unpack
+from omnitrigger.operators.clock_marks import ClockMarks
+from omnitrigger.operators.handoff import Handoff, unpack
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
-from omnitrigger.operators.stage_chain import LaterChain, StageChain
+from omnitrigger.operators.stage_chain import ChainOperator, LaterChain, StageChain
+from omnitrigger.operators.visits import Visits
 from omnitrigger.records import IDENTITY_TOPIC, Emitted, Item
 from omnitrigger.state import ShardState, open_store
 
@@ -40,15 +42,15 @@ class _StageLogic(StatefulBatchLogic):
     """A single-key stage (the sequencer, the history stage): its chain, then the hand-off to what follows it."""
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
-                 handoff: Handoff | None, handed_on: bool = False) -> None:
+                 handoff: Handoff | None, packed: bool = False) -> None:
         self.chain = chain
         self.states = states
         self.router = router
         self.handoff = handoff
-        self.handed_on = handed_on  # its input is the stage before's packed hand-offs
+        self.packed = packed  # a hand-off crosses packed: the sequencer's out, the history stage's in
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
-        batches = [unpack(value) for value in values] if self.handed_on else values
+        batches = [unpack(value) for value in values] if self.packed and self.handoff is None else values
         return self._tagged(*self.chain.on_batches(batches)), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
@@ -57,7 +59,8 @@ class _StageLogic(StatefulBatchLogic):
     def _tagged(self, out: list[Emitted], events: list[Item], final: bool = False) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
         if self.handoff is not None:
-            items.append(("next", HISTORY_KEY, pack(self.handoff.items(events, self.chain.last_seq))))
+            handed = (self.handoff.packed if self.packed else self.handoff.items)(events, self.chain.last_seq)
+            items.append(("next", HISTORY_KEY, handed))
         elif self.router is not None:
             items += [("rules", rules_key(shard), (shard, batch))
                       for shard, batch in sorted(self.router.route(events, final).items())]
@@ -68,10 +71,13 @@ class _StageLogic(StatefulBatchLogic):
 
 
 def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
-                      route_to_rules: bool, hand_on: bool = False) -> Callable[[Any], _StageLogic]:
+                      route_to_rules: bool, hand_on: bool = False, ping_topics: frozenset[str] = frozenset(),
+                      packed: bool = False) -> Callable[[Any], _StageLogic]:
     """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new);
     `store_path` is the sequencer key's own RocksDB folder. `hand_on`: a history stage follows (it routes
-    to the rules); else the sequencer routes to them itself when `route_to_rules`."""
+    to the rules); else the sequencer routes to them itself when `route_to_rules`. `ping_topics`: what a
+    packed hand-off passes cut to a ping's fields (geo.pings, when visits runs in the history stage).
+    `packed`: the history stage runs in another process (a cluster), so the hand-off crosses packed."""
 
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
@@ -81,28 +87,37 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         states = [counter_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
-        handoff = Handoff(handed_on_topics(config)) if hand_on else None
+        handoff = Handoff(handed_on_topics(config), ping_topics) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
-        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff)
+        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff, packed)
 
     return build
 
 
 def history_builder(store_path: Path, factories: list[OperatorFactory], config: Config,
-                    route_to_rules: bool) -> Callable[[Any], _StageLogic]:
-    """The builder of the history stage (history, the clock: what follows the sequencer), in its own RocksDB
-    folder `store_path`."""
+                    route_to_rules: bool, packed: bool = False) -> Callable[[Any], _StageLogic]:
+    """The builder of the history stage (visits, history, the clock: what follows the sequencer), in its own
+    RocksDB folder `store_path`; `packed`: the sequencer's hand-offs come packed (a cluster)."""
 
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
         states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
                   for factory in factories]
         _roll_back(states, resume_state)
-        operators = [factory(state, config) for factory, state in zip(factories, states)]
-        return _StageLogic(LaterChain(operators), states, _router(config) if route_to_rules else None, None,
-                           handed_on=True)
+        return _StageLogic(LaterChain(history_operators(factories, states, config)), states,
+                           _router(config) if route_to_rules else None, None, packed)
 
     return build
+
+
+def history_operators(factories: list[OperatorFactory], states: list[ShardState],
+                      config: Config) -> list[ChainOperator]:
+    """The history stage's chain: each operator on its state; after visits, only clock marks of the pings go
+    on (no stage after it reads a ping but the clock: operators/clock_marks.py)."""
+    operators: list[ChainOperator] = [factory(state, config) for factory, state in zip(factories, states, strict=True)]
+    if Visits in factories:
+        operators.insert(factories.index(Visits) + 1, ClockMarks(handed_on_topics(config)))
+    return operators
 
 
 def handed_on_topics(config: Config) -> frozenset[str]:

@@ -394,18 +394,14 @@ class Parts:
                     at_key.add(payload)
                     yield payload
 
-    def last(self, stream: str) -> dict[str, Any] | None:
-        """The last record of `stream` in sort order (the run totals: one record a stop)."""
-        line = None
-        for line in self.records(stream):
-            pass
-        return orjson.loads(line) if line is not None else None
+    def loaded(self, stream: str) -> Iterator[dict[str, Any]]:
+        """`stream`'s records in sort order, decoded (the run totals: a record a stop and stage)."""
+        return (orjson.loads(line) for line in self.records(stream))
 
 
-def last_record_unchecked(parts_dir: Path, stream: str) -> dict[str, Any]:
-    """The last record of `stream` by sort key, read as it is (a part may end torn after a crash); {} if none."""
-    best: tuple[int, int] | None = None
-    found: dict[str, Any] = {}
+def records_unchecked(parts_dir: Path, stream: str) -> list[dict[str, Any]]:
+    """The records of `stream` in sort order, read as they are (a part may end torn after a crash)."""
+    found: list[tuple[int, int, dict[str, Any]]] = []
     for part in sorted(parts_dir.glob(part_name(stream).replace(".w0.", ".w*."))):
         with part.open("rb") as handle:
             for line in handle:
@@ -413,9 +409,9 @@ def last_record_unchecked(parts_dir: Path, stream: str) -> dict[str, Any]:
                     seq, sub, record = orjson.loads(line)
                 except (orjson.JSONDecodeError, ValueError):
                     continue
-                if best is None or (seq, sub) > best:
-                    best, found = (seq, sub), record
-    return found
+                found.append((seq, sub, record))
+    found.sort(key=lambda entry: (entry[0], entry[1]))
+    return [record for _, _, record in found]
 
 
 class _Sorter:

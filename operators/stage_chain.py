@@ -8,18 +8,21 @@ live in the shard's state, so they roll back and resume with it and a
 resumed replay reports the same totals as an uninterrupted one.
 
 A chain after the first (`LaterChain`, the history stage's) takes what the
-stage before it handed on (operators/handoff.py) and counts nothing: the
-run totals are the first stage's.
+stage before it handed on (operators/handoff.py) and counts no records: the
+records read, dead letters and duplicates are the first stage's. Its
+operators' own run totals (visits: late pings, ...) go in a stats record of
+its own, `"stage": "history"`, sorted right after the first stage's at each
+end of input; `merge_run_totals` puts them together.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 import orjson
 
-from omnitrigger.operators.base import StageOperator
+from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.records import (
     DEAD_LETTERS, DUPLICATES, EVENTS, INTERNAL_TOPIC_PREFIX, RETURN_TOPICS, Emitted, Event, Heartbeat, Item, Progress,
     is_return,
@@ -28,6 +31,35 @@ from omnitrigger.state import ShardState
 
 STATS = "stats"
 _COUNTERS = b"counters"
+#: The field that names the stage of a stats record after the first stage's (the first stage's has none).
+STAGE_FIELD = "stage"
+
+
+def operator_stats(operators: list[ChainOperator]) -> dict[str, dict[str, int]]:
+    """The run totals of the operators that keep some (visits: late pings, ...), by operator name."""
+    return {operator.name: dict(sorted(operator.stats().items()))
+            for operator in operators if hasattr(operator, "stats")}
+
+
+def merge_run_totals(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The run totals from a stats stream in sort order: the latest record of each stage, put together."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        latest[record.get(STAGE_FIELD, "")] = record
+    merged: dict[str, Any] = {}
+    for stage in sorted(latest):
+        merged.update((name, value) for name, value in latest[stage].items() if name != STAGE_FIELD)
+    return merged
+
+
+class ChainOperator(Protocol):
+    """What a chain runs: a StageOperator, or a stateless step such as operators/clock_marks.py's."""
+
+    name: str
+
+    def on_events(self, events: list[Item]) -> OperatorResult: ...
+
+    def on_eof(self, end_seq: int) -> OperatorResult: ...
 
 
 class StageChain:
@@ -94,9 +126,7 @@ class StageChain:
     def stats_record(self) -> Emitted:
         """The run totals so far, sorted after every record they count."""
         document: dict[str, Any] = {name: dict(sorted(counter.items())) for name, counter in self.counters.items()}
-        for operator in self.operators:  # operators with run totals of their own (visits: late pings, ...)
-            if hasattr(operator, "stats"):
-                document[operator.name] = dict(sorted(operator.stats().items()))
+        document.update(operator_stats(self.operators))  # operators with run totals of their own (identity)
         return Emitted(STATS, (self.last_seq + 1, 0), document)
 
 
@@ -107,8 +137,9 @@ class LaterChain:
     end-of-input records sort where they would in one stage.
     """
 
-    def __init__(self, operators: list[StageOperator]) -> None:
+    def __init__(self, operators: list[ChainOperator], stage: str = "history") -> None:
         self.operators = operators
+        self.stage = stage
         self.last_seq = -1
 
     def on_batches(self, batches: Iterable[list[Item]]) -> tuple[list[Emitted], list[Item]]:
@@ -120,10 +151,15 @@ class LaterChain:
         return through(self.operators, events)
 
     def on_eof(self) -> tuple[list[Emitted], list[Item]]:
-        return end_of_input(self.operators, self.last_seq + 1)
+        """Each operator's end-of-input output, then its operators' run totals, if they keep any."""
+        out, carried = end_of_input(self.operators, self.last_seq + 1)
+        stats = operator_stats(self.operators)
+        if stats:
+            out.append(Emitted(STATS, (self.last_seq + 1, 1), {STAGE_FIELD: self.stage, **stats}))
+        return out, carried
 
 
-def through(operators: list[StageOperator], events: list[Item]) -> tuple[list[Emitted], list[Item]]:
+def through(operators: list[ChainOperator], events: list[Item]) -> tuple[list[Emitted], list[Item]]:
     """`events` through each operator in turn: what they all emitted, and what the last passed on."""
     out: list[Emitted] = []
     for operator in operators:
@@ -133,7 +169,7 @@ def through(operators: list[StageOperator], events: list[Item]) -> tuple[list[Em
     return out, events
 
 
-def end_of_input(operators: list[StageOperator], end_seq: int) -> tuple[list[Emitted], list[Item]]:
+def end_of_input(operators: list[ChainOperator], end_seq: int) -> tuple[list[Emitted], list[Item]]:
     """Each operator's end-of-input output, passed through the operators after it: (emitted, passed on)."""
     out: list[Emitted] = []
     carried: list[Item] = []

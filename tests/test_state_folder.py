@@ -112,12 +112,14 @@ def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], stat
 
 
 def test_a_folder_of_the_one_stage_sequencer_is_refused(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
-    """Format 5 kept history and the clock in the sequencer's key: its snapshots do not fit the history stage."""
+    """Format 5 kept history and the clock in the sequencer's key, format 6 visits: their snapshots do not fit
+    the stages of format 7, where visits, history and the clock run in the history stage."""
     layout = orjson.loads((state / "layout.json").read_bytes())
-    (state / "layout.json").write_bytes(orjson.dumps({**layout, "layout_version": 5}))
-    assert FORMAT_VERSION == 6
-    assert "was made with state format 5, and this omnitrigger uses state format 6; use a fresh --state-dir" in \
-        refused(made, state, tmp_path)
+    assert FORMAT_VERSION == 7
+    for old in (5, 6):
+        (state / "layout.json").write_bytes(orjson.dumps({**layout, "layout_version": old}))
+        assert f"was made with state format {old}, and this omnitrigger uses state format 7; use a fresh " \
+               "--state-dir" in refused(made, state, tmp_path)
 
 
 def test_a_live_job_with_another_process_count_is_refused(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ sequencer lands is known before the flow starts. omnitrigger numbers the
 processes so that process 0 is the sequencer's worker: Bytewax process
 `(I + worker_of("sequencer", N)) % N` runs as omnitrigger process I. So
 process 0 reads the input (the recording, or every Kafka input partition),
-runs the sequencer (dedup, identity, visits) and, in a replay, receives
+runs the sequencer (dedup, identity) and, in a replay, receives
 every output record and writes the output files; the input never crosses
-the network. The history stage (history, the clock, the router) and the
+the network. The history stage (visits, history, the clock, the router) and the
 rules shards have keys named so that, on 2 to 8 processes, none lands on
 process 0 (flows/placement.py): they spread over the other processes, and
 their triggers cross the network to process 0 in a replay, or go to Kafka

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from omnitrigger.operators.stage_chain import STATS
+from omnitrigger.operators.stage_chain import STATS, merge_run_totals
 from omnitrigger.outputs import AtomicFile, OutputFiles, Parts, output_error
 from omnitrigger.records import CONVERSIONS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS
 
@@ -153,10 +153,10 @@ _COUNTED = {TRIGGERS: "rule", SUPPRESSED: "reason", REFUSED_LINKS: "reason", RET
 def finish_outputs(outputs: dict[str, Path | None], identities: Path | None, parts_dir: Path, before: dict[str, Any],
                    seconds: float) -> ReplaySummary:
     """Merge the checked part files into the output files, by stream (`outputs`: the path of each, None for one
-    only counted), and `identities`, all renamed into place at the end, and sum up; `before` is the last
-    statistics record of the part files before this run (a resumed replay counts only what it read)."""
+    only counted), and `identities`, all renamed into place at the end, and sum up; `before` is the run
+    totals in the part files before this run (a resumed replay counts only what it read)."""
     parts = Parts(parts_dir, work_dir=parts_dir.parent)
-    stats = parts.last(STATS) or {}
+    stats = merge_run_totals(parts.loaded(STATS))
     counts: dict[str, Counter] = {}
     written: dict[str, int] = {}
     with OutputFiles() as files:

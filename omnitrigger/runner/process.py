@@ -64,7 +64,8 @@ def build_process_flow(spec: ProcessSpec, source: FixedPartitionedSource, sink: 
     if spec.role is not None:
         source = PinnedSource(source, here=spec.role.reads_input)
     operators = None if spec.operators is None else [OPERATORS[name] for name in spec.operators]
-    return build_flow(source, sink, spec.config, spec.rocksdb_dir, operators=operators, emit_events=spec.emit_events)
+    return build_flow(source, sink, spec.config, spec.rocksdb_dir, operators=operators, emit_events=spec.emit_events,
+                      cluster=spec.role is not None)
 
 
 def run_dataflow(spec: ProcessSpec, flow: Dataflow) -> None:

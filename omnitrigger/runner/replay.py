@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnitrigger.config import Config
-from omnitrigger.operators.stage_chain import STATS
-from omnitrigger.outputs import check_output_paths, check_parts_present, free_bytes, last_record_unchecked, mib
+from omnitrigger.operators.stage_chain import STATS, merge_run_totals
+from omnitrigger.outputs import check_output_paths, check_parts_present, free_bytes, mib, records_unchecked
 from omnitrigger.pii import key_from_environment
 from omnitrigger.recording import recording_files
 from omnitrigger.records import (
@@ -163,7 +163,7 @@ def run_replay(options: ReplayOptions) -> ReplaySummary | ProcessDone:
             parts_dir.mkdir(exist_ok=True)
             if writes_outputs:
                 check_parts_present(parts_dir, resuming=check_recovery_store(folders[0], [0]) > 0)
-            before = last_record_unchecked(parts_dir, STATS)
+            before = merge_run_totals(records_unchecked(parts_dir, STATS))
             # 2 and 3. the flow of each process, run in this one or as a one-machine cluster
             specs = _specs(options, folders, role, processes)
             started = time.monotonic()

@@ -79,7 +79,9 @@ if TYPE_CHECKING:
 
 #: Bump when the RocksDB key layout, the stages or the snapshot shape change: old folders are then refused.
 #: 5: one RocksDB store a shard key (rocksdb/<key>/), one shared recovery partition on one machine.
-FORMAT_VERSION = 6
+#: 6: the history stage (history, the clock) has its own key and store, rocksdb/history/.
+#: 7: visits run in the history stage: their state is in rocksdb/history/, no longer in rocksdb/sequencer/.
+FORMAT_VERSION = 7
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
 _ORDER = ("layout_version", "mode", "processes", "process_id", "rule_shards", "operators", "rules",
