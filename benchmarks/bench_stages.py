@@ -33,8 +33,9 @@ from results import Figures  # noqa: E402
 
 from omnitrigger.config import Config  # noqa: E402
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits  # noqa: E402
-from omnitrigger.flows.stage import handed_on_topics  # noqa: E402
-from omnitrigger.operators.handoff import Handoff  # noqa: E402
+from omnitrigger.flows.stage import handed_on_topics, history_operators  # noqa: E402
+from omnitrigger.operators.handoff import Handoff, unpack  # noqa: E402
+from omnitrigger.operators.visits import GEO_PINGS  # noqa: E402
 from omnitrigger.operators.router import ShardRouter  # noqa: E402
 from omnitrigger.recording import RecordingReader  # noqa: E402
 from omnitrigger.records import Event  # noqa: E402
@@ -106,15 +107,15 @@ def main() -> int:
         cost["decode, validate, merge"] = time.perf_counter() - started
         store = RocksDBStore(Path(work) / "db")
         # The sequencer's operators, then the history stage's (flows/replay_flow.py): the sequencer hands the
-        # history stage only what it reads (operators/handoff.py).
-        sequencer_factories, history_factories = [Dedup, Identity, Visits], [History, EventClock]
+        # history stage only what it reads, packed (operators/handoff.py), and the history stage unpacks it.
+        sequencer_factories, history_factories = [Dedup, Identity], [Visits, History, EventClock]
         sequencer_states = [ShardState(store, factory.name, 0) for factory in sequencer_factories]
         history_states = [ShardState(store, factory.name, 0) for factory in history_factories]
         sequencer = [factory(state, config) for factory, state in zip(sequencer_factories, sequencer_states)]
-        history = [factory(state, config) for factory, state in zip(history_factories, history_states)]
-        handoff = Handoff(handed_on_topics(config))
+        history = history_operators(history_factories, history_states, config)
+        handoff = Handoff(handed_on_topics(config), ping_topics={GEO_PINGS})
         for name in [*(factory.name for factory in sequencer_factories), "sequencer commits", "hand-off",
-                     *(factory.name for factory in history_factories), "history commits", "router", "rules",
+                     "unpack", *(operator.name for operator in history), "history commits", "router", "rules",
                      "rules commits"]:
             cost[name] = 0.0
         router = ShardRouter(config.rule_shards)
@@ -134,10 +135,13 @@ def main() -> int:
             events = [item for item in batch if type(item) is Event]
             events = _timed_stage(sequencer, sequencer_states, "sequencer commits", events, commit_now, this_batch)
             started = time.perf_counter()
-            events = handoff.items(events, batch[-1].seq)
+            packed = handoff.packed(events, batch[-1].seq)
             this_batch["hand-off"] += time.perf_counter() - started
-            handed_on += len(events)
-            crossing["hand-off batches"] += _pickle_round_trip(events)
+            handed_on += len(packed[0]) - 1  # not the Progress mark
+            crossing["hand-off batches"] += _pickle_round_trip(packed)
+            started = time.perf_counter()
+            events = unpack(packed)
+            this_batch["unpack"] += time.perf_counter() - started
             events = _timed_stage(history, history_states, "history commits", events, commit_now, this_batch)
             started = time.perf_counter()
             routed = router.route(events)
@@ -175,7 +179,7 @@ def main() -> int:
                                           "hand-off"))
     print(f"the central stage (the sequencer: {', '.join(factory.name for factory in sequencer_factories)}, its commits "
           f"and the hand-off): {central / records * 1e6:.1f} µs/record; it hands on {handed_on / records:.0%} of the "
-          "records (full or as clock marks)")
+          "records (full, pings cut, or as clock marks)")
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else "")
