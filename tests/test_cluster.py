@@ -215,7 +215,8 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     generator.write_stores(stores)
     summary, alone = replay(folder, folder / "recording", name="alone", stores=stores, config=CONFIG)
     assert alone["triggers"] and alone["suppressed"] and alone["visits"] and alone["identities"]
-    return {"recording": folder / "recording", "stores": stores, "alone": alone, "records": summary.records_this_run}
+    return {"recording": folder / "recording", "stores": stores, "alone": alone, "records": summary.records_this_run,
+            "summary": summary}
 
 
 @pytest.mark.cluster
@@ -230,6 +231,13 @@ def test_a_replay_resumes_with_another_process_count(tmp_path: Path, generated: 
     resumed, files = replay(tmp_path, generated["recording"], name="out", processes=then,
                             config=Config(batch_size=batch_size), **common)
     assert resumed.records_this_run == generated["records"] - 900  # resumed at the snapshot, not replayed again
+    # The run totals of both stages that keep them (the sequencer's, the history stage's visits) add up over the
+    # stop, whichever processes ran them.
+    alone_summary = generated["summary"]
+    for total in ("read_by_topic", "duplicates_by_topic", "ignored_identifiers", "late_pings",
+                  "visits_without_location_consent", "returns"):
+        assert getattr(resumed, total) == getattr(alone_summary, total), total
+    assert alone_summary.visits_without_location_consent > 0 or alone_summary.late_pings > 0
     for flag in ("triggers", *STREAM_FLAGS):
         assert files[flag] == generated["alone"][flag], flag
     assert orjson.loads((state / "layout.json").read_bytes())["processes"] == then
