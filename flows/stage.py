@@ -89,7 +89,8 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
         handoff = Handoff(handed_on_topics(config), ping_topics) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
-        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff, packed)
+        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
+                           packed and handoff is not None)
 
     return build
 
