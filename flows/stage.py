@@ -42,15 +42,15 @@ class _StageLogic(StatefulBatchLogic):
     """A single-key stage (the sequencer, the history stage): its chain, then the hand-off to what follows it."""
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
-                 handoff: Handoff | None, packed: bool = False) -> None:
+                 handoff: Handoff | None, unpack_input: bool = False) -> None:
         self.chain = chain
         self.states = states
         self.router = router
         self.handoff = handoff
-        self.packed = packed  # a hand-off crosses packed: the sequencer's out, the history stage's in
+        self.unpack_input = unpack_input  # its input is packed hand-offs from another process
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
-        batches = [unpack(value) for value in values] if self.packed and self.handoff is None else values
+        batches = [unpack(value) for value in values] if self.unpack_input else values
         return self._tagged(*self.chain.on_batches(batches)), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
@@ -59,8 +59,7 @@ class _StageLogic(StatefulBatchLogic):
     def _tagged(self, out: list[Emitted], events: list[Item], final: bool = False) -> list[tuple[Any, ...]]:
         items: list[tuple[Any, ...]] = [("out", out)] if out else []
         if self.handoff is not None:
-            handed = (self.handoff.packed if self.packed else self.handoff.items)(events, self.chain.last_seq)
-            items.append(("next", HISTORY_KEY, handed))
+            items.append(("next", HISTORY_KEY, self.handoff.hand_on(events, self.chain.last_seq)))
         elif self.router is not None:
             items += [("rules", rules_key(shard), (shard, batch))
                       for shard, batch in sorted(self.router.route(events, final).items())]
@@ -87,10 +86,9 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         states = [counter_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
-        handoff = Handoff(handed_on_topics(config), ping_topics) if hand_on else None
+        handoff = Handoff(handed_on_topics(config), ping_topics, packed=packed) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
-        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
-                           packed and handoff is not None)
+        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff)
 
     return build
 
@@ -106,7 +104,7 @@ def history_builder(store_path: Path, factories: list[OperatorFactory], config: 
                   for factory in factories]
         _roll_back(states, resume_state)
         return _StageLogic(LaterChain(history_operators(factories, states, config)), states,
-                           _router(config) if route_to_rules else None, None, packed)
+                           _router(config) if route_to_rules else None, None, unpack_input=packed)
 
     return build
 

@@ -57,12 +57,18 @@ class Handoff:
     `full_topics`: the topics a later stage reads whole (the rules', the journal's, the broadcast ones).
     `ping_topics`: the topics handed on cut to a ping's fields (geo.pings when visits runs later; a topic
     in `full_topics` too is handed on whole). The rest become clock marks (operators/clock_marks.py).
+    `packed`: the history stage runs in another process, so `hand_on` packs (else it hands on `items`).
     """
 
-    def __init__(self, full_topics: Iterable[str], ping_topics: Iterable[str] = ()) -> None:
+    def __init__(self, full_topics: Iterable[str], ping_topics: Iterable[str] = (), packed: bool = True) -> None:
+        self.packed_on = packed
         self.full_topics = frozenset(full_topics)
         self.ping_topics = frozenset(ping_topics) - self.full_topics
         self.marks = ClockMarks(self.full_topics | self.ping_topics)
+
+    def hand_on(self, events: list[Item], last_seq: int) -> Packed | list[Item]:
+        """One delivery's hand-off: `packed` to another process, else `items`."""
+        return self.packed(events, last_seq) if self.packed_on else self.items(events, last_seq)
 
     @staticmethod
     def items(events: list[Item], last_seq: int) -> list[Item]:
