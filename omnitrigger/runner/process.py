@@ -76,14 +76,14 @@ def run_dataflow(spec: ProcessSpec, flow: Dataflow) -> None:
 
     epoch = timedelta(seconds=spec.config.epoch_interval_s)
     recovery = RecoveryConfig(spec.state_dir / "recovery")
-    _tune_garbage_collector()
+    tune_garbage_collector()
     if spec.role is None:
         run_main(flow, epoch_interval=epoch, recovery_config=recovery)
     else:
         run_cluster(flow, spec.role, epoch_interval=epoch, recovery_config=recovery)
 
 
-def _tune_garbage_collector() -> None:
+def tune_garbage_collector() -> None:
     """Collect cycles less often: the flow allocates a few objects a record (events, batches, decoded state)
     and almost none of them form cycles, yet Python's default (a young collection every 700 allocations,
     each promoted object walked again and again) cost about 5 % of a replay's CPU on the real mix x10
