@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
+import msgspec
+
 
 def format_ms(ts_ms: int) -> str:
     """An event time in epoch ms as every output writes it: RFC 3339 UTC with milliseconds
@@ -118,7 +120,30 @@ class Merge(NamedTuple):
 
 
 #: What an operator takes and passes on: events and the control records among them.
-Item = Event | Watermark | Merge | Heartbeat | Progress
+class Ping(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """A geo ping cut to what visits reads, as the history stage gets it from another process.
+
+    The sequencer's hand-off (operators/handoff.py) sends a ping as these fields, not as an `Event` with
+    its body: the receiving process builds no dicts, and msgspec decodes the fields straight into this
+    type, untracked by the garbage collector (its fields are scalars). Visits reads a `Ping` as it reads a
+    ping `Event`; after visits only the clock reads pings (operators/clock_marks.py), which drops them.
+    The fields whose values a contract admits in more than one type keep the value the ping carried.
+    """
+
+    seq: int
+    topic: str
+    partition: int
+    offset: int
+    ts_ms: int
+    device_id: Any  # null, blank or a string: visits judges it
+    source: Any
+    accuracy_m: Any
+    lat: Any
+    lon: Any
+    customer: str | None
+
+
+Item = Event | Watermark | Merge | Heartbeat | Progress | Ping
 
 
 class Emitted(NamedTuple):

@@ -1,6 +1,7 @@
 """Thins a stream to what the stages after it read, keeping the event-time clock exact.
 
-After visits, no stage reads a ping (four records in five) but the clock,
+After visits, no stage reads a ping (four records in five, `Event`s or the
+hand-off's `Ping`s) but the clock,
 which needs only its time. So the records of the topics no later stage reads
 are dropped, except, before each record kept, the one that moved the latest
 event time since the last one kept, stripped of its body: the clock sees
@@ -19,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from omnitrigger.operators.base import OperatorResult
-from omnitrigger.records import INTERNAL_TOPIC_PREFIX, Event, Item
+from omnitrigger.records import INTERNAL_TOPIC_PREFIX, Event, Item, Ping
 
 
 class ClockMarks:
@@ -35,9 +36,11 @@ class ClockMarks:
         out: list[Item] = []
         kept = self.kept_topics
         latest = self.latest_ms
-        mark: Event | None = None  # the record holding the latest time since the last record kept
+        mark: Event | Ping | None = None  # the record holding the latest time since the last record kept
         for event in events:
-            if type(event) is Event and event.topic not in kept and not event.topic.startswith(INTERNAL_TOPIC_PREFIX):
+            kind = type(event)
+            if (kind is Event or kind is Ping) and event.topic not in kept \
+                    and not event.topic.startswith(INTERNAL_TOPIC_PREFIX):
                 if event.ts_ms > latest:
                     latest = event.ts_ms
                     mark = event
@@ -62,6 +65,6 @@ class ClockMarks:
         return OperatorResult([], [])
 
 
-def stripped(event: Event) -> Event:
+def stripped(event: Event | Ping) -> Event:
     """The record as a clock mark: its place and time, no body and no customer (nothing reads them)."""
     return Event(event.seq, event.topic, event.partition, event.offset, event.ts_ms, {})

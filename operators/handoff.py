@@ -10,7 +10,7 @@ so whatever passes between them is pickled. So the sequencer hands on:
   read, identity changes, consent, the control records;
 * the pings (four records in five), when visits runs later, cut to the fields
   visits reads (the device, the source, the accuracy, the place; its seq,
-  partition, offset, time and customer), as a flat tuple;
+  partition, offset, time and customer): a `Ping` (omnitrigger/records.py);
 * of the rest, clock marks (operators/clock_marks.py): the record that moved
   the latest event time, stripped, before each record handed on.
 
@@ -19,13 +19,15 @@ batch and, at the end, the input ended: the router's end-of-batch watermark
 and the end-of-input records keep their places.
 
 What crosses to another process is packed (`Handoff.packed`, `unpack`): a kind
-code a record and its fields as a plain tuple, encoded as one MessagePack value
-by msgspec; in one process, where nothing is pickled, the records go on as
+code a record, the records' fields as plain tuples, the cut pings' apart,
+encoded as one MessagePack value by msgspec, which decodes the pings straight
+into `Ping`s; in one process, where nothing is pickled, the records go on as
 they are (`Handoff.items`). Pickling a NamedTuple calls Python for every
 record (an `Event` costs its sender 2.1 µs to dump, docs/scaling.md); a plain
 tuple does not (0.4, a flat ping 0.24), and msgspec encodes a flat ping in
 0.05 µs, leaving Bytewax one bytes object to pickle. `unpack` rebuilds the
-records by `tuple.__new__`, a ping's body on the receiving side. MessagePack
+other records by `tuple.__new__`; a `Ping` needs no body dicts, which cost the
+receiving process more than the rest of the crossing. MessagePack
 has one array type, so a tuple inside a record comes back a list (a merge's
 empty journal `()` comes back `[]`); no stage tells them apart.
 """
@@ -33,11 +35,12 @@ empty journal `()` comes back `[]`); no stage tells them apart.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
 from omnitrigger.operators.clock_marks import ClockMarks
-from omnitrigger.records import Event, Heartbeat, Item, Merge, Progress, Watermark
+from omnitrigger.records import Event, Heartbeat, Item, Merge, Ping, Progress, Watermark
 
 #: The record types a hand-off holds, by their code in a packed hand-off; a cut ping has the code after them.
 _KINDS: tuple[type, ...] = (Event, Merge, Heartbeat, Progress, Watermark)
@@ -48,7 +51,8 @@ _PROGRESS, _PING = _CODE[Progress], len(_KINDS)
 Packed = bytes
 
 _ENCODE = msgspec.msgpack.Encoder().encode
-_DECODE = msgspec.msgpack.Decoder().decode
+#: (codes, the other records' fields, the cut pings): msgspec builds the `Ping`s itself.
+_DECODE = msgspec.msgpack.Decoder(tuple[bytes, list[Any], list[Ping]]).decode
 
 
 class Handoff:
@@ -80,41 +84,32 @@ class Handoff:
         """The hand-off of one delivery's `events`, ended by Progress(`last_seq`), packed to cross processes."""
         codes = bytearray()
         fields: list[tuple] = []
+        cut: list[tuple] = []
         pings, code_of = self.ping_topics, _CODE
         for item in self.marks.thin(events):
             kind = type(item)
             if kind is Event and item.topic in pings:
                 seq, topic, partition, offset, ts_ms, body, customer = item
                 codes.append(_PING)
-                fields.append((seq, topic, partition, offset, ts_ms, body["ids"].get("device_id"), body["source"],
-                               body["accuracy_m"], body["lat"], body["lon"], customer))
+                cut.append((seq, topic, partition, offset, ts_ms, body["ids"].get("device_id"), body["source"],
+                            body["accuracy_m"], body["lat"], body["lon"], customer))
             else:
                 codes.append(code_of[kind])
                 fields.append(tuple(item))
         codes.append(_PROGRESS)
         fields.append((last_seq,))
-        return _ENCODE((bytes(codes), fields))
+        return _ENCODE((bytes(codes), fields, cut))
 
 
 def pack(items: list[Item]) -> Packed:
     """`items` as plain tuples, each whole (tests and tools; the flow's hand-off is `Handoff.packed`)."""
     code = _CODE
-    return _ENCODE((bytes([code[type(item)] for item in items]), [tuple(item) for item in items]))
+    return _ENCODE((bytes([code[type(item)] for item in items]), [tuple(item) for item in items], []))
 
 
 def unpack(packed: Packed) -> list[Item]:
-    """The records a packed hand-off holds, rebuilt; a cut ping as an `Event` whose body has only what visits
-    reads."""
-    codes, fields = _DECODE(packed)
+    """The records a packed hand-off holds, rebuilt in their order; a cut ping as a `Ping`."""
+    codes, fields, pings = _DECODE(packed)
     new, kinds = tuple.__new__, _KINDS
-    out: list[Item] = []
-    append = out.append
-    for code, values in zip(codes, fields):
-        if code == _PING:
-            seq, topic, partition, offset, ts_ms, device_id, source, accuracy_m, lat, lon, customer = values
-            append(new(Event, (seq, topic, partition, offset, ts_ms,
-                               {"ids": {"device_id": device_id}, "source": source, "accuracy_m": accuracy_m,
-                                "lat": lat, "lon": lon}, customer)))
-        else:
-            append(new(kinds[code], values))
-    return out
+    next_ping, next_fields = iter(pings).__next__, iter(fields).__next__
+    return [next_ping() if code == _PING else new(kinds[code], next_fields()) for code in codes]

@@ -58,7 +58,7 @@ import xxhash
 from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.operators.store_index import StoreIndex, store_index_for
-from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge, format_ms
+from omnitrigger.records import VISIT_CONFIRMED, VISITS, Emitted, Event, Item, Merge, Ping, format_ms
 from omnitrigger.state import ShardState
 from omnitrigger.state.clock import ShardClock
 from omnitrigger.state.documents import DecodedValues
@@ -117,33 +117,39 @@ class Visits(StageOperator):
         counts = self.counts
         for event in events:
             out.append(event)
-            if type(event) is not Event:  # a control record
-                if type(event) is Merge:
+            kind = type(event)
+            if kind is Ping:  # a ping as the hand-off from another process cuts it
+                device, source, accuracy_m, lat, lon = (event.device_id, event.source, event.accuracy_m,
+                                                        event.lat, event.lon)
+            elif kind is not Event:  # a control record
+                if kind is Merge:
                     self._on_merge(event.winner, event.loser)
                 continue
-            if event.topic != GEO_PINGS:
+            elif event.topic != GEO_PINGS:
                 if event.topic == "consent.changes" and event.customer is not None \
                         and event.body["channel"] == "location":
                     self._on_location_consent(event.customer, event.body["status"], event.ts_ms)
                 continue
+            else:
+                body = event.body
+                device, source, accuracy_m, lat, lon = (body["ids"].get("device_id"), body["source"],
+                                                        body["accuracy_m"], body["lat"], body["lon"])
             first = len(emitted)
             ts = event.ts_ms
             if self.clock.advance(ts):
                 if self._timers and self._timers[0][0] < ts - self.lateness_ms:
                     self._fire_timers(ts - self.lateness_ms, event.seq, emitted, first)
-            body = event.body
-            device = body["ids"].get("device_id")
             if type(device) is not str or not device.strip():  # blank or null: no device to follow
                 counts["no_device_pings"] += 1
-            elif body["source"] in self.excluded_sources:
+            elif source in self.excluded_sources:
                 counts["excluded_source_pings"] += 1
-            elif body["accuracy_m"] > self.max_accuracy_m:
+            elif accuracy_m > self.max_accuracy_m:
                 counts["inaccurate_pings"] += 1
             elif ts < self.clock.now_ms - self.lateness_ms:
                 counts["late_pings"] += 1
                 metrics.LATE_PINGS.inc()  # live's omnitrigger_late_pings_total (a replay has the run total)
             else:
-                self._on_ping(event, out, emitted, first)
+                self._on_ping(event, device, lat, lon, out, emitted, first)
         self.clock.save()
         self.state.put_meta(_COUNTS, orjson.dumps(counts))
         return OperatorResult(out, emitted)
@@ -170,11 +176,10 @@ class Visits(StageOperator):
 
     # -- one kept, on-time ping ------------------------------------------------
 
-    def _on_ping(self, event: Event, out: list[Event], emitted: list[Emitted], first: int) -> None:
-        body = event.body
-        device = body["ids"]["device_id"]
+    def _on_ping(self, event: Event | Ping, device: str, lat: float, lon: float, out: list[Event],
+                 emitted: list[Emitted], first: int) -> None:
         ts = event.ts_ms
-        near = self.index.stores_near(body["lat"], body["lon"])
+        near = self.index.stores_near(lat, lon)
         record = self.devices.get(device)
         if record is None:
             latest, visits = None, []
@@ -208,7 +213,7 @@ class Visits(StageOperator):
             kept.sort(key=lambda visit: visit[STORE])
         self.devices.put(device, [ts, kept])
 
-    def _apply_reordered(self, event: Event, device: str, visits: list[list[Any]], near: list[tuple[str, float]],
+    def _apply_reordered(self, event: Event | Ping, device: str, visits: list[list[Any]], near: list[tuple[str, float]],
                          latest: int, out: list[Event]) -> bool:
         inside = {store_id for store_id, _ in near}
         ts = event.ts_ms
@@ -232,7 +237,7 @@ class Visits(StageOperator):
             changed = True
         return changed
 
-    def _confirm(self, device: str, visit: list[Any], at_ms: int, event: Event, out: list[Event]) -> None:
+    def _confirm(self, device: str, visit: list[Any], at_ms: int, event: Event | Ping, out: list[Event]) -> None:
         visit[CONFIRMED_AT] = at_ms
         self.counts["visits_confirmed"] += 1
         customer = event.customer if event.customer is not None else visit[CUSTOMER]

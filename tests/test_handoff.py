@@ -28,7 +28,7 @@ from omnitrigger.operators.rules import broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import LaterChain
 from omnitrigger.operators.visits import GEO_PINGS
 from omnitrigger.records import (
-    IDENTITY_TOPIC, VISIT_CONFIRMED, Emitted, Event, Heartbeat, Item, Merge, Progress, Watermark,
+    IDENTITY_TOPIC, VISIT_CONFIRMED, Emitted, Event, Heartbeat, Item, Merge, Ping, Progress, Watermark,
 )
 from omnitrigger.state import RocksDBStore, ShardState
 from geolife import write_stores_csv
@@ -44,11 +44,11 @@ def ping(seq: int, ts_ms: int) -> Event:
                                                    "lat": 1.0, "lon": 2.0, "accuracy_m": 5.0, "source": "gps"}, "c-1")
 
 
-def cut(event: Event) -> Event:
+def cut(event: Event) -> Ping:
     """A ping as the hand-off passes it: what visits reads."""
     body = event.body
-    return event._replace(body={"ids": {"device_id": body["ids"]["device_id"]}, "source": body["source"],
-                                "accuracy_m": body["accuracy_m"], "lat": body["lat"], "lon": body["lon"]})
+    return Ping(event.seq, event.topic, event.partition, event.offset, event.ts_ms, body["ids"]["device_id"],
+                body["source"], body["accuracy_m"], body["lat"], body["lon"], event.customer)
 
 
 def handed(handoff: Handoff, events: list[Item], last_seq: int) -> list[Item]:
@@ -149,12 +149,12 @@ def _routed(batches: list[list[Item]], *, hand_off: bool, store_path: Path, conf
 
 
 _TOPICS = ["geo.pings", "geo.pings", "geo.pings", "web.events", "pos.receipts", "consent.changes"]
-#: One store; pings in it or 1 km north, from two devices.
+#: One store; pings in it, 1 km north or far off (a whole degree, as an integer), from two devices, none or a blank.
 _STORES = [("s1", "Store 1", 52.5, 13.4, 100.0)]
 _PINGS = [{"event_id": "e", "ts": "t", "ids": {"device_id": device, "cookie_id": "k"}, "lat": lat, "lon": 13.4,
            "accuracy_m": accuracy, "source": source}
-          for device in ("d1", "d2") for lat in (52.5, 52.509) for accuracy, source in ((10.0, "gps"), (300.0, "wifi"),
-                                                                                        (5.0, "cell"))]
+          for device in ("d1", "d2", None, " ") for lat in (52.5, 52.509, 52)
+          for accuracy, source in ((10.0, "gps"), (300.0, "wifi"), (5, "cell"))]
 #: A body of each topic, as its contract admits it (history reads a consent change's channel and status).
 _BODIES = {
     "web.events": {"type": "view_item", "channel": "web", "product_id": "p1", "ids": {"cookie_id": "k1"}},
@@ -165,7 +165,7 @@ _BODIES = {
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(_TOPICS), st.integers(0, 400_000), st.sampled_from(["c-1", "c-2", "c-3"]),
+@given(st.lists(st.tuples(st.sampled_from(_TOPICS), st.integers(0, 400_000), st.sampled_from(["c-1", "c-2", "c-3", None]),
                           st.sampled_from(_PINGS)), min_size=1, max_size=80),
        st.lists(st.integers(1, 12), min_size=1, max_size=20))
 def test_the_rules_shards_get_the_same_items_from_the_hand_off(records: list[tuple[str, int, str, dict]],
