@@ -251,8 +251,13 @@ def write_layout(state_dir: Path, layout: dict[str, Any]) -> None:
 
 
 def _entries(folder: Path) -> set[str]:
-    """What the folder holds, bar our lock file (which a loser of the lock race may have just created)."""
-    return {entry.name for entry in folder.iterdir()} - {LOCK_FILE}
+    """What the folder holds, bar our lock file (which a loser of the lock race may have just created) and the
+    write probes of `check_writable` (which another run setting up the same new folder makes before it locks)."""
+    return {entry.name for entry in folder.iterdir()
+            if entry.name != LOCK_FILE and not entry.name.startswith(_WRITE_PROBE)}
+
+
+_WRITE_PROBE = ".write-test-"
 
 
 def not_writable(folder: Path, error: OSError | str) -> StateFolderError:
@@ -268,7 +273,7 @@ def check_writable(folder: Path) -> None:
                           if path.is_dir()]
     folders += rocksdb_folders(folder)
     for path in folders:
-        probe = path / f".write-test-{os.getpid()}"
+        probe = path / f"{_WRITE_PROBE}{os.getpid()}"
         try:
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             probe.unlink()
