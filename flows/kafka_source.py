@@ -241,7 +241,7 @@ class _KafkaPartition(StatefulSourcePartition):
             self._refuse_or_skip(gaps, "on resume")
         self.consumer.assign(assignment)
         self.trigger_ends = None if triggers_topic is None else \
-            _TriggerEnds(brokers, config, triggers_topic, max(0.2, min(config.epoch_interval_s, 5.0)))
+            _TriggerEnds(brokers, config, triggers_topic, max(0.2, min(config.epoch_s, 5.0)))
         if read_back is not None:
             saved = (resume_state or {}).get("triggers_from")
             read_back.resume_from({int(partition): int(offset) for partition, offset in saved}

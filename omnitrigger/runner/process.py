@@ -74,7 +74,7 @@ def run_dataflow(spec: ProcessSpec, flow: Dataflow) -> None:
     from bytewax.recovery import RecoveryConfig
     from bytewax.testing import run_main
 
-    epoch = timedelta(seconds=spec.config.epoch_interval_s)
+    epoch = timedelta(seconds=spec.config.epoch_s)
     recovery = RecoveryConfig(spec.state_dir / "recovery")
     tune_garbage_collector()
     if spec.role is None:
