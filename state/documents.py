@@ -134,21 +134,32 @@ class Documents(DecodedValues):
         return doc
 
     def sweep(self, cutoff_ms: int) -> int:
-        """Drop every entry that expired at or before `cutoff_ms` from the documents holding one; how many."""
+        """Drop every entry that expired at or before `cutoff_ms` from the documents holding one; how many.
+
+        The documents are those the index names and those held in memory whose own lower bound is due: the
+        index is written at commits, so without the second a sweep would depend on where the epochs fell."""
         start, end = self.index_prefix, self.index_prefix + _U64.pack(cutoff_ms + 1)
         dropped = 0
-        owners = [key[len(start) + 8:].decode() for key, _ in self.state.scan(start, end)]
-        for owner in owners:
+        owners = {key[len(start) + 8:].decode() for key, _ in self.state.scan(start, end)}
+        owners.update([owner for owner, doc in self._values.items() if doc and 0 < doc.get(INDEXED, 0) <= cutoff_ms])
+        for owner in sorted(owners):
             doc = self.get(owner)
             if doc is None:
                 continue
+            earliest = 0  # of the entries kept: exact again (between sweeps the index is only a lower bound)
             for section in doc.values():
                 if type(section) is dict:
-                    expired = [subject for subject, value in section.items() if 0 < value[-1] <= cutoff_ms]
+                    expired = []
+                    for subject, value in section.items():  # one walk: what expired, and the earliest of the rest
+                        expires = value[-1]
+                        if expires:
+                            if expires <= cutoff_ms:
+                                expired.append(subject)
+                            elif not earliest or expires < earliest:
+                                earliest = expires
                     for subject in expired:
                         del section[subject]
                     dropped += len(expired)
-            earliest = earliest_expiry(doc)  # exact again (between sweeps it is only a lower bound)
             if earliest:
                 doc[INDEXED] = earliest
             else:
@@ -216,18 +227,6 @@ def drop_entry(doc: Document | None, section: str, subject: str) -> bool:
         return False
     found = doc.get(section)
     return found is not None and found.pop(subject, None) is not None
-
-
-def earliest_expiry(doc: Document) -> int:
-    """The earliest expiry of any entry of `doc` (0: none expires)."""
-    earliest = 0
-    for section in doc.values():
-        if type(section) is dict:
-            for value in section.values():
-                expires = value[-1]
-                if expires and (not earliest or expires < earliest):
-                    earliest = expires
-    return earliest
 
 
 def _drop_empty_sections(doc: Document) -> None:

@@ -63,6 +63,26 @@ def test_sweep_drops_expired_entries_and_empty_documents(tmp_path):
     store.close()
 
 
+def test_a_sweep_does_not_depend_on_where_the_commits_fell(tmp_path):
+    """The index is written at commits: a sweep between two must still find an entry set since the last one,
+    so that what a sweep drops (and so the state) does not depend on the epochs' wall-clock boundaries."""
+    dropped = []
+    for commit_between in (True, False):
+        store, state, docs = _open(tmp_path / f"db-{commit_between}")
+        set_entry(docs.open("cus_1"), "V", '"a"', [1, "e1"], 90_000)
+        state.commit()
+        set_entry(docs.open("cus_1"), "V", '"b"', [2, "e2"], 5_000)  # lowers the document's earliest expiry
+        set_entry(docs.open("cus_2"), "V", '"c"', [3, "e3"], 6_000)  # a document new since the commit
+        if commit_between:
+            state.commit()
+        dropped.append(docs.sweep(10_000))
+        state.commit()
+        assert set(_raw_document(state, "cus_1")["V"]) == {'"a"'} and _raw_document(state, "cus_2") is None
+        assert [key[:8] for key in _index_keys(state)] == [(90_000).to_bytes(8, "big")]
+        store.close()
+    assert dropped == [2, 2]
+
+
 def test_rollback_restores_documents_and_forgets_the_cached_ones(tmp_path):
     store, state, docs = _open(tmp_path / "db")
     set_entry(docs.open("cus_1"), "P", '"x"', [1], 0)
