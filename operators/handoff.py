@@ -47,7 +47,7 @@ _KINDS: tuple[type, ...] = (Event, Merge, Heartbeat, Progress, Watermark)
 _CODE = {kind: code for code, kind in enumerate(_KINDS)}
 _PROGRESS, _PING = _CODE[Progress], len(_KINDS)
 
-#: A packed hand-off: MessagePack of (one kind code a record, each record's fields).
+#: A packed hand-off: MessagePack of (one kind code a record, the other records' fields, the cut pings' fields).
 Packed = bytes
 
 _ENCODE = msgspec.msgpack.Encoder().encode
