@@ -37,7 +37,7 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 from omnitrigger.config import Config
 from omnitrigger.flows.part_file_sink import encode_outputs
 from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY
-from omnitrigger.flows.stage import OperatorFactory, history_builder, rules_builder, sequencer_builder
+from omnitrigger.flows.stage import OperatorFactory, history_builder, remote_shards, rules_builder, sequencer_builder
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
 from omnitrigger.operators.visits import GEO_PINGS
 
@@ -52,11 +52,13 @@ HISTORY_STAGE: tuple[OperatorFactory, ...] = (Visits, History, EventClock)
 
 def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
                operators: list[OperatorFactory] | None = None, emit_events: bool = False,
-               flow_id: str = "omnitrigger", cluster: bool = False) -> Dataflow:
+               flow_id: str = "omnitrigger", processes: int = 1) -> Dataflow:
     """`state_path`: the folder holding one RocksDB store per shard key (`state_path/sequencer`,
-    `state_path/history`, `state_path/rules-0000`, ...; a state folder's rocksdb/). `cluster`: the flow runs
-    on several processes, so the sequencer's hand-off crosses to another packed (operators/handoff.py); the
-    outputs are the same either way."""
+    `state_path/history`, `state_path/rules-0000`, ...; a state folder's rocksdb/). `processes`: the flow runs
+    on that many processes (one worker each), so the sequencer's hand-off crosses to another packed
+    (operators/handoff.py), and so does a routed batch to a rules shard on another process; the outputs are
+    the same either way."""
+    cluster = processes > 1
     factories = list(operators if operators is not None else DEFAULT_OPERATORS)
     with_rules = Rules in factories
     if with_rules and factories[-1] is not Rules:
@@ -75,7 +77,7 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         sequencer_builder(state_path / SEQUENCER_KEY, sequencer_operators, config, emit_events, with_rules,
                           hand_on=bool(history_operators),
                           ping_topics=frozenset({GEO_PINGS}) if Visits in history_operators else frozenset(),
-                          packed=cluster)))
+                          packed=cluster, remote_shards=remote_shards(config, SEQUENCER_KEY, processes))))
     split = op.branch("split", tagged, _is_output)
     outputs = op.map("untag", split.trues, _untag)
     onward = split.falses
@@ -83,7 +85,8 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         to_history = op.map("to_history", onward, _keyed_item)
         history_tagged = op.key_rm("unkey_history", op.stateful_batch(
             "history", to_history,
-            history_builder(state_path / HISTORY_KEY, history_operators, config, with_rules, packed=cluster)))
+            history_builder(state_path / HISTORY_KEY, history_operators, config, with_rules, packed=cluster,
+                            remote_shards=remote_shards(config, HISTORY_KEY, processes))))
         history_split = op.branch("split_history", history_tagged, _is_output)
         outputs = op.merge("sequencer_and_history_outputs", outputs, op.map("untag_history", history_split.trues, _untag))
         onward = history_split.falses

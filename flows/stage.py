@@ -10,7 +10,8 @@ back to it.
 
 A stage's items out are tagged: `("out", [Emitted])` for the sinks,
 `("next", "history", packed hand-off)` for the history stage (the sequencer's hand-off, operators/handoff.py)
-and `("rules", shard key, (shard, [Item]))` for a rules shard (events and control records).
+and `("rules", shard key, (shard, [Item] or packed))` for a rules shard (events and control records; packed
+by `operators/handoff.py` `pack` when the shard runs on another process: `remote_shards`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from bytewax.operators import StatefulBatchLogic
 
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
-from omnitrigger.flows.placement import HISTORY_KEY, rules_key
+from omnitrigger.flows.placement import HISTORY_KEY, rules_key, worker_of
 from omnitrigger.operators.clock_marks import ClockMarks
-from omnitrigger.operators.handoff import Handoff, unpack
+from omnitrigger.operators.handoff import Handoff, pack, unpack
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import ChainOperator, LaterChain, StageChain
@@ -42,12 +43,14 @@ class _StageLogic(StatefulBatchLogic):
     """A single-key stage (the sequencer, the history stage): its chain, then the hand-off to what follows it."""
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
-                 handoff: Handoff | None, unpack_input: bool = False) -> None:
+                 handoff: Handoff | None, unpack_input: bool = False,
+                 remote_shards: frozenset[int] = frozenset()) -> None:
         self.chain = chain
         self.states = states
         self.router = router
         self.handoff = handoff
         self.unpack_input = unpack_input  # its input is packed hand-offs from another process
+        self.remote_shards = remote_shards  # the rules shards on another process: their batches cross packed
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
         batches = [unpack(value) for value in values] if self.unpack_input else values
@@ -61,7 +64,8 @@ class _StageLogic(StatefulBatchLogic):
         if self.handoff is not None:
             items.append(("next", HISTORY_KEY, self.handoff.hand_on(events, self.chain.last_seq)))
         elif self.router is not None:
-            items += [("rules", rules_key(shard), (shard, batch))
+            remote = self.remote_shards
+            items += [("rules", rules_key(shard), (shard, pack(batch) if shard in remote else batch))
                       for shard, batch in sorted(self.router.route(events, final).items())]
         return items
 
@@ -71,12 +75,13 @@ class _StageLogic(StatefulBatchLogic):
 
 def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config: Config, emit_events: bool,
                       route_to_rules: bool, hand_on: bool = False, ping_topics: frozenset[str] = frozenset(),
-                      packed: bool = False) -> Callable[[Any], _StageLogic]:
+                      packed: bool = False, remote_shards: frozenset[int] = frozenset()) -> Callable[[Any], _StageLogic]:
     """The builder Bytewax calls for the sequencer key, with its snapshot on resume (None when new);
     `store_path` is the sequencer key's own RocksDB folder. `hand_on`: a history stage follows (it routes
     to the rules); else the sequencer routes to them itself when `route_to_rules`. `ping_topics`: what a
     packed hand-off passes cut to a ping's fields (geo.pings, when visits runs in the history stage).
-    `packed`: the history stage runs in another process (a cluster), so the hand-off crosses packed."""
+    `packed`: the history stage runs in another process (a cluster), so the hand-off crosses packed.
+    `remote_shards`: when it routes to the rules itself, the shards on another process (`remote_shards`)."""
 
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
@@ -88,15 +93,18 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
         handoff = Handoff(handed_on_topics(config), ping_topics, packed=packed) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
-        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff)
+        return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
+                           remote_shards=remote_shards)
 
     return build
 
 
 def history_builder(store_path: Path, factories: list[OperatorFactory], config: Config,
-                    route_to_rules: bool, packed: bool = False) -> Callable[[Any], _StageLogic]:
+                    route_to_rules: bool, packed: bool = False,
+                    remote_shards: frozenset[int] = frozenset()) -> Callable[[Any], _StageLogic]:
     """The builder of the history stage (visits, history, the clock: what follows the sequencer), in its own
-    RocksDB folder `store_path`; `packed`: the sequencer's hand-offs come packed (a cluster)."""
+    RocksDB folder `store_path`; `packed`: the sequencer's hand-offs come packed (a cluster); `remote_shards`:
+    the rules shards on another process than this stage's, whose batches cross packed."""
 
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
@@ -104,7 +112,8 @@ def history_builder(store_path: Path, factories: list[OperatorFactory], config: 
                   for factory in factories]
         _roll_back(states, resume_state)
         return _StageLogic(LaterChain(history_operators(factories, states, config)), states,
-                           _router(config) if route_to_rules else None, None, unpack_input=packed)
+                           _router(config) if route_to_rules else None, None, unpack_input=packed,
+                           remote_shards=remote_shards)
 
     return build
 
@@ -123,6 +132,16 @@ def handed_on_topics(config: Config) -> frozenset[str]:
     """What the history stage and the rules read in full: the rules' topics (the journal's too), the broadcast
     ones, identity changes and consent."""
     return rule_topics(config) | broadcast_topics(config) | {IDENTITY_TOPIC, "consent.changes"}
+
+
+def remote_shards(config: Config, stage_key: str, processes: int) -> frozenset[int]:
+    """The rules shards Bytewax runs on another process than `stage_key`'s, on `processes` (one worker each):
+    a batch routed to one of them is pickled, so it goes packed (a list of records would cost its sender a
+    Python call a record, docs/scaling.md); one on the same process goes as it is."""
+    if processes <= 1:
+        return frozenset()
+    here = worker_of(stage_key, processes)
+    return frozenset(shard for shard in range(config.rule_shards) if worker_of(rules_key(shard), processes) != here)
 
 
 def _router(config: Config) -> ShardRouter:
@@ -151,7 +170,8 @@ class _RulesLogic(StatefulBatchLogic):
 
     def on_batch(self, values: list[tuple[int, list[Item]]]) -> tuple[list[list[Emitted]], bool]:
         rules = self.rules or self._open(values[0][0], 0)
-        emitted = rules.on_events([event for _, batch in values for event in batch]).emitted
+        emitted = rules.on_events([event for _, batch in values
+                                   for event in (unpack(batch) if type(batch) is bytes else batch)]).emitted
         return ([emitted] if emitted else []), StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> tuple[int, int]:
