@@ -87,3 +87,13 @@ def rules_key(shard: int) -> str:
         if apart_from_sequencer(key):
             return key
     raise AssertionError("unreachable")
+
+
+def shards_apart_from(stage_key: str, shards: int, processes: int) -> frozenset[int]:
+    """The rules shards (of `shards`) whose keys Bytewax runs on another worker than `stage_key`'s, on a
+    cluster of `processes` (one worker each; none alone). A batch routed to one of them is pickled, so it
+    crosses packed (flows/stage.py): a list of records would cost its sender a Python call a record."""
+    if processes <= 1:
+        return frozenset()
+    here = worker_of(stage_key, processes)
+    return frozenset(shard for shard in range(shards) if worker_of(rules_key(shard), processes) != here)

@@ -36,8 +36,8 @@ from bytewax.outputs import FixedPartitionedSink, Sink
 
 from omnitrigger.config import Config
 from omnitrigger.flows.part_file_sink import encode_outputs
-from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY
-from omnitrigger.flows.stage import OperatorFactory, history_builder, remote_shards, rules_builder, sequencer_builder
+from omnitrigger.flows.placement import HISTORY_KEY, SEQUENCER_KEY, shards_apart_from
+from omnitrigger.flows.stage import OperatorFactory, history_builder, rules_builder, sequencer_builder
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
 from omnitrigger.operators.visits import GEO_PINGS
 
@@ -77,7 +77,7 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         sequencer_builder(state_path / SEQUENCER_KEY, sequencer_operators, config, emit_events, with_rules,
                           hand_on=bool(history_operators),
                           ping_topics=frozenset({GEO_PINGS}) if Visits in history_operators else frozenset(),
-                          packed=cluster, remote_shards=remote_shards(config, SEQUENCER_KEY, processes))))
+                          packed=cluster, remote_shards=shards_apart_from(SEQUENCER_KEY, config.rule_shards, processes))))
     split = op.branch("split", tagged, _is_output)
     outputs = op.map("untag", split.trues, _untag)
     onward = split.falses
@@ -86,7 +86,7 @@ def build_flow(source: Source, sink: Sink, config: Config, state_path: Path, *,
         history_tagged = op.key_rm("unkey_history", op.stateful_batch(
             "history", to_history,
             history_builder(state_path / HISTORY_KEY, history_operators, config, with_rules, packed=cluster,
-                            remote_shards=remote_shards(config, HISTORY_KEY, processes))))
+                            remote_shards=shards_apart_from(HISTORY_KEY, config.rule_shards, processes))))
         history_split = op.branch("split_history", history_tagged, _is_output)
         outputs = op.merge("sequencer_and_history_outputs", outputs, op.map("untag_history", history_split.trues, _untag))
         onward = history_split.falses

@@ -11,7 +11,8 @@ back to it.
 A stage's items out are tagged: `("out", [Emitted])` for the sinks,
 `("next", "history", packed hand-off)` for the history stage (the sequencer's hand-off, operators/handoff.py)
 and `("rules", shard key, (shard, [Item] or packed))` for a rules shard (events and control records; packed
-by `operators/handoff.py` `pack` when the shard runs on another process: `remote_shards`).
+by `operators/handoff.py` `pack` when the shard runs on another process: flows/placement.py
+`shards_apart_from`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from omnitrigger.config import Config
 from omnitrigger.operators.base import StageOperator
-from omnitrigger.flows.placement import HISTORY_KEY, rules_key, worker_of
+from omnitrigger.flows.placement import HISTORY_KEY, rules_key
 from omnitrigger.operators.clock_marks import ClockMarks
 from omnitrigger.operators.handoff import Handoff, pack, unpack
 from omnitrigger.operators.router import ShardRouter, shard_key
@@ -81,7 +82,8 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
     to the rules); else the sequencer routes to them itself when `route_to_rules`. `ping_topics`: what a
     packed hand-off passes cut to a ping's fields (geo.pings, when visits runs in the history stage).
     `packed`: the history stage runs in another process (a cluster), so the hand-off crosses packed.
-    `remote_shards`: when it routes to the rules itself, the shards on another process (`remote_shards`)."""
+    `remote_shards`: when it routes to the rules itself, the shards on another process, whose batches cross
+    packed (flows/placement.py `shards_apart_from`)."""
 
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
@@ -132,16 +134,6 @@ def handed_on_topics(config: Config) -> frozenset[str]:
     """What the history stage and the rules read in full: the rules' topics (the journal's too), the broadcast
     ones, identity changes and consent."""
     return rule_topics(config) | broadcast_topics(config) | {IDENTITY_TOPIC, "consent.changes"}
-
-
-def remote_shards(config: Config, stage_key: str, processes: int) -> frozenset[int]:
-    """The rules shards Bytewax runs on another process than `stage_key`'s, on `processes` (one worker each):
-    a batch routed to one of them is pickled, so it goes packed (a list of records would cost its sender a
-    Python call a record, docs/scaling.md); one on the same process goes as it is."""
-    if processes <= 1:
-        return frozenset()
-    here = worker_of(stage_key, processes)
-    return frozenset(shard for shard in range(config.rule_shards) if worker_of(rules_key(shard), processes) != here)
 
 
 def _router(config: Config) -> ShardRouter:

@@ -102,7 +102,8 @@ class Handoff:
 
 
 def pack(items: list[Item]) -> Packed:
-    """`items` as plain tuples, each whole (tests and tools; the flow's hand-off is `Handoff.packed`)."""
+    """`items` as plain tuples, each whole: a routed batch to a rules shard on another process (flows/stage.py);
+    the sequencer's hand-off is `Handoff.packed`."""
     code = _CODE
     return _ENCODE((bytes([code[type(item)] for item in items]), [tuple(item) for item in items], []))
 

@@ -42,7 +42,9 @@ from kafka_fixtures import LiveJob, create_topics, live_config, mock_kafka, read
 from omnitrigger.runner import cluster
 from omnitrigger.runner.cluster import ClusterError, PublicClusterError, Role, check_private, local_addresses
 from omnitrigger.config import Config
-from omnitrigger.flows.placement import HISTORY_KEY, KEPT_APART_FOR, SEQUENCER_KEY, rules_key, worker_of
+from omnitrigger.flows.placement import (
+    HISTORY_KEY, KEPT_APART_FOR, SEQUENCER_KEY, rules_key, shards_apart_from, worker_of,
+)
 from omnitrigger.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.runner.finish import _write_identities
@@ -101,6 +103,20 @@ def test_no_key_after_the_sequencer_lands_on_its_worker_on_2_to_8_processes() ->
     assert rules_key(0) == "rules-0000" and all(key.startswith(f"rules-{shard:04d}")
                                                  for shard, key in enumerate(keys[1:]))
     assert list(KEPT_APART_FOR) == [2, 3, 4, 5, 6, 7, 8]
+
+
+def test_the_shards_whose_batches_cross_packed_are_those_on_another_worker() -> None:
+    """flows/placement.py `shards_apart_from`: alone nothing crosses; on 2 processes every shard is on the history
+    stage's worker (none on the sequencer's); on more, those on another worker than the router's."""
+    shards = CONFIG.rule_shards
+    assert shards_apart_from(HISTORY_KEY, shards, 1) == frozenset() == shards_apart_from(SEQUENCER_KEY, shards, 1)
+    assert shards_apart_from(HISTORY_KEY, shards, 2) == frozenset()
+    assert shards_apart_from(SEQUENCER_KEY, shards, 2) == frozenset(range(shards))
+    for processes in (3, 4, 8):
+        here = worker_of(HISTORY_KEY, processes)
+        apart = shards_apart_from(HISTORY_KEY, shards, processes)
+        assert apart == {shard for shard in range(shards) if worker_of(rules_key(shard), processes) != here}
+    assert shards_apart_from(HISTORY_KEY, shards, 3)  # a 3-process cluster has some: the flows below exercise them
 
 
 @pytest.mark.parametrize("processes", [2, 3])

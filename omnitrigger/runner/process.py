@@ -65,7 +65,7 @@ def build_process_flow(spec: ProcessSpec, source: FixedPartitionedSource, sink: 
         source = PinnedSource(source, here=spec.role.reads_input)
     operators = None if spec.operators is None else [OPERATORS[name] for name in spec.operators]
     return build_flow(source, sink, spec.config, spec.rocksdb_dir, operators=operators, emit_events=spec.emit_events,
-                      processes=len(spec.role.addresses) if spec.role is not None else 1)
+                      processes=spec.role.processes if spec.role is not None else 1)
 
 
 def run_dataflow(spec: ProcessSpec, flow: Dataflow) -> None:
