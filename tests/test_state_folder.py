@@ -27,7 +27,7 @@ from omnitrigger.demo.generator import RecordingGenerator
 from omnitrigger.runner.live import prepare_state_dir
 from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.state import RocksDBStore, close_all_stores
-from omnitrigger.runner.state_folder import FORMAT_VERSION, StateFolderError, release_locks
+from omnitrigger.runner.state_folder import FORMAT_VERSION, StateFolderError, claim_folder, release_locks
 
 
 @pytest.fixture(scope="module")
@@ -260,3 +260,16 @@ def test_live_run_with_a_damaged_store_is_one_line(tmp_path: Path, mock_kafka: A
     result = cli("run", "--brokers", mock_kafka.bootstrap_servers, "--stores", str(stores), "--state-dir", str(state),
                  "--config", str(config_file(tmp_path / "c.toml", config)))
     assert_one_line(result, "is damaged: RocksDB in ", "cannot be opened")
+
+
+def test_another_runs_write_probe_does_not_make_a_new_folder_look_foreign(tmp_path: Path) -> None:
+    """Two runs setting up one new folder: the other run's write probe, made before it locks, is not "not an
+    omnitrigger state folder" (the loser must hear that the folder is in use, from the lock)."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / ".write-test-999999").touch()  # another run's probe, in the moment before it removes it
+    try:
+        assert claim_folder(folder) is True
+    finally:
+        release_locks()
+
