@@ -14,6 +14,11 @@ and takes, for every trigger, the time from when it became due (its
 store visit) to when the consumer received it, an upper bound of its
 acknowledgement on the triggers topic.
 
+`--write-recording DIR` writes phase 1's traffic (`--rate` for `--duration` seconds of event time) as a
+recording instead, with the job's config and stores beside it, and runs nothing: so what the job does with
+that traffic can be measured offline (`bench_stages.py --recording DIR/recording --stores DIR/stores.csv
+--config DIR/bench.toml`, `omnitrigger replay`).
+
 Phase 1 holds `--rate` for `--duration` seconds and prints the latency
 percentiles, overall and by rule. Phase 2 steps up through `--steps` for
 `--step-seconds` each and prints the highest rate whose P99 stayed under 1 s
@@ -276,6 +281,37 @@ def report(label: str, samples: list[tuple[float, float, str]], since: float, un
     return percentile(window, 0.5), p99
 
 
+def write_stores(path: Path) -> None:
+    path.write_text("store_id,name,lat,lon,radius_m\n"
+                    + "".join(f"{s},{n},{la},{lo},{r}\n" for s, n, la, lo, r in DEMO_STORES))
+
+
+def write_recording(folder: Path, rate: float, seconds: float) -> int:
+    """Phase 1's traffic as bare JSON lines per contract topic, in sending order, 10 ms ticks of event time."""
+    (folder / "recording").mkdir(parents=True, exist_ok=True)
+    write_stores(folder / "stores.csv")
+    job_config(folder / "bench.toml", 0)
+    traffic, files, sent, carry = Traffic(), {}, 0, 0.0
+    now_ms = int(time.time() * 1000)
+    try:
+        for _ in range(int(seconds / TICK_S)):
+            carry += rate * TICK_S
+            count = int(carry)
+            carry -= count
+            for topic, _key, value in traffic.batch(now_ms, count):
+                if topic not in files:
+                    files[topic] = (folder / "recording" / f"{topic}.jsonl").open("wb")
+                files[topic].write(value + b"\n")
+                sent += 1
+            now_ms += int(TICK_S * 1000)
+    finally:
+        for file in files.values():
+            file.close()
+    print(f"wrote {sent:,} records ({seconds:.0f} s at {rate:,.0f}/s) to {folder / 'recording'}; "
+          f"stores {folder / 'stores.csv'}, config {folder / 'bench.toml'}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate", type=float, default=10_000)
@@ -288,11 +324,15 @@ def main() -> int:
     parser.add_argument("--epoch-interval", metavar="DURATION",
                         help="the job's [replay] epoch_interval (default: the config's, 1s), to compare settings")
     parser.add_argument("--processes", type=int, default=1, help="the job's --processes (default 1)")
+    parser.add_argument("--write-recording", type=Path, metavar="DIR",
+                        help="write phase 1's traffic as a recording in DIR instead of running the job")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     if args.processes < 1:
         print("bench_live: --processes must be at least 1", file=sys.stderr)
         return 2
+    if args.write_recording is not None:
+        return write_recording(args.write_recording, args.rate, args.duration)
     figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
                                     f"--steps {args.steps}" + (f" --processes {args.processes}" if args.processes > 1 else ""))
     os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123456789")
@@ -304,7 +344,7 @@ def main() -> int:
     for topic in [*names.values(), *output_topics(config).values()]:
         cluster.create_topic(topic, PARTITIONS)
     stores = work / "stores.csv"
-    stores.write_text("store_id,name,lat,lon,radius_m\n" + "".join(f"{s},{n},{la},{lo},{r}\n" for s, n, la, lo, r in DEMO_STORES))
+    write_stores(stores)
     metrics_port = free_port()
     job_config(work / "bench.toml", metrics_port, args.batch_wait, args.epoch_interval)
     log = (work / "job.log").open("wb")

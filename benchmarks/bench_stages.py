@@ -1,6 +1,10 @@
 """Each stage of the flow alone, in µs per record, on the real-data mix (no Bytewax, no Kafka).
 
-    python benchmarks/bench_stages.py [--shared ../shared]
+    python benchmarks/bench_stages.py [--shared ../shared] [--copies N] [--commit-every RECORDS]
+    python benchmarks/bench_stages.py --recording DIR --stores FILE [--config FILE]   # any recording
+
+`--recording` measures another recording instead of the mix, e.g. the live benchmark's traffic
+(`bench_live.py --write-recording DIR`: every customer new, so every record writes state).
 
 The mix is the one tests/test_rules_real_data.py replays (tests/recordings.py `omnichannel_recording`):
 real Taobao clickstream, bakery receipts and GeoLife GPS traces of 114 shoppers, with identity links,
@@ -17,6 +21,7 @@ records/s is what the stage alone would sustain; batch P50/P99 is the time the s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pickle
 import resource
@@ -31,7 +36,7 @@ os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 from real_mix import build_scaled_mix  # noqa: E402
 from results import Figures  # noqa: E402
 
-from omnitrigger.config import Config  # noqa: E402
+from omnitrigger.config import ConfigError, load_config  # noqa: E402
 from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits  # noqa: E402
 from omnitrigger.flows.stage import handed_on_topics, history_operators  # noqa: E402
 from omnitrigger.operators.handoff import Handoff, unpack  # noqa: E402
@@ -77,19 +82,35 @@ def main() -> int:
     parser.add_argument("--commit-every", type=int, default=1000, metavar="RECORDS",
                         help="commit the state after this many records (default 1000; a replay commits once per "
                              "epoch, 1 s: about 30,000 records)")
+    parser.add_argument("--recording", type=Path, metavar="DIR",
+                        help="measure this recording (<topic>.jsonl files) instead of the real-data mix")
+    parser.add_argument("--stores", type=Path, metavar="FILE", help="with --recording: its stores CSV")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="a config file (TOML) for the operators")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     real_data = args.shared / "data" / "real"
-    if not real_data.is_dir():
+    if args.recording is not None and (not args.recording.is_dir() or args.stores is None
+                                       or not args.stores.is_file()):
+        print("bench_stages: --recording needs a folder of <topic>.jsonl files and --stores FILE", file=sys.stderr)
+        return 2
+    try:
+        base_config = load_config(args.config)
+    except ConfigError as error:
+        print(f"bench_stages: {error}", file=sys.stderr)
+        return 2
+    if args.recording is None and not real_data.is_dir():
         print(f"bench_stages: real data not found at {real_data} (use --shared)", file=sys.stderr)
         return 2
     if not 1 <= args.copies <= 99:
         print("bench_stages: --copies must be 1 to 99", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="omnitrigger-bench-stages-") as work:
-        recording = Path(work) / "recording"
-        build_scaled_mix(real_data, Path(work), args.copies)  # one copy: the mix the real-data tests replay
-        config = Config(stores_file=str(Path(work) / "stores.csv"))
+        if args.recording is None:
+            recording, stores = Path(work) / "recording", Path(work) / "stores.csv"
+            build_scaled_mix(real_data, Path(work), args.copies)  # one copy: the mix the real-data tests replay
+        else:
+            recording, stores = args.recording, args.stores
+        config = dataclasses.replace(base_config, stores_file=str(stores))
         cost: dict[str, float] = {}
         per_batch: dict[str, list[float]] = {}  # each stage's seconds for each 1,000-record batch
         tune_garbage_collector()  # as a flow's process runs: what a stage allocates is collected as there
@@ -166,7 +187,8 @@ def main() -> int:
                     per_batch.setdefault(name, []).append(seconds)
         store.close()
     total = sum(cost.values())
-    print(f"{records:,} records of the real-data mix in batches of 1,000, committed every {args.commit_every:,}; "
+    what = "the real-data mix" if args.recording is None else str(args.recording)
+    print(f"{records:,} records of {what} in batches of 1,000, committed every {args.commit_every:,}; "
           "each stage alone:")
     print(f"  {'stage':26s} {'µs/record':>9s} {'records/s':>10s} {'batch P50':>10s} {'batch P99':>10s}")
     for name, seconds in cost.items():
@@ -185,7 +207,8 @@ def main() -> int:
     print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MiB")
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else "")
-                      + (f" --commit-every {args.commit_every}" if args.commit_every != 1000 else ""))
+                      + (f" --commit-every {args.commit_every}" if args.commit_every != 1000 else "")
+                      + (f" --recording {args.recording}" if args.recording is not None else ""))
     for name, seconds in cost.items():
         figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),

@@ -69,7 +69,7 @@ class Identity(StageOperator):
         self.limits = dict(config.identifier_limits)
         self.blocked = BLOCKED_VALUES | {value.strip().lower() for value in config.blocked_identifiers}
         self.min_confidence = config.min_link_confidence
-        self._blocked_memo: dict[str, bool] = {}  # the same few device ids come again and again
+        self._blocked_memo: set[str] = set()  # blocked values seen: the same few come again and again
         self._changed: dict[str, list[list[str]]] = {}  # customers whose identifiers this event changed
         self._new: dict[str, list[list[str]]] = {}  # identifiers this event showed for the first time, by customer
         saved = state.get_meta(_IGNORED)
@@ -200,14 +200,19 @@ class Identity(StageOperator):
         return {f"ignored_{kind}": count for kind, count in self.ignored.items()}
 
     def is_blocked(self, value: str) -> bool:
-        known = self._blocked_memo.get(value)
-        if known is None:
-            lowered = value.strip().lower()
-            known = lowered in self.blocked or bool(_ALL_ZEROS.match(lowered))
-            if len(self._blocked_memo) >= 100_000:
-                self._blocked_memo.clear()
-            self._blocked_memo[value] = known
-        return known
+        """Whether `value` is a placeholder, not an identifier: blank, a blocked value (any case, any spaces
+        around it) or all zeros and punctuation. Only the blocked are memoised: they are the few that come
+        again and again (a zeroed advertising id), and a memo of every value would hold every identifier."""
+        if value in self._blocked_memo:
+            return True
+        lowered = value.strip().lower()
+        first = lowered[:1]
+        # A value that starts with a letter or a digit other than 0 cannot be all zeros: no regex for it.
+        if lowered in self.blocked or (not (first.isalnum() and first != "0") and _ALL_ZEROS.match(lowered)):
+            if len(self._blocked_memo) < 10_000:
+                self._blocked_memo.add(value)
+            return True
+        return False
 
     def _entry(self, identifier: Identifier) -> tuple[str, int] | None:
         """(customer id, last seen ms) of a live identifier, or None."""
@@ -233,7 +238,7 @@ class Identity(StageOperator):
             return customer
         customer = "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{event.seq}".encode())[:24]
         record = {"first": event.seq, "ids": []}
-        self._attach(identifier, customer, record, event.ts_ms)
+        self._attach(identifier, customer, record, event.ts_ms, fresh=True)
         fresh.add(customer)
         return customer
 
@@ -263,10 +268,12 @@ class Identity(StageOperator):
                 return kind
         return None
 
-    def _attach(self, identifier: Identifier, customer: str, record: dict[str, Any], ts_ms: int) -> None:
+    def _attach(self, identifier: Identifier, customer: str, record: dict[str, Any], ts_ms: int,
+                fresh: bool = False) -> None:
+        """`fresh`: the customer is new, so no record of it is stored (`_save` need not read one's expiry)."""
         record["ids"].append(list(identifier))
         self._point(identifier, customer, ts_ms)
-        self._save(customer, record, ts_ms)
+        self._save(customer, record, ts_ms, fresh)
         self._changed[customer] = record["ids"]
         self._new.setdefault(customer, []).append(list(identifier))
 
@@ -290,10 +297,12 @@ class Identity(StageOperator):
         known = self._entries[identifier] = (entry, expires)
         return known
 
-    def _save(self, customer: str, record: dict[str, Any], ts_ms: int) -> None:
+    def _save(self, customer: str, record: dict[str, Any], ts_ms: int, fresh: bool = False) -> None:
         key = b"c" + customer.encode()
         # keep the later expiry: the customer lives as long as its freshest identifier
-        expires = max(ts_ms + self.retention_ms, self.state.expiry_of(key) or 0)
+        expires = ts_ms + self.retention_ms
+        if not fresh:
+            expires = max(expires, self.state.expiry_of(key) or 0)
         self.state.put(key, orjson.dumps(record), expires)
 
     def _merge(self, winner: str, winner_record: dict[str, Any], loser: str, loser_record: dict[str, Any],

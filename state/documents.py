@@ -30,6 +30,7 @@ decides when to sweep), `keys.py` (the key layout of the keys that stay per fact
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
@@ -95,8 +96,8 @@ class DecodedValues:
             self._write(name, self._values[name])
         self._changed.clear()
         values = self._values
-        if len(values) > self.capacity:
-            for name in list(values)[: len(values) - self.capacity * 3 // 4]:
+        if len(values) > self.capacity:  # the oldest read go, down to three quarters (not a copy of them all)
+            for name in list(itertools.islice(values, len(values) - self.capacity * 3 // 4)):
                 del values[name]
                 self._evicted(name)
 

@@ -30,6 +30,7 @@ Key layout (P = namespace, NUL, 2-byte shard):
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 
@@ -414,7 +415,7 @@ class ShardState:
 def _forget_oldest(cache: dict[bytes, bytes | None], capacity: int) -> None:
     """Trim a full cache to three quarters of `capacity`, oldest entries first (a dict keeps insertion order):
     clearing it all would send every hot key back to RocksDB at once."""
-    for key in list(cache)[: len(cache) - capacity * 3 // 4]:
+    for key in list(itertools.islice(cache, len(cache) - capacity * 3 // 4)):
         del cache[key]
 
 

@@ -136,6 +136,28 @@ def test_blocked_values_never_link(ops: IdentityAndHistory, blocked: str) -> Non
     assert [refusal["reason"] for refusal in ops.refusals] == ["blocked_value", "blocked_value"]
 
 
+def test_the_blocked_check_without_its_regex_agrees_with_the_definition(tmp_path: Path) -> None:
+    """`is_blocked` skips the all-zeros pattern for values that cannot match it and memoises only the blocked:
+    on values of every first character (letters, digits, zeros, underscores, punctuation, Unicode digits and
+    letters, spaces) it says what the definition says, the second time as the first."""
+    import random
+    import re
+
+    chain = IdentityAndHistory(tmp_path / "db", Config(blocked_identifiers=("guest",)))
+    identity = chain.identity
+    all_zeros = re.compile(r"^[0\W_]+$")
+    rng = random.Random(7)
+    alphabet = "0019aZ_-.:/ \t\u0660\u0661\u00e9\u4e2d!?~"
+    values = ["", " ", "0", "00", "_", "__0", "-0-", "\u0660", "\u0660\u0660", "guest", " GUEST ", "null", "0a", "a0",
+              *("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(5000))]
+    for _ in range(2):
+        for value in values:
+            lowered = value.strip().lower()
+            expected = lowered in identity.blocked or bool(all_zeros.match(lowered))
+            assert identity.is_blocked(value) is expected, value
+    chain.close()
+
+
 def test_a_configured_blocked_value_never_links(tmp_path: Path) -> None:
     chain = IdentityAndHistory(tmp_path / "db", Config(blocked_identifiers=("guest",)))
     first = chain.view(T0, {"cookie_id": "GUEST", "device_id": "d1"}, "P1")

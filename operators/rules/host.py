@@ -491,8 +491,20 @@ def pending_section(rule: Rule) -> str:
     return chr(rule.code)
 
 
+#: Product ids seen lately -> their section keys: a few thousand products come again and again.
+_SUBJECTS: dict[Any, str] = {}
+_SUBJECTS_KEPT = 100_000
+
+
 def _subject(product: Any) -> str:
     """A product (or a rule memory's subject) as a section's key: its JSON text, so "1" and 1 stay apart."""
+    if type(product) is str:  # an id (ints too would meet 1.0 and True in one dict key)
+        known = _SUBJECTS.get(product)
+        if known is None:
+            if len(_SUBJECTS) >= _SUBJECTS_KEPT:
+                _SUBJECTS.clear()  # a text's key never changes: starting afresh only costs the dumps again
+            known = _SUBJECTS[product] = orjson.dumps(product).decode()
+        return known
     return orjson.dumps(product).decode()
 
 
