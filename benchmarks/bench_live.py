@@ -19,6 +19,15 @@ recording instead, with the job's config and stores beside it, and runs nothing:
 that traffic can be measured offline (`bench_stages.py --recording DIR/recording --stores DIR/stores.csv
 --config DIR/bench.toml`, `omnitrigger replay`).
 
+Retention. librdkafka's mock finds the message set of a fetch offset by walking its partition's log from
+the start ("FIXME: Maintain an index", rdkafka_mock.c `rd_kafka_mock_msgset_find`), so the longer the
+input partitions grow, the more CPU the mock (in this process, on the cores the job uses) spends per fetch:
+its thread went from 40 % of a core to 73 % within a 60 s run, starving the job. A broker indexes its
+offsets and deletes old segments; so here, every second, each input partition's records older than
+`--retention` seconds of sending are deleted (the mock's `delete_records`, as retention does), well
+behind what the job has read unless it lags that far (then it stops with a retention gap, and says so).
+`--retention 0` keeps everything, as before 2026-12-05.
+
 Phase 1 holds `--rate` for `--duration` seconds and prints the latency
 percentiles, overall and by rule. Phase 2 steps up through `--steps` for
 `--step-seconds` each and prints the highest rate whose P99 stayed under 1 s
@@ -175,6 +184,39 @@ class TriggerReader(threading.Thread):
         self.consumer.close()
 
 
+class Retention(threading.Thread):
+    """Every second, deletes each input partition's records sent more than `seconds` ago (see the docstring)."""
+
+    def __init__(self, cluster: MockCluster, topics: list[str], seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.topics, self.seconds = cluster, topics, seconds
+        self.consumer = Consumer({"bootstrap.servers": cluster.bootstrap_servers, "group.id": "bench-retention"})
+        self.ends: list[tuple[float, dict[tuple[str, int], int]]] = []  # (when, end offset per partition)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            now = time.time()
+            ends = {}
+            for topic in self.topics:
+                for partition in range(PARTITIONS):
+                    try:
+                        ends[(topic, partition)] = self.consumer.get_watermark_offsets(
+                            TopicPartition(topic, partition), timeout=2.0)[1]
+                    except Exception:
+                        continue
+            self.ends.append((now, ends))
+            while len(self.ends) > 1 and self.ends[1][0] <= now - self.seconds:
+                self.ends.pop(0)
+            when, old = self.ends[0]
+            if when > now - self.seconds:
+                continue
+            for (topic, partition), offset in old.items():
+                if offset > 0:
+                    self.cluster.delete_records(topic, partition, offset)
+        self.consumer.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -324,6 +366,8 @@ def main() -> int:
     parser.add_argument("--epoch-interval", metavar="DURATION",
                         help="the job's [replay] epoch_interval (default: the config's, 1s), to compare settings")
     parser.add_argument("--processes", type=int, default=1, help="the job's --processes (default 1)")
+    parser.add_argument("--retention", type=float, default=10, metavar="SECONDS",
+                        help="delete input records sent longer ago than this, every second (default 10; 0: keep all)")
     parser.add_argument("--write-recording", type=Path, metavar="DIR",
                         help="write phase 1's traffic as a recording in DIR instead of running the job")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
@@ -334,7 +378,8 @@ def main() -> int:
     if args.write_recording is not None:
         return write_recording(args.write_recording, args.rate, args.duration)
     figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
-                                    f"--steps {args.steps}" + (f" --processes {args.processes}" if args.processes > 1 else ""))
+                                    f"--steps {args.steps}" + (f" --processes {args.processes}" if args.processes > 1 else "")
+                                    + (f" --retention {args.retention:g}" if args.retention != 10 else ""))
     os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123456789")
 
     work = Path(tempfile.mkdtemp(prefix="omnitrigger-bench-live-"))
@@ -354,6 +399,9 @@ def main() -> int:
                            stdout=log, stderr=subprocess.STDOUT)
     reader = TriggerReader(cluster.bootstrap_servers, output_topics(config)["triggers"])
     reader.start()
+    retention = Retention(cluster, list(names.values()), args.retention) if args.retention > 0 else None
+    if retention is not None:
+        retention.start()
     producer = Producer({"bootstrap.servers": cluster.bootstrap_servers, "linger.ms": 5,
                          "queue.buffering.max.messages": 1_000_000})
     traffic = Traffic()
@@ -394,6 +442,9 @@ def main() -> int:
         figures.write(args.json)
     finally:
         reader.stop.set()
+        if retention is not None:
+            retention.stop.set()
+            retention.join(5)
         job.send_signal(signal.SIGTERM)
         try:
             job.wait(30)
