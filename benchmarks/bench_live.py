@@ -26,7 +26,7 @@ its thread went from 40 % of a core to 73 % within a 60 s run, starving the job.
 offsets and deletes old segments; so here, every second, each input partition's records older than
 `--retention` seconds of sending are deleted (the mock's `delete_records`, as retention does), well
 behind what the job has read unless it lags that far (then it stops with a retention gap, and says so).
-`--retention 0` keeps everything, as before 2026-12-05.
+`--retention 0` keeps everything (what this benchmark did before the option).
 
 Phase 1 holds `--rate` for `--duration` seconds and prints the latency
 percentiles, overall and by rule. Phase 2 steps up through `--steps` for
