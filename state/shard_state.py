@@ -30,6 +30,7 @@ Key layout (P = namespace, NUL, 2-byte shard):
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -68,9 +69,12 @@ class ShardState:
         self._meta = b"m" + prefix
         self._pending: dict[bytes, bytes | None] = {}
         # (expiry, data key) of each put with an expiry since the last commit, for the sweep, and their
-        # earliest expiry: a sweep before it (most of them) need not walk the list
+        # earliest expiry: a sweep before it (most of them) need not look at the list. The first sweep that
+        # finds one expired turns the list into a heap (`_pending_heaped`), so that sweep and the later ones
+        # of the epoch take the expired entries off its top, not walk the epoch's every put each time.
         self._pending_expiring: list[tuple[int, bytes]] = []
         self._pending_earliest = _NO_EXPIRY
+        self._pending_heaped = False
         # The pending data keys grouped by their bytes up to the first zero byte past the data prefix (an
         # owner's keys, state/keys.py): a scan of one owner's keys walks its group, not the epoch's every write.
         self._pending_groups: dict[bytes, set[bytes]] = {}
@@ -120,7 +124,10 @@ class ShardState:
             self._group(full_key)
         self._pending[full_key] = _U64.pack(expires_at_ms) + value
         if expires_at_ms:
-            self._pending_expiring.append((expires_at_ms, full_key))
+            if self._pending_heaped:
+                heapq.heappush(self._pending_expiring, (expires_at_ms, full_key))
+            else:
+                self._pending_expiring.append((expires_at_ms, full_key))
             if expires_at_ms < self._pending_earliest:
                 self._pending_earliest = expires_at_ms
 
@@ -238,11 +245,13 @@ class ShardState:
             pending[index_key] = None
         # This epoch's puts, not in a bucket yet.
         if self._pending_earliest <= now_ms:
-            for expires, full_key in self._pending_expiring:
-                if expires <= now_ms:
-                    deleted += self._delete_if_expired(full_key, now_ms)
-            self._pending_expiring = [entry for entry in self._pending_expiring if entry[0] > now_ms]
-            self._pending_earliest = min((entry[0] for entry in self._pending_expiring), default=_NO_EXPIRY)
+            expiring = self._pending_expiring
+            if not self._pending_heaped:
+                heapq.heapify(expiring)
+                self._pending_heaped = True
+            while expiring and expiring[0][0] <= now_ms:
+                deleted += self._delete_if_expired(heapq.heappop(expiring)[1], now_ms)
+            self._pending_earliest = expiring[0][0] if expiring else _NO_EXPIRY
         return deleted
 
     def _delete_if_expired(self, full_key: bytes, now_ms: int) -> int:
@@ -353,6 +362,7 @@ class ShardState:
         self._pending.clear()
         self._pending_expiring.clear()
         self._pending_earliest = _NO_EXPIRY
+        self._pending_heaped = False
         self._pending_groups.clear()
 
     def rollback_to(self, generation: int) -> int:

@@ -376,6 +376,29 @@ def test_sweep_sees_uncommitted_puts(store: RocksDBStore) -> None:
     assert stored_index(state) == [(1_500, b"b")]
 
 
+def test_many_sweeps_of_one_epoch_take_its_expired_puts_in_any_order(store: RocksDBStore) -> None:
+    """A replay's epoch can span days of event time: sweep after sweep finds puts of that epoch expired. Each
+    takes exactly those expired by its time (puts made after an earlier sweep included), and a key put again
+    with a later expiry stays, whatever order the puts came in."""
+    state = ShardState(store, "ttl", 0)
+    for n in (7, 3, 9, 1, 5):
+        state.put(b"k%d" % n, b"v", expires_at_ms=n * 1_000)
+    state.put(b"k3", b"renewed", expires_at_ms=20_000)
+    assert state.sweep(1_000) == 1  # k1
+    state.put(b"k2", b"v", expires_at_ms=2_000)  # after the first sweep of the epoch
+    state.put(b"k0", b"v", expires_at_ms=500)  # already past it
+    assert state.sweep(2_000) == 2  # k0, k2
+    assert state.sweep(4_000) == 0  # k3 was renewed
+    assert state.sweep(9_000) == 3  # k5, k7, k9
+    assert state.sweep(9_000) == 0
+    state.commit()
+    assert stored_data(state) == {b"k3": b"renewed"}
+    assert stored_index(state) == [(20_000, b"k3")]
+    state.put(b"k4", b"v", expires_at_ms=30_000)  # the next epoch starts with a plain list again
+    assert state.sweep(29_999) == 1  # k3
+    assert state.sweep(30_000) == 1
+
+
 def test_sweep_is_undone_by_rollback(store: RocksDBStore) -> None:
     """A sweep is an ordinary generation: rolling it back brings the expired values back (still invisible to get)."""
     state = ShardState(store, "ttl", 0)
