@@ -600,10 +600,11 @@ class RecordingReader:
         heap = self._heap
         cursors = self._cursors
         seq = self.next_seq
+        new = tuple.__new__  # `Event(...)` without its Python-level __new__: once per record
         while heap and len(batch) < max_records:
             merge_ts, _, partition, offset, index, end_pos, _, line_no, body, is_event = heapq.heappop(heap)
             cursor = cursors[index]
-            batch.append(Event(seq, cursor.topic, partition, offset, merge_ts, body) if is_event
+            batch.append(new(Event, (seq, cursor.topic, partition, offset, merge_ts, body, None)) if is_event
                          else Emitted(DEAD_LETTERS, (seq, 0), body))
             seq += 1
             cursor.emitted_ts = merge_ts

@@ -149,7 +149,18 @@ class Documents(DecodedValues):
                 continue
             earliest = 0  # of the entries kept: exact again (between sweeps the index is only a lower bound)
             for section in doc.values():
-                if type(section) is dict:
+                if type(section) is dict and section:
+                    # Most sections of a due document have nothing expired: their expiries' minimum, by
+                    # builtins, says so without a Python step an entry (0: an entry that never expires).
+                    expiries = [value[-1] for value in section.values()]
+                    least = min(expiries)
+                    if not least:
+                        expiries = [expires for expires in expiries if expires]
+                        least = min(expiries) if expiries else 0
+                    if not least or least > cutoff_ms:
+                        if least and (not earliest or least < earliest):
+                            earliest = least
+                        continue
                     expired = []
                     for subject, value in section.items():  # one walk: what expired, and the earliest of the rest
                         expires = value[-1]

@@ -109,3 +109,39 @@ def test_documents_beyond_the_capacity_are_read_back(tmp_path):
     assert docs.in_memory() <= 8
     assert all(entry(docs.get(f"cus_{n:02d}"), "P", '"x"')[0] == n for n in range(40))
     store.close()
+
+
+def test_a_sweep_drops_what_a_plain_walk_would_and_keeps_the_exact_earliest(tmp_path):
+    """Random documents, sections mixing entries that never expire (0), that expired and that did not: a sweep
+    drops exactly the expired ones and leaves the document's index at the earliest expiry kept (or none)."""
+    import random
+
+    generator = random.Random(19)
+    store, state, docs = _open(tmp_path / "db", capacity=1_000)
+    model: dict[str, dict[str, dict[str, int]]] = {}
+    for owner_number in range(200):
+        owner = f"cus_{owner_number}"
+        doc = docs.open(owner)
+        for section in generator.sample(["V", "P", "R", "I", "Mx"], generator.randint(1, 4)):
+            for subject_number in range(generator.randint(1, 12)):
+                expires = generator.choice([0, 0, generator.randint(1, 20_000), generator.randint(1, 100_000)])
+                set_entry(doc, section, f'"s{subject_number}"', [subject_number], expires)
+                model.setdefault(owner, {}).setdefault(section, {})[f'"s{subject_number}"'] = expires
+    state.commit()
+    for cutoff in (5_000, 20_000, 60_000):
+        expected = sum(1 for sections in model.values() for entries in sections.values()
+                       for expires in entries.values() if 0 < expires <= cutoff)
+        for sections in model.values():
+            for entries in sections.values():
+                for subject in [subject for subject, expires in entries.items() if 0 < expires <= cutoff]:
+                    del entries[subject]
+        assert docs.sweep(cutoff) == expected
+        state.commit()
+        for owner, sections in model.items():
+            kept = _raw_document(state, owner) or {}
+            for section, entries in sections.items():
+                assert {subject: value[-1] for subject, value in kept.get(section, {}).items()} == entries
+            earliest = min((expires for entries in sections.values() for expires in entries.values() if expires),
+                           default=None)
+            assert kept.get("~") == earliest
+    store.close()
