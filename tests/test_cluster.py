@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -259,6 +260,46 @@ def test_a_replay_resumes_with_another_process_count(tmp_path: Path, generated: 
     assert orjson.loads((state / "layout.json").read_bytes())["processes"] == then
     assert sorted(path.name for path in (state / "rocksdb").iterdir()) == \
         ["history", *(f"rules-{shard:04d}" for shard in range(CONFIG.rule_shards)), "sequencer"]
+
+
+@pytest.mark.cluster
+def test_a_one_machine_cluster_starts_without_bytewaxs_connection_retry(tmp_path: Path,
+                                                                       generated: dict[str, Any]) -> None:
+    """Each process waits for those before it to listen (`cluster.wait_for_listeners`), so Bytewax never
+    prints "error connecting to worker ...; retrying" (and sleeps a second) at a start, and the outputs
+    stay the single process's."""
+    out = tmp_path / "triggers.jsonl"
+    result = omnitrigger("replay", str(generated["recording"]), "--stores", str(generated["stores"]),
+                         "--out", str(out), "--state-dir", str(tmp_path / "state"), "--processes", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "error connecting" not in result.stderr + result.stdout
+    assert out.read_bytes() == generated["alone"]["triggers"]
+
+
+def test_waiting_for_listeners_returns_once_the_port_listens() -> None:
+    with socket.socket() as probe:  # a free port, not listening yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+    def listen_later() -> None:
+        time.sleep(0.3)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+
+    starter = threading.Thread(target=listen_later)
+    starter.start()
+    try:
+        cluster.wait_for_listeners([f"127.0.0.1:{port}"], timeout_s=30)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):  # it listens by the time the wait ends
+            pass
+    finally:
+        starter.join()
+        listener.close()
+    # Nothing listens: the wait gives up at its timeout and leaves the rest to Bytewax; other machines' are not waited for.
+    cluster.wait_for_listeners([f"127.0.0.1:{port}"], timeout_s=0.05)
+    cluster.wait_for_listeners(["10.255.255.1:9"], timeout_s=30)
 
 
 # -- live, two processes, through the mock cluster -------------------------------------------------------

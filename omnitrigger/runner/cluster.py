@@ -40,6 +40,7 @@ import ipaddress
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,14 +281,68 @@ def run_cluster(flow: Any, role: Role, **options: Any) -> None:
     from bytewax.testing import cluster_main
 
     check_can_listen(role.address, role.process_id)
+    addresses = role.bytewax_addresses()
+    wait_for_listeners(addresses[:role.worker])
     try:
-        cluster_main(flow, role.bytewax_addresses(), role.worker, **options)
+        cluster_main(flow, addresses, role.worker, **options)
     except BaseException as error:
         if is_lost_peer(error):
             raise ClusterError(f"process {role.process_id} of {role.processes} lost contact with the cluster: "
                                "another process stopped or cannot be reached; start every process again with "
                                "the same state folders to resume from the last snapshot") from None
         raise
+
+
+#: How long a process waits for the processes before it to listen, before it leaves that to Bytewax's retries.
+LISTENER_WAIT_S = 60.0
+_LISTEN_STATE = "0A"  # TCP_LISTEN in /proc/net/tcp
+
+
+def wait_for_listeners(addresses: list[str], timeout_s: float = LISTENER_WAIT_S) -> None:
+    """Wait until every loopback address of `addresses` (those of the Bytewax processes before this one) has a
+    listening socket, as /proc/net/tcp shows it, so that Bytewax connects at once.
+
+    Bytewax (timely) connects each process to the ones before it and, when one is not listening yet, retries
+    a second later: a one-machine cluster (`--processes N`) lost that second at every start, since its
+    processes start together and each opens its state before it listens. Looking at /proc does not open a
+    connection (a probe would reach Bytewax's handshake). Other addresses, other machines' or where /proc is
+    not there, and a wait past `timeout_s`, are left to Bytewax's own retries."""
+    ports = {int(match["port"]) for match in map(_ADDRESS.match, addresses)
+             if match is not None and _is_loopback(match["v6"] or match["host"])}
+    deadline = time.monotonic() + timeout_s
+    while ports:
+        listening = _listening_ports()
+        if listening is None:
+            return
+        ports -= listening
+        if not ports or time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _listening_ports() -> set[int] | None:
+    """The local ports with a listening TCP socket (IPv4 and IPv6), or None where /proc/net/tcp cannot be read."""
+    ports: set[int] = set()
+    tables = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):  # a kernel without IPv6 has no tcp6
+        try:
+            with open(table) as lines:
+                next(lines, None)  # the header
+                for line in lines:
+                    fields = line.split(None, 4)
+                    if len(fields) > 3 and fields[3] == _LISTEN_STATE:
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+            tables += 1
+        except (OSError, ValueError, IndexError):
+            continue
+    return ports if tables else None
 
 
 def is_lost_peer(error: BaseException) -> bool:
