@@ -19,7 +19,10 @@ entry) to an entry, a list whose last element is its expiry in event time (0 = n
 readable until a sweep removes it, exactly as an expiring key of `ShardState` does (reads that pass a
 time hide it from that time on): `sweep(cutoff)` reads the documents that may hold an expired entry,
 through an index of `(expiry, owner)` keys kept beside them (the expiry a lower bound of the document's
-earliest, so a write walks no entries), and drops those entries.
+earliest, so a write walks no entries), and drops those entries. Each section has such a lower bound too,
+under `~` and its name (`~V` for section `V`; 0: nothing in it expires), so a sweep walks only the sections
+that may hold an expired entry: a due document's other sections (most of them) cost a lookup, not a walk.
+A section without one (a document written before the bounds) is walked once and learns it.
 
 `DecodedValues` is the part without sections: any JSON value per name, kept decoded and written once per
 commit (the visits operator's device records).
@@ -40,9 +43,18 @@ from omnitrigger.state.shard_state import ShardState
 
 Document = dict[str, Any]
 _U64 = struct.Struct(">Q")
-#: The document's sweep index expiry: at most the earliest expiry of its entries (exact after a sweep; kept
-#: as the lower bound between sweeps, so a write costs no walk over the entries).
+#: The document's sweep index expiry: at most the earliest expiry of its entries (the least of its sections'
+#: bounds after a sweep; kept as the lower bound between sweeps, so a write costs no walk over the entries).
 INDEXED = "~"
+#: Section name -> the key of its own lower bound (`~` and the name): a few names, looked up per entry written.
+_BOUNDS: dict[str, str] = {}
+
+
+def _bound_key(section: str) -> str:
+    key = _BOUNDS.get(section)
+    if key is None:
+        key = _BOUNDS[section] = INDEXED + section
+    return key
 
 
 class DecodedValues:
@@ -147,31 +159,31 @@ class Documents(DecodedValues):
             doc = self.get(owner)
             if doc is None:
                 continue
-            earliest = 0  # of the entries kept: exact again (between sweeps the index is only a lower bound)
-            for section in doc.values():
-                if type(section) is dict and section:
-                    # Most sections of a due document have nothing expired: their expiries' minimum, by
-                    # builtins, says so without a Python step an entry (0: an entry that never expires).
-                    expiries = [value[-1] for value in section.values()]
-                    least = min(expiries)
-                    if not least:
-                        expiries = [expires for expires in expiries if expires]
-                        least = min(expiries) if expiries else 0
-                    if not least or least > cutoff_ms:
-                        if least and (not earliest or least < earliest):
-                            earliest = least
-                        continue
-                    expired = []
-                    for subject, value in section.items():  # one walk: what expired, and the earliest of the rest
-                        expires = value[-1]
-                        if expires:
-                            if expires <= cutoff_ms:
-                                expired.append(subject)
-                            elif not earliest or expires < earliest:
-                                earliest = expires
-                    for subject in expired:
-                        del section[subject]
-                    dropped += len(expired)
+            earliest = 0  # the least of the sections' bounds: the document's index from here
+            for name, section in list(doc.items()):
+                if type(section) is not dict or not section:
+                    continue
+                bound_key = _bound_key(name)
+                bound = doc.get(bound_key)
+                if bound is not None and (not bound or bound > cutoff_ms):  # nothing in it has expired
+                    if bound and (not earliest or bound < earliest):
+                        earliest = bound
+                    continue
+                expired = []
+                least = 0
+                for subject, value in section.items():  # one walk: what expired, and the earliest of the rest
+                    expires = value[-1]
+                    if expires:
+                        if expires <= cutoff_ms:
+                            expired.append(subject)
+                        elif not least or expires < least:
+                            least = expires
+                for subject in expired:
+                    del section[subject]
+                dropped += len(expired)
+                doc[bound_key] = least  # exact again
+                if least and (not earliest or least < earliest):
+                    earliest = least
             if earliest:
                 doc[INDEXED] = earliest
             else:
@@ -182,7 +194,7 @@ class Documents(DecodedValues):
     def _write(self, owner: str, doc: Document | None) -> None:
         if doc:
             _drop_empty_sections(doc)
-        if doc is not None and not doc.keys() - {INDEXED}:
+        if doc is not None and all(name.startswith(INDEXED) for name in doc):  # bounds only: nothing kept
             doc = self._values[owner] = None
         earliest = doc.get(INDEXED, 0) if doc is not None else 0
         before = self._indexed.get(owner, 0)
@@ -227,6 +239,13 @@ def set_entry(doc: Document, section: str, subject: str, value: list[Any], expir
     if expires_ms and not 0 < doc.get(INDEXED, 0) <= expires_ms:  # the sweep index: a lower bound of the expiries
         doc[INDEXED] = expires_ms
     found = doc.get(section)
+    bound_key = _bound_key(section)
+    bound = doc.get(bound_key)
+    if not found:  # a new (or emptied) section: its bound starts here, or stays the lower one
+        if bound is None or (expires_ms and (not bound or expires_ms < bound)):
+            doc[bound_key] = expires_ms
+    elif expires_ms and bound is not None and (not bound or expires_ms < bound):
+        doc[bound_key] = expires_ms  # (no bound: a section of an older document, unknown until swept)
     if found is None:
         doc[section] = {subject: value}
     else:
@@ -242,5 +261,7 @@ def drop_entry(doc: Document | None, section: str, subject: str) -> bool:
 
 
 def _drop_empty_sections(doc: Document) -> None:
-    for name in [name for name, section in doc.items() if not section]:
+    """Drop the empty sections, with their bounds (a bound itself is kept: 0 says nothing in a section expires)."""
+    for name in [name for name, section in doc.items() if not section and not name.startswith(INDEXED)]:
         del doc[name]
+        doc.pop(_bound_key(name), None)

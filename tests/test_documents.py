@@ -145,3 +145,67 @@ def test_a_sweep_drops_what_a_plain_walk_would_and_keeps_the_exact_earliest(tmp_
                            default=None)
             assert kept.get("~") == earliest
     store.close()
+
+
+def test_section_bounds_keep_a_sweep_exact_through_replaced_dropped_and_older_entries(tmp_path):
+    """Each section's bound (`~V` for `V`) lets a sweep skip it; it must stay a lower bound whatever happens to
+    the entries: replaced by a later expiry, dropped, or written by a version before the bounds (no `~V` at
+    all). A model of plain dicts says what every sweep must drop and keep."""
+    import random
+
+    generator = random.Random(7)
+    store, state, docs = _open(tmp_path / "db", capacity=50)
+    model: dict[str, dict[str, dict[str, int]]] = {}
+    for owner_number in range(30):  # documents as the code before the bounds wrote them: the index, no bounds
+        owner = f"old_{owner_number}"
+        sections = {section: {f'"s{n}"': generator.choice([0, generator.randint(1, 50_000)]) for n in range(5)}
+                    for section in generator.sample(["V", "P", "R"], 2)}
+        model[owner] = {section: dict(entries) for section, entries in sections.items()}
+        raw = {section: {subject: [1, expires] for subject, expires in entries.items()}
+               for section, entries in sections.items()}
+        least = min((e for entries in sections.values() for e in entries.values() if e), default=0)
+        if least:
+            raw["~"] = least
+            state.put(b"D~" + least.to_bytes(8, "big") + owner.encode(), b"")
+        state.put(b"D" + owner.encode(), orjson.dumps(raw))
+    state.commit()
+    now = 0
+    for _round in range(12):
+        for _ in range(150):
+            owner = f"{generator.choice(['old', 'new'])}_{generator.randrange(30)}"
+            section = generator.choice(["V", "P", "R", "I"])
+            subject = f'"s{generator.randrange(8)}"'
+            if generator.random() < 0.25:
+                dropped = drop_entry(docs.get(owner), section, subject)
+                assert dropped == (subject in model.get(owner, {}).get(section, {}))
+                if dropped:
+                    docs.changed(owner)
+                    del model[owner][section][subject]
+                continue
+            expires = generator.choice([0, now + generator.randint(1, 20_000), now + generator.randint(1, 80_000)])
+            set_entry(docs.open(owner), section, subject, [2], expires)
+            model.setdefault(owner, {}).setdefault(section, {})[subject] = expires
+        if generator.random() < 0.5:
+            state.commit()
+        now += 10_000
+        expected = 0
+        for sections in model.values():
+            for entries in sections.values():
+                for subject in [subject for subject, expires in entries.items() if 0 < expires <= now]:
+                    del entries[subject]
+                    expected += 1
+        assert docs.sweep(now) == expected
+        state.commit()
+        for owner, sections in model.items():
+            kept = _raw_document(state, owner) or {}
+            for section, entries in sections.items():
+                assert {subject: value[-1] for subject, value in kept.get(section, {}).items()} == entries
+                expiring = [expires for expires in entries.values() if expires]
+                if entries and f"~{section}" in kept:  # a lower bound of what the section holds
+                    assert kept[f"~{section}"] <= min(expiring, default=0) or not expiring
+                    assert kept[f"~{section}"] == 0 or kept[f"~{section}"] > now  # nothing due is left
+            earliest = min((e for entries in sections.values() for e in entries.values() if e), default=None)
+            # The document's index: a lower bound of its expiries (one dropped since may leave it lower), never due
+            assert earliest is None or kept["~"] <= earliest
+            assert kept.get("~") is None or kept["~"] > now
+    store.close()
