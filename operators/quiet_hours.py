@@ -30,11 +30,17 @@ def parse_window(text: str) -> tuple[int, int] | None:
     return hours_from * 60 + minutes_from, hours_to * 60 + minutes_to
 
 
+#: (window, zone) -> {minute: the window's end (ms) if that minute is quiet}: shared by every QuietHours of
+#: one window and zone (a rules shard has one per store, a process up to 16 shards): each minute computed once.
+_MEMOS: dict[tuple[tuple[int, int] | None, str], dict[int, int | None]] = {}
+_MEMO_KEPT = 100_000
+
+
 class QuietHours:
     def __init__(self, window: str, zone: str) -> None:
         self.window = parse_window(window)
         self.zone = ZoneInfo(zone)
-        self._memo: dict[int, int | None] = {}  # minute -> the window's end (ms) if that minute is quiet
+        self._memo = _MEMOS.setdefault((self.window, zone), {})  # a pure function of these two and the minute
 
     def is_quiet(self, ts_ms: int) -> bool:
         return self._end_of_quiet(ts_ms) is not None
@@ -48,11 +54,13 @@ class QuietHours:
         if self.window is None:
             return None
         minute = ts_ms // _MINUTE_MS
-        if minute not in self._memo:
-            if len(self._memo) >= 100_000:
-                self._memo.clear()
-            self._memo[minute] = self._compute(minute * _MINUTE_MS)
-        return self._memo[minute]
+        memo = self._memo
+        if minute in memo:
+            return memo[minute]
+        if len(memo) >= _MEMO_KEPT:
+            memo.clear()  # (shared: the other instances of this window and zone start afresh too)
+        end = memo[minute] = self._compute(minute * _MINUTE_MS)
+        return end
 
     def _compute(self, ts_ms: int) -> int | None:
         start, end = self.window  # type: ignore[misc]

@@ -160,3 +160,25 @@ def test_in_store_quiet_hours_follow_the_stores_own_time_zone(tmp_path: Path) ->
         assert "line 2" in str(error) and "Mars/Olympus" in str(error)
     else:
         raise AssertionError("an unknown time zone must be refused")
+
+
+def test_quiet_hours_of_one_window_and_zone_share_their_minutes_and_agree_with_a_fresh_computation() -> None:
+    """operators/quiet_hours.py keeps each minute's answer once per (window, zone), shared by a process's shards
+    and stores: every answer is what the computation alone gives, and another zone or window keeps its own."""
+    import random
+
+    from omnitrigger.operators.quiet_hours import QuietHours
+
+    helsinki, again, tokyo = (QuietHours("21:00-09:00", "Europe/Helsinki"), QuietHours("21:00-09:00", "Europe/Helsinki"),
+                              QuietHours("21:00-09:00", "Asia/Tokyo"))
+    morning = QuietHours("06:00-08:00", "Europe/Helsinki")
+    assert helsinki._memo is again._memo and helsinki._memo is not tokyo._memo and helsinki._memo is not morning._memo
+    rng = random.Random(5)
+    start_ms = 1_711_800_000_000  # 2024-03-30: the spring change to summer time in Helsinki falls in these days
+    for _ in range(3_000):
+        ts_ms = start_ms + rng.randrange(0, 4 * 86_400_000)
+        for quiet in (helsinki, again, tokyo, morning):
+            minute_ms = ts_ms // 60_000 * 60_000
+            end = quiet._compute(minute_ms)
+            assert quiet.defer(ts_ms) == (ts_ms if end is None else end)
+    assert helsinki.defer(1_711_843_200_000) == 1_711_864_800_000  # 2024-03-31 00:00 UTC (02:00 local) -> 09:00 EEST
