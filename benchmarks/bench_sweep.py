@@ -5,8 +5,8 @@
 For each `[replay] epoch_interval`, a one-process `omnitrigger replay` of the real-data mix (real_mix.py)
 runs in a child process whose `Documents.sweep` is wrapped to count and time it: sweeps, documents walked,
 entries walked (every entry of a swept document's sections that may hold an expired one), entries dropped,
-and the seconds spent sweeping, against the replay's wall time. What is dropped must not depend on the epoch (the state would then depend
-on the wall clock): the script says whether the counts agree.
+and the seconds spent sweeping, against the replay's wall time. What is dropped must not depend on the
+epoch (the state would then depend on the wall clock): the script says whether the counts agree.
 """
 
 from __future__ import annotations

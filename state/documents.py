@@ -45,16 +45,8 @@ Document = dict[str, Any]
 _U64 = struct.Struct(">Q")
 #: The document's sweep index expiry: at most the earliest expiry of its entries (the least of its sections'
 #: bounds after a sweep; kept as the lower bound between sweeps, so a write costs no walk over the entries).
+#: A section's own lower bound is under INDEXED and the section's name (`~V` for `V`).
 INDEXED = "~"
-#: Section name -> the key of its own lower bound (`~` and the name): a few names, looked up per entry written.
-_BOUNDS: dict[str, str] = {}
-
-
-def _bound_key(section: str) -> str:
-    key = _BOUNDS.get(section)
-    if key is None:
-        key = _BOUNDS[section] = INDEXED + section
-    return key
 
 
 class DecodedValues:
@@ -163,7 +155,7 @@ class Documents(DecodedValues):
             for name, section in list(doc.items()):
                 if type(section) is not dict or not section:
                     continue
-                bound_key = _bound_key(name)
+                bound_key = INDEXED + name
                 bound = doc.get(bound_key)
                 if bound is not None and (not bound or bound > cutoff_ms):  # nothing in it has expired
                     if bound and (not earliest or bound < earliest):
@@ -239,7 +231,7 @@ def set_entry(doc: Document, section: str, subject: str, value: list[Any], expir
     if expires_ms and not 0 < doc.get(INDEXED, 0) <= expires_ms:  # the sweep index: a lower bound of the expiries
         doc[INDEXED] = expires_ms
     found = doc.get(section)
-    bound_key = _bound_key(section)
+    bound_key = INDEXED + section
     bound = doc.get(bound_key)
     if not found:  # a new (or emptied) section: its bound starts here, or stays the lower one
         if bound is None or (expires_ms and (not bound or expires_ms < bound)):
@@ -264,4 +256,4 @@ def _drop_empty_sections(doc: Document) -> None:
     """Drop the empty sections, with their bounds (a bound itself is kept: 0 says nothing in a section expires)."""
     for name in [name for name, section in doc.items() if not section and not name.startswith(INDEXED)]:
         del doc[name]
-        doc.pop(_bound_key(name), None)
+        doc.pop(INDEXED + name, None)

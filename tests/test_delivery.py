@@ -169,8 +169,8 @@ def test_quiet_hours_of_one_window_and_zone_share_their_minutes_and_agree_with_a
 
     from omnitrigger.operators.quiet_hours import QuietHours
 
-    helsinki, again, tokyo = (QuietHours("21:00-09:00", "Europe/Helsinki"), QuietHours("21:00-09:00", "Europe/Helsinki"),
-                              QuietHours("21:00-09:00", "Asia/Tokyo"))
+    helsinki, again = QuietHours("21:00-09:00", "Europe/Helsinki"), QuietHours("21:00-09:00", "Europe/Helsinki")
+    tokyo = QuietHours("21:00-09:00", "Asia/Tokyo")
     morning = QuietHours("06:00-08:00", "Europe/Helsinki")
     assert helsinki._memo is again._memo and helsinki._memo is not tokyo._memo and helsinki._memo is not morning._memo
     rng = random.Random(5)

@@ -40,6 +40,27 @@ def test_one_write_per_owner_per_commit_and_reads_from_memory(tmp_path):
     store.close()
 
 
+def _drop_expired(model: dict[str, dict[str, dict[str, int]]], cutoff_ms: int) -> int:
+    """Drop from a model ({owner: {section: {subject: expiry}}}) what a sweep at `cutoff_ms` must; how many."""
+    dropped = 0
+    for sections in model.values():
+        for entries in sections.values():
+            for subject in [subject for subject, expires in entries.items() if 0 < expires <= cutoff_ms]:
+                del entries[subject]
+                dropped += 1
+    return dropped
+
+
+def _kept_as_modelled(state: ShardState, model: dict[str, dict[str, dict[str, int]]]) -> dict[str, dict]:
+    """Each owner's stored document, checked to hold exactly the model's entries and expiries."""
+    kept_by_owner = {}
+    for owner, sections in model.items():
+        kept = kept_by_owner[owner] = _raw_document(state, owner) or {}
+        for section, entries in sections.items():
+            assert {subject: value[-1] for subject, value in kept.get(section, {}).items()} == entries
+    return kept_by_owner
+
+
 def test_sweep_drops_expired_entries_and_empty_documents(tmp_path):
     store, state, docs = _open(tmp_path / "db")
     doc = docs.open("cus_1")
@@ -129,18 +150,11 @@ def test_a_sweep_drops_what_a_plain_walk_would_and_keeps_the_exact_earliest(tmp_
                 model.setdefault(owner, {}).setdefault(section, {})[f'"s{subject_number}"'] = expires
     state.commit()
     for cutoff in (5_000, 20_000, 60_000):
-        expected = sum(1 for sections in model.values() for entries in sections.values()
-                       for expires in entries.values() if 0 < expires <= cutoff)
-        for sections in model.values():
-            for entries in sections.values():
-                for subject in [subject for subject, expires in entries.items() if 0 < expires <= cutoff]:
-                    del entries[subject]
-        assert docs.sweep(cutoff) == expected
+        assert docs.sweep(cutoff) == _drop_expired(model, cutoff)
         state.commit()
+        kept_by_owner = _kept_as_modelled(state, model)
         for owner, sections in model.items():
-            kept = _raw_document(state, owner) or {}
-            for section, entries in sections.items():
-                assert {subject: value[-1] for subject, value in kept.get(section, {}).items()} == entries
+            kept = kept_by_owner[owner]
             earliest = min((expires for entries in sections.values() for expires in entries.values() if expires),
                            default=None)
             assert kept.get("~") == earliest
@@ -188,18 +202,12 @@ def test_section_bounds_keep_a_sweep_exact_through_replaced_dropped_and_older_en
         if generator.random() < 0.5:
             state.commit()
         now += 10_000
-        expected = 0
-        for sections in model.values():
-            for entries in sections.values():
-                for subject in [subject for subject, expires in entries.items() if 0 < expires <= now]:
-                    del entries[subject]
-                    expected += 1
-        assert docs.sweep(now) == expected
+        assert docs.sweep(now) == _drop_expired(model, now)
         state.commit()
+        kept_by_owner = _kept_as_modelled(state, model)
         for owner, sections in model.items():
-            kept = _raw_document(state, owner) or {}
+            kept = kept_by_owner[owner]
             for section, entries in sections.items():
-                assert {subject: value[-1] for subject, value in kept.get(section, {}).items()} == entries
                 expiring = [expires for expires in entries.values() if expires]
                 if entries and f"~{section}" in kept:  # a lower bound of what the section holds
                     assert kept[f"~{section}"] <= min(expiring, default=0) or not expiring
