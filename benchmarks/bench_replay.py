@@ -1,6 +1,6 @@
 """The whole replay flow on the scaled-up real-data mix: events/s and peak memory, 1 process and a cluster.
 
-    python benchmarks/bench_replay.py [--copies 10] [--processes 1 2] [--json FILE]
+    python benchmarks/bench_replay.py [--copies 10] [--processes 1 2] [--timeline 0.5] [--json FILE]
 
 The recording is `real_mix.py`'s: the real-data mix (Taobao clickstream,
 bakery receipts, GeoLife traces, 52,780 records) times `--copies`, each copy a
@@ -10,7 +10,8 @@ runs it, all outputs written; events/s is the replay's own figure (records
 over the run's wall time, start-up included) and peak RSS is that of its
 largest process. The triggers of every process count are compared with the
 first run's: they must be byte-identical. While each runs, each process's Bytewax worker thread's CPU is
-read from /proc: against the run's time it says how busy each process of a cluster kept.
+read from /proc: against the run's time it says how busy each process of a cluster kept; `--timeline`
+prints that share step by step (start-up, both busy, one draining alone at the end).
 
 A replay has no per-record latency worth the name (it reads as fast as the
 flow takes records); latency percentiles are live mode's, `bench_live.py`.
@@ -54,6 +55,8 @@ class WorkerThreads:
     def __init__(self, root: int, every_s: float = 0.25) -> None:
         self.root, self.every_s = root, every_s
         self.seconds: dict[tuple[int, int], float] = {}  # (pid, tid) -> CPU seconds, the latest reading
+        self.started = time.monotonic()
+        self.readings: list[tuple[float, dict[tuple[int, int], float]]] = []  # (seconds since start, seconds)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self._thread.start()
@@ -79,6 +82,23 @@ class WorkerThreads:
                     except (OSError, IndexError):
                         continue
                     self.seconds[(pid, int(task.name))] = (int(fields[11]) + int(fields[12])) / tick
+            self.readings.append((time.monotonic() - self.started, dict(self.seconds)))
+
+    def timeline(self, step_s: float) -> list[tuple[float, list[float]]]:
+        """(seconds since start, each process's worker busy share of the step), a step of about `step_s` each:
+        where in a run the processes worked and where they waited."""
+        rows: list[tuple[float, list[float]]] = []
+        last_at, last = 0.0, {}
+        for at, seconds in self.readings:
+            if at - last_at < step_s:
+                continue
+            busy = {}
+            for (pid, tid), value in seconds.items():
+                share = (value - last.get((pid, tid), 0.0)) / (at - last_at)
+                busy[pid] = max(busy.get(pid, 0.0), share)
+            rows.append((at, [busy[pid] for pid in sorted(busy)]))
+            last_at, last = at, seconds
+        return rows
 
     def _tree(self) -> list[int]:
         found, todo = [], [self.root]
@@ -93,11 +113,12 @@ class WorkerThreads:
         return found
 
 
-def run_replay(work: Path, recording: Path, stores: Path, processes: int,
-               config: Path | None = None) -> tuple[int, float, float, float, str, list[float]]:
+def run_replay(work: Path, recording: Path, stores: Path, processes: int, config: Path | None = None,
+               timeline_s: float | None = None) -> tuple[int, float, float, float, str, list[float]]:
     """(records, seconds, CPU seconds of every process of the run, peak RSS MiB of the largest process (wait4),
     sha256 of the triggers, CPU seconds of each process's worker thread) of a fresh replay. A one-machine
-    cluster's processes are children the replay waits for, so wait4's usage counts them too."""
+    cluster's processes are children the replay waits for, so wait4's usage counts them too. With
+    `timeline_s`, prints each process's worker busy share every `timeline_s` seconds of the run."""
     out = work / f"out-{processes}"
     out.mkdir()
     command = [sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
@@ -108,9 +129,12 @@ def run_replay(work: Path, recording: Path, stores: Path, processes: int,
     log = work / f"replay-{processes}.log"
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True)
-        workers = WorkerThreads(process.pid)
+        workers = WorkerThreads(process.pid, every_s=0.1 if timeline_s is not None else 0.25)
         _, status, usage = os.wait4(process.pid, 0)
         worker_seconds = workers.stop()
+    if timeline_s is not None:
+        for at, shares in workers.timeline(timeline_s):
+            print(f"  {at:5.1f} s  " + "  ".join(f"process {number} {share:4.0%}" for number, share in enumerate(shares)))
     process.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     if process.returncode != 0:
@@ -131,7 +155,12 @@ def main() -> int:
     parser.add_argument("--config", type=Path, help="a config file for every replay (e.g. another [replay] "
                                                     "epoch_interval), to compare settings")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
+    parser.add_argument("--timeline", type=float, metavar="SECONDS",
+                        help="also print each process's worker busy share every SECONDS of each run")
     args = parser.parse_args()
+    if args.timeline is not None and args.timeline <= 0:
+        print("bench_replay: --timeline must be a positive number of seconds", file=sys.stderr)
+        return 2
     if args.config is not None and not args.config.is_file():
         print(f"bench_replay: config file not found: {args.config}", file=sys.stderr)
         return 2
@@ -162,7 +191,7 @@ def main() -> int:
         first_digest = None
         for processes in args.processes:
             records, seconds, cpu, rss, digest, workers = run_replay(work, work / "recording", work / "stores.csv",
-                                                                      processes, args.config)
+                                                                      processes, args.config, args.timeline)
             first_digest = first_digest or digest
             same = "identical to the first run's" if digest == first_digest else "DIFFERENT from the first run's"
             rate = records / seconds
