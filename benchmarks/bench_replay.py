@@ -49,11 +49,12 @@ class WorkerThreads:
     """The CPU seconds of each Bytewax worker thread (`timely:work-*`) under `root`, read from /proc while it runs.
 
     A cluster's processes are the replay's children; each runs the flow on one worker thread, so its CPU
-    against the run's time says how busy that process kept (Linux only; empty elsewhere).
+    against the run's time says how busy that process kept (Linux only; empty elsewhere). One process runs
+    the flow on its main thread (`flow_on_main`): that thread, its start-up and the finish included, is read.
     """
 
-    def __init__(self, root: int, every_s: float = 0.25) -> None:
-        self.root, self.every_s = root, every_s
+    def __init__(self, root: int, every_s: float = 0.25, flow_on_main: bool = False) -> None:
+        self.root, self.every_s, self.flow_on_main = root, every_s, flow_on_main
         self.seconds: dict[tuple[int, int], float] = {}  # (pid, tid) -> CPU seconds, the latest reading
         self.started = time.monotonic()
         self.readings: list[tuple[float, dict[tuple[int, int], float]]] = []  # (seconds since start, seconds)
@@ -76,7 +77,8 @@ class WorkerThreads:
             for pid in self._tree():
                 for task in Path(f"/proc/{pid}/task").glob("*"):
                     try:
-                        if not (task / "comm").read_text().startswith("timely:work"):
+                        main = self.flow_on_main and task.name == str(pid) == str(self.root)
+                        if not main and not (task / "comm").read_text().startswith("timely:work"):
                             continue
                         fields = (task / "stat").read_text().rsplit(") ", 1)[1].split()
                     except (OSError, IndexError):
@@ -129,7 +131,8 @@ def run_replay(work: Path, recording: Path, stores: Path, processes: int, config
     log = work / f"replay-{processes}.log"
     with log.open("w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True)
-        workers = WorkerThreads(process.pid, every_s=0.1 if timeline_s is not None else 0.25)
+        workers = WorkerThreads(process.pid, every_s=0.1 if timeline_s is not None else 0.25,
+                                flow_on_main=processes == 1)
         _, status, usage = os.wait4(process.pid, 0)
         worker_seconds = workers.stop()
     if timeline_s is not None:
@@ -199,7 +202,10 @@ def main() -> int:
                   f"{seconds / records * 1e6:.1f} µs an event, {seconds / records * 1e6 / FLOOR_US:.1f}x the "
                   f"{FLOOR_US:.0f} µs floor); CPU {cpu / records * 1e6:.1f} µs an event (all processes); "
                   f"peak RSS {rss:,.0f} MiB; triggers {same}")
-            if workers:
+            if workers and processes == 1:  # the main thread: its start-up and the finish are outside `seconds`
+                print(f"  the main thread (it runs the flow), CPU s with start-up and finish: {workers[0]:.1f} s "
+                      f"({workers[0] / seconds:.0%} of the run's time)")
+            elif workers:
                 print("  each process's worker thread, CPU s and busy for the run's time: " + ", ".join(
                     f"process {number} {busy:.1f} s ({busy / seconds:.0%})" for number, busy in enumerate(workers)))
             figures.add(f"full replay, {processes} process{'es' if processes > 1 else ''} "
