@@ -1,6 +1,6 @@
 """The whole replay flow on the scaled-up real-data mix: events/s and peak memory, 1 process and a cluster.
 
-    python benchmarks/bench_replay.py [--copies 10] [--processes 1 2] [--timeline 0.5] [--json FILE]
+    python benchmarks/bench_replay.py [--copies 10] [--processes 1 2] [--timeline 0.5] [--stages] [--json FILE]
 
 The recording is `real_mix.py`'s: the real-data mix (Taobao clickstream,
 bakery receipts, GeoLife traces, 52,780 records) times `--copies`, each copy a
@@ -11,7 +11,9 @@ over the run's wall time, start-up included) and peak RSS is that of its
 largest process. The triggers of every process count are compared with the
 first run's: they must be byte-identical. While each runs, each process's Bytewax worker thread's CPU is
 read from /proc: against the run's time it says how busy each process of a cluster kept; `--timeline`
-prints that share step by step (start-up, both busy, one draining alone at the end).
+prints that share step by step (start-up, both busy, one draining alone at the end). `--stages` times
+every call into each stage in each process (benchmarks/stage_times.py): which stage the time went to, and
+what each process waited for at an epoch's end.
 
 A replay has no per-record latency worth the name (it reads as fast as the
 flow takes records); latency percentiles are live mode's, `bench_live.py`.
@@ -35,6 +37,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stage_times  # noqa: E402
 from results import Figures  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,11 +119,12 @@ class WorkerThreads:
 
 
 def run_replay(work: Path, recording: Path, stores: Path, processes: int, config: Path | None = None,
-               timeline_s: float | None = None) -> tuple[int, float, float, float, str, list[float]]:
+               timeline_s: float | None = None, stages: bool = False) -> tuple[int, float, float, float, str, list[float]]:
     """(records, seconds, CPU seconds of every process of the run, peak RSS MiB of the largest process (wait4),
     sha256 of the triggers, CPU seconds of each process's worker thread) of a fresh replay. A one-machine
     cluster's processes are children the replay waits for, so wait4's usage counts them too. With
-    `timeline_s`, prints each process's worker busy share every `timeline_s` seconds of the run."""
+    `timeline_s`, prints each process's worker busy share every `timeline_s` seconds of the run; with `stages`,
+    times each stage's calls in each process and prints where the time went (stage_times.py)."""
     out = work / f"out-{processes}"
     out.mkdir()
     command = [sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
@@ -129,8 +133,13 @@ def run_replay(work: Path, recording: Path, stores: Path, processes: int, config
                "--state-dir", str(work / f"state-{processes}"), "--processes", str(processes), "--quiet",
                *(["--config", str(config)] if config is not None else [])]
     log = work / f"replay-{processes}.log"
+    trace = work / f"stages-{processes}"
+    if stages:
+        trace.mkdir()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True)
+        started = time.time()
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, text=True,
+                                   env=stage_times.environment(trace) if stages else None)
         workers = WorkerThreads(process.pid, every_s=0.1 if timeline_s is not None else 0.25,
                                 flow_on_main=processes == 1)
         _, status, usage = os.wait4(process.pid, 0)
@@ -138,6 +147,8 @@ def run_replay(work: Path, recording: Path, stores: Path, processes: int, config
     if timeline_s is not None:
         for at, shares in workers.timeline(timeline_s):
             print(f"  {at:5.1f} s  " + "  ".join(f"process {number} {share:4.0%}" for number, share in enumerate(shares)))
+    if stages:
+        print("\n".join(stage_times.report(trace, started, timeline_s or 0.5)))
     process.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     if process.returncode != 0:
@@ -160,6 +171,10 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     parser.add_argument("--timeline", type=float, metavar="SECONDS",
                         help="also print each process's worker busy share every SECONDS of each run")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time each stage's calls in each process: their seconds, their share of each "
+                             "step (of --timeline SECONDS, else 0.5) and the epoch ends' snapshots "
+                             "(benchmarks/stage_times.py)")
     args = parser.parse_args()
     if args.timeline is not None and args.timeline <= 0:
         print("bench_replay: --timeline must be a positive number of seconds", file=sys.stderr)
@@ -194,7 +209,8 @@ def main() -> int:
         first_digest = None
         for processes in args.processes:
             records, seconds, cpu, rss, digest, workers = run_replay(work, work / "recording", work / "stores.csv",
-                                                                      processes, args.config, args.timeline)
+                                                                      processes, args.config, args.timeline,
+                                                                      args.stages)
             first_digest = first_digest or digest
             same = "identical to the first run's" if digest == first_digest else "DIFFERENT from the first run's"
             rate = records / seconds
