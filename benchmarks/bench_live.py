@@ -1,7 +1,7 @@
 """Live-mode latency through librdkafka's mock cluster: `omnitrigger run` at a sustained input rate.
 
     python benchmarks/bench_live.py [--rate 10000] [--duration 60] [--steps 15000,20000,25000] [--step-seconds 20]
-        [--batch-wait 5ms] [--epoch-interval 1s] [--processes N]
+        [--batch-wait 10ms] [--epoch-interval 1s] [--processes N]
 
 A generator in this process sends synthetic omnichannel traffic with event
 time = the wall clock at sending (customers with push consent viewing,
@@ -362,7 +362,7 @@ def main() -> int:
                         help="rates tried after phase 1, highest first; the first whose P99 < 1 s is reported")
     parser.add_argument("--step-seconds", type=float, default=20)
     parser.add_argument("--batch-wait", metavar="DURATION",
-                        help="the job's [kafka] batch_wait (default: the config's, 5ms), to compare settings")
+                        help="the job's [kafka] batch_wait (default: the config's, 10ms), to compare settings")
     parser.add_argument("--epoch-interval", metavar="DURATION",
                         help="the job's [replay] epoch_interval (default: the config's, 1s), to compare settings")
     parser.add_argument("--processes", type=int, default=1, help="the job's --processes (default 1)")

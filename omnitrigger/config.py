@@ -130,7 +130,7 @@ class Config:
     kafka_duplicates_topic: str = "omnitrigger.duplicates"  # redelivered records dropped by dedup; "": not published
     kafka_start: str = "earliest"  # where a fresh state folder starts reading: earliest or latest
     kafka_fetch_wait_s: float = 0.005  # fetch.wait.max.ms: the consumer's share of the latency
-    kafka_batch_wait_s: float = 0.005  # a live batch waits this long to fill up to batch_size records
+    kafka_batch_wait_s: float = 0.010  # a live batch waits this long to fill up to batch_size records
     kafka_linger_s: float = 0.005  # linger.ms of the output producer
     kafka_heartbeat_interval_s: float = 1.0  # an idle source tells the event-time clock the wall time this often
     kafka_merge_wait_s: float = 1.0  # at most this long the event-time merge waits for a partition with data in flight
