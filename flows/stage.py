@@ -45,17 +45,24 @@ class _StageLogic(StatefulBatchLogic):
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
                  handoff: Handoff | None, unpack_input: bool = False,
-                 remote_shards: frozenset[int] = frozenset()) -> None:
+                 remote_shards: frozenset[int] = frozenset(), spill_entries: int = 0) -> None:
         self.chain = chain
         self.states = states
         self.router = router
         self.handoff = handoff
         self.unpack_input = unpack_input  # its input is packed hand-offs from another process
         self.remote_shards = remote_shards  # the rules shards on another process: their batches cross packed
+        # A state with this many changes pending after a batch writes them now (ShardState.spill); 0: never.
+        self.spill_entries = spill_entries
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
         batches = [unpack(value) for value in values] if self.unpack_input else values
-        return self._tagged(*self.chain.on_batches(batches)), StatefulBatchLogic.RETAIN
+        items = self._tagged(*self.chain.on_batches(batches))
+        if self.spill_entries:
+            for state in self.states:
+                if state.pending_changes() >= self.spill_entries:
+                    state.spill()
+        return items, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[Any, ...]], bool]:
         return self._tagged(*self.chain.on_eof(), final=True), StatefulBatchLogic.RETAIN
@@ -96,7 +103,7 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         handoff = Handoff(handed_on_topics(config), ping_topics, packed=packed) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
         return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
-                           remote_shards=remote_shards)
+                           remote_shards=remote_shards, spill_entries=config.sequencer_spill_entries)
 
     return build
 

@@ -7,7 +7,9 @@ of 5,000 keys wrong after a kill -9). So writes collect in memory during an
 epoch; `commit()` (called from the Bytewax `snapshot()`) writes them in one
 atomic batch as generation `g`, together with the values they replace, and
 returns `g` as the shard's snapshot. On resume, `rollback_to(g)` undoes every
-generation after `g`. A generation's undo records are packed into a few
+generation after `g`. A stage others wait for at an epoch's end (the sequencer) may `spill()` its
+writes while the epoch runs: they go into the store as part of generation `g` before the commit
+closes it, each with its undo record, and a rollback undoes such an unclosed generation too. A generation's undo records are packed into a few
 values of up to 1 MiB (one RocksDB entry per key changed, not two); those of
 old generations are trimmed, in chunks, once they are `keep_generations` behind.
 
@@ -22,7 +24,8 @@ and drops each bucket once its whole minute has passed.
 
 Key layout (P = namespace, NUL, 2-byte shard):
     d P key              -> 8-byte expiry (0 = never) + value
-    y P minute gen       -> (8-byte expiry, 4-byte key length, key) of each key the generation put expiring then
+    y P minute gen [part] -> (8-byte expiry, 4-byte key length, key) of each key the generation put expiring then
+                            (a spill's or a bulk write's part number after the generation)
     x P expiry key       -> b""           (the per-key expiry index of older state folders, still swept)
     u P gen chunk        -> undo records   (old values of the keys a generation changed, packed)
     m P name             -> shard metadata (current generation, undo floor)
@@ -86,6 +89,8 @@ class ShardState:
         self.generation = self._read_meta(_GEN)
         self._before_commit: list[Callable[[], None]] = []
         self._bulk_parts = 0  # bulk_write's writes so far
+        self._spilled = 0  # spills since the last commit (their writes belong to the generation it closes)
+        self._undo_chunks = 0  # undo chunks written so far for that generation
         self._after_rollback: list[Callable[[], None]] = []
 
     def before_commit(self, flush: Callable[[], None]) -> None:
@@ -270,12 +275,54 @@ class ShardState:
     # -- generations, snapshot and rollback ---------------------------------
 
     def commit(self) -> int:
-        """Write the buffered changes as the next generation; returns the generation to snapshot."""
+        """Write the buffered changes as the next generation; returns the generation to snapshot.
+
+        What `spill` wrote since the last commit is part of that generation: this closes it."""
+        for flush in self._before_commit:
+            flush()
+        if not self._pending and not self._spilled:
+            return self.generation
+        generation = self.generation + 1
+        batch = self._changes_with_undo(generation, part=0)
+        batch[self._meta + _GEN] = _U64.pack(generation)
+        floor = self._read_meta(_UNDO_FLOOR)
+        trim_below = generation - self.keep_generations
+        # Trim in chunks of keep_generations: every range delete leaves a range tombstone that each
+        # later read must check until compaction, and one per commit made reads 100x slower.
+        if trim_below - floor < self.keep_generations:
+            trim_below = floor
+        if trim_below > floor:
+            batch[self._meta + _UNDO_FLOOR] = _U64.pack(trim_below)
+        self.store.write(batch)
+        if trim_below > floor:
+            self.store.delete_range(self._undo + _U64.pack(floor), self._undo + _U64.pack(trim_below))
+        self._written()
+        self.generation = generation
+        self._spilled = 0
+        self._undo_chunks = 0
+        return generation
+
+    def spill(self) -> None:
+        """Write the buffered changes into the store now, as part of the generation the next `commit` closes.
+
+        For a stage every other waits on at an epoch's end (the sequencer): its writes happen while the epoch
+        runs, on its own process, and its snapshot has little left to write. Until that commit the store holds
+        changes newer than the committed generation, each with its undo record; `rollback_to` undoes them as
+        it undoes a committed generation (a crash before the commit)."""
         for flush in self._before_commit:
             flush()
         if not self._pending:
-            return self.generation
-        generation = self.generation + 1
+            return
+        self._spilled += 1
+        batch = self._changes_with_undo(self.generation + 1, part=self._spilled)
+        if batch:
+            self.store.write(batch)
+        self._written()
+
+    def _changes_with_undo(self, generation: int, part: int) -> dict[bytes, bytes | None]:
+        """The pending changes as a write batch for `generation`: the changed values, their undo records (in
+        chunks numbered on from the generation's earlier spills) and their expiry buckets (a spill's with its
+        `part` number after the generation, so each write of the generation keeps its own; 0: the commit's)."""
         undo_prefix = self._undo + _U64.pack(generation)
         batch: dict[bytes, bytes | None] = {}
         cache = self._cache
@@ -299,29 +346,17 @@ class ShardState:
                 undo, size = [], 0
             batch[full_key] = value
             self._file_expiring(buckets, full_key, value)
+        suffix = _U64.pack(generation) + (part.to_bytes(4, "big") if part else _EMPTY)
         for bucket, entries in buckets.items():  # new keys (this generation's): their undo is the key alone
-            bucket_key = self._buckets + _U64.pack(bucket) + _U64.pack(generation)
+            bucket_key = self._buckets + _U64.pack(bucket) + suffix
             batch[bucket_key] = b"".join(entries)
             undo.append(pack(len(bucket_key), 0, 0) + bucket_key)
         if undo:
             chunks.append(b"".join(undo))
-        for n, chunk in enumerate(chunks):
-            batch[undo_prefix + n.to_bytes(4, "big")] = chunk
-        batch[self._meta + _GEN] = _U64.pack(generation)
-        floor = self._read_meta(_UNDO_FLOOR)
-        trim_below = generation - self.keep_generations
-        # Trim in chunks of keep_generations: every range delete leaves a range tombstone that each
-        # later read must check until compaction, and one per commit made reads 100x slower.
-        if trim_below - floor < self.keep_generations:
-            trim_below = floor
-        if trim_below > floor:
-            batch[self._meta + _UNDO_FLOOR] = _U64.pack(trim_below)
-        self.store.write(batch)
-        if trim_below > floor:
-            self.store.delete_range(self._undo + _U64.pack(floor), self._undo + _U64.pack(trim_below))
-        self._written()
-        self.generation = generation
-        return generation
+        for chunk in chunks:
+            batch[undo_prefix + self._undo_chunks.to_bytes(4, "big")] = chunk
+            self._undo_chunks += 1
+        return batch
 
     def bulk_write(self) -> None:
         """Write the buffered changes into the store as part of the committed generation: no new generation and
@@ -376,27 +411,29 @@ class ShardState:
         self._cache.clear()
         for forget in self._after_rollback:
             forget()
+        self._spilled = self._undo_chunks = 0
         current = self.generation
         if current < generation:
             raise StateError(
                 f"state for {self.namespace} shard {self.shard} is at generation {current} but the recovery "
                 f"store expects {generation}: the state folder lost data (deleted or replaced RocksDB files?)")
-        if current == generation:
-            return 0
         floor = self._read_meta(_UNDO_FLOOR)
         if generation < floor:
             raise StateError(
                 f"state for {self.namespace} shard {self.shard} is at generation {current} but the recovery "
                 f"store is at {generation}, older than the oldest undo record ({floor}); "
                 "the state folder and the recovery store do not belong together")
+        # Up to the generation after the current one: what spills wrote of it before a crash (`spill`).
         start = self._undo + _U64.pack(generation + 1)
-        end = self._undo + _U64.pack(current + 1)
+        end = self._undo + _U64.pack(current + 2)
         restore: dict[bytes, bytes | None] = {}
         undone: list[bytes] = []
         header = _UNDO_HEADER.size
-        for undo_key, chunk in self.store.scan(start, end, reverse=True):  # newest generation first
+        # Newest chunk first, so a key's oldest old value is the one restored: one write of a generation
+        # changes a key once, but each spill of it is another write with chunks numbered after the last's.
+        for undo_key, chunk in self.store.scan(start, end, reverse=True):
             at = 0
-            while at < len(chunk):  # a generation changes a key once: order within a chunk does not matter
+            while at < len(chunk):
                 key_length, has_old, old_length = _UNDO_HEADER.unpack_from(chunk, at)
                 at += header
                 full_key = chunk[at:at + key_length]
@@ -404,6 +441,8 @@ class ShardState:
                 restore[full_key] = chunk[at:at + old_length] if has_old else None
                 at += old_length
             undone.append(undo_key)
+        if current == generation and not undone:
+            return 0
         # The undo records go in the same atomic batch as the values they restore: if they
         # outlived it (a crash before the delete_range below), a later rollback would
         # replay them on top of the new timeline's generations of the same numbers.

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from omnitrigger.demo.generator import RecordingGenerator
 
@@ -40,14 +41,19 @@ def lines_in(path: Path) -> int:
         return 0
 
 
-def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spill_entries", [0, 1], ids=["writes-at-snapshots", "sequencer-spills-every-batch"])
+def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(tmp_path: Path,
+                                                                              spill_entries: int) -> None:
+    """Kills land between the sequencer's snapshots; with `[state] sequencer_spill_entries = 1` its RocksDB
+    also holds the unclosed epoch's writes at each kill (ShardState.spill), which the resume must undo."""
     recording = tmp_path / "recording"
     generator = RecordingGenerator(seed=3, customers=2500, products=800).generate()
     generator.write(recording)
     stores = tmp_path / "stores.csv"
     generator.write_stores(stores)
     config = tmp_path / "small-epochs.toml"
-    config.write_text('[replay]\nbatch_size = 50\nepoch_interval = "0.05s"\n')
+    config.write_text('[replay]\nbatch_size = 50\nepoch_interval = "0.05s"\n'
+                      f'[state]\nsequencer_spill_entries = {spill_entries}\n')
 
     reference = tmp_path / "reference"
     subprocess.run(replay_command(recording, stores, reference, None, config), check=True, capture_output=True)
