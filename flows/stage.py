@@ -103,7 +103,7 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
         handoff = Handoff(handed_on_topics(config), ping_topics, packed=packed) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
         return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
-                           remote_shards=remote_shards, spill_entries=config.sequencer_spill_entries)
+                           remote_shards=remote_shards, spill_entries=config.spill_entries)
 
     return build
 
@@ -122,7 +122,7 @@ def history_builder(store_path: Path, factories: list[OperatorFactory], config: 
         _roll_back(states, resume_state)
         return _StageLogic(LaterChain(history_operators(factories, states, config)), states,
                            _router(config) if route_to_rules else None, None, unpack_input=packed,
-                           remote_shards=remote_shards)
+                           remote_shards=remote_shards, spill_entries=config.spill_entries)
 
     return build
 

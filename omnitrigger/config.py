@@ -67,9 +67,10 @@ class Config:
     # [state]
     keep_generations: int = 64
     state_cache_entries: int = 50_000  # committed values kept in memory per shard, to spare RocksDB reads
-    # The sequencer writes its buffered changes once this many are pending (0: only at its snapshot), so that
-    # at an epoch's end, when every later stage waits for its snapshot, that has little left to write.
-    sequencer_spill_entries: int = 10_000
+    # The sequencer and the history stage write their buffered changes once this many are pending (0: only at
+    # their snapshots), so that at an epoch's end, when what follows waits for their snapshots, those have
+    # little left to write.
+    spill_entries: int = 10_000
     # [identity]
     default_country_code: str = "358"  # phones without a leading + or 00 get this E.164 country code
     identifier_limits: tuple[tuple[str, int], ...] = (("auth_id", 1), ("loyalty_id", 1))  # at most N per customer
@@ -367,7 +368,7 @@ _KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("replay", "progress_interval"): ("progress_interval_s", parse_duration_s),
     ("state", "keep_generations"): ("keep_generations", _positive_int),
     ("state", "cache_entries"): ("state_cache_entries", _positive_int),
-    ("state", "sequencer_spill_entries"): ("sequencer_spill_entries", _whole_number),
+    ("state", "spill_entries"): ("spill_entries", _whole_number),
     ("identity", "default_country_code"): ("default_country_code", _country_code),
     ("identity", "limits"): ("identifier_limits", _identifier_limits),
     ("identity", "blocked_values"): ("blocked_identifiers", _strings),

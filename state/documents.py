@@ -4,8 +4,8 @@ An operator that keeps many small facts about one owner (the rules host: views, 
 caps, consents of a customer) would otherwise read, decode, encode and write a RocksDB entry, and an
 undo record, per fact. Here the owner's facts are one JSON document under one key of the shard's
 state: read and decoded once, changed in place as often as the epoch needs, encoded and written once
-when the shard commits (`ShardState.commit` calls `flush`), and undone with the rest of the shard's
-state on a rollback.
+when the shard commits (`ShardState.commit` calls `flush`; so does `ShardState.spill`, in a stage that
+writes as the epoch goes), and undone with the rest of the shard's state on a rollback.
 
     docs = Documents(state, b"D", capacity=10_000)
     doc = docs.get("cus_1")                   # None: nothing kept for that owner
@@ -62,7 +62,7 @@ class DecodedValues:
         self.capacity = max(1, capacity)
         self._values: dict[str, Any] = {}  # decoded values (None: known absent), oldest read first
         self._changed: set[str] = set()
-        state.before_commit(self.flush)
+        state.before_commit(self.flush, self._changed.__len__)
         state.after_rollback(self._forget)
 
     def get(self, name: str) -> Any:

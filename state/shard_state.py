@@ -88,14 +88,18 @@ class ShardState:
         self.cache_entries = cache_entries
         self.generation = self._read_meta(_GEN)
         self._before_commit: list[Callable[[], None]] = []
+        self._held: list[Callable[[], int]] = []
         self._bulk_parts = 0  # bulk_write's writes so far
         self._spilled = 0  # spills since the last commit (their writes belong to the generation it closes)
         self._undo_chunks = 0  # undo chunks written so far for that generation
         self._after_rollback: list[Callable[[], None]] = []
 
-    def before_commit(self, flush: Callable[[], None]) -> None:
-        """Have `flush` called at the start of every commit (a layer above that buffers decoded values)."""
+    def before_commit(self, flush: Callable[[], None], held: Callable[[], int] | None = None) -> None:
+        """Have `flush` called at the start of every commit and spill (a layer above that buffers decoded
+        values); `held`, if given, says how many changes that layer holds (`pending_changes` counts them)."""
         self._before_commit.append(flush)
+        if held is not None:
+            self._held.append(held)
 
     def after_rollback(self, forget: Callable[[], None]) -> None:
         """Have `forget` called after every rollback (such a layer drops what it holds)."""
@@ -458,7 +462,8 @@ class ShardState:
         return _U64.unpack(raw)[0] if raw else 0
 
     def pending_changes(self) -> int:
-        return len(self._pending)
+        """The changes not in the store yet: the buffered writes and those the layers above hold."""
+        return len(self._pending) + sum(held() for held in self._held)
 
 
 def _forget_oldest(cache: dict[bytes, bytes | None], capacity: int) -> None:

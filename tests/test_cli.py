@@ -67,7 +67,7 @@ def test_replay_writes_outputs_and_summary(tmp_path: Path, recording: Path) -> N
     (["replay", "{rec}", "--stores", "{stores}", "--out", "x", "--config", "{bad_config}"], 1,
      ["unknown setting dedup.retenshun"]),
     (["replay", "{rec}", "--stores", "{stores}", "--out", "x", "--config", "{bad_spill}"], 1,
-     ["sequencer_spill_entries", "whole number"]),
+     ["spill_entries", "whole number"]),
     (["frobnicate"], 2, ["No such command"]),
 ])
 def test_user_errors_are_one_line(tmp_path: Path, recording: Path, args: list[str], code: int,
@@ -78,7 +78,7 @@ def test_user_errors_are_one_line(tmp_path: Path, recording: Path, args: list[st
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text('[dedup]\nretenshun = "7d"\n')
     bad_spill = tmp_path / "bad_spill.toml"
-    bad_spill.write_text("[state]\nsequencer_spill_entries = -1\n")
+    bad_spill.write_text("[state]\nspill_entries = -1\n")
     values = {"rec": recording, "stores": stores, "tmp": tmp_path, "bad_stores": bad_stores, "bad_config": bad_config,
               "bad_spill": bad_spill}
     result = omnitrigger(*[arg.format(**values) for arg in args], cwd=tmp_path)

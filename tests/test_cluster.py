@@ -237,16 +237,19 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.cluster
-@pytest.mark.parametrize("first, then, batch_size", [(1, 2, 1000), (2, 3, 1000), (3, 1, 1000), (2, 1, 37)])
+@pytest.mark.parametrize("first, then, batch_size, spill_entries",
+                         [(1, 2, 1000, 10_000), (2, 3, 1000, 10_000), (3, 1, 1000, 10_000), (2, 1, 37, 1)])
 def test_a_replay_resumes_with_another_process_count(tmp_path: Path, generated: dict[str, Any], first: int,
-                                                     then: int, batch_size: int) -> None:
+                                                     then: int, batch_size: int, spill_entries: int) -> None:
+    """`spill_entries = 1`: the sequencer and the history stage write every batch's changes as it goes
+    (ShardState.spill), which must change no output either."""
     state = tmp_path / "state"
     common = {"stores": generated["stores"], "state_dir": state}
     stopped, _ = replay(tmp_path, generated["recording"], name="out", processes=first, stop_after=900,
-                        config=Config(batch_size=100), **common)
+                        config=Config(batch_size=100, spill_entries=spill_entries), **common)
     assert stopped.records_this_run == 900
     resumed, files = replay(tmp_path, generated["recording"], name="out", processes=then,
-                            config=Config(batch_size=batch_size), **common)
+                            config=Config(batch_size=batch_size, spill_entries=spill_entries), **common)
     assert resumed.records_this_run == generated["records"] - 900  # resumed at the snapshot, not replayed again
     # The run totals of both stages that keep them (the sequencer's, the history stage's visits) add up over the
     # stop, whichever processes ran them.

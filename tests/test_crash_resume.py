@@ -41,11 +41,11 @@ def lines_in(path: Path) -> int:
         return 0
 
 
-@pytest.mark.parametrize("spill_entries", [0, 1], ids=["writes-at-snapshots", "sequencer-spills-every-batch"])
+@pytest.mark.parametrize("spill_entries", [0, 1], ids=["writes-at-snapshots", "spills-every-batch"])
 def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(tmp_path: Path,
                                                                               spill_entries: int) -> None:
-    """Kills land between the sequencer's snapshots; with `[state] sequencer_spill_entries = 1` its RocksDB
-    also holds the unclosed epoch's writes at each kill (ShardState.spill), which the resume must undo."""
+    """Kills land between the stages' snapshots; with `[state] spill_entries = 1` the RocksDB of the sequencer and
+    the history stage also holds the unclosed epoch's writes at each kill (ShardState.spill): the resume undoes them."""
     recording = tmp_path / "recording"
     generator = RecordingGenerator(seed=3, customers=2500, products=800).generate()
     generator.write(recording)
@@ -53,7 +53,7 @@ def test_sigkill_at_several_points_then_resume_gives_the_uninterrupted_outputs(t
     generator.write_stores(stores)
     config = tmp_path / "small-epochs.toml"
     config.write_text('[replay]\nbatch_size = 50\nepoch_interval = "0.05s"\n'
-                      f'[state]\nsequencer_spill_entries = {spill_entries}\n')
+                      f'[state]\nspill_entries = {spill_entries}\n')
 
     reference = tmp_path / "reference"
     subprocess.run(replay_command(recording, stores, reference, None, config), check=True, capture_output=True)

@@ -217,3 +217,25 @@ def test_section_bounds_keep_a_sweep_exact_through_replaced_dropped_and_older_en
             assert earliest is None or kept["~"] <= earliest
             assert kept.get("~") is None or kept["~"] > now
     store.close()
+
+
+def test_changed_documents_count_as_pending_and_a_spill_writes_them_undoably(tmp_path):
+    """What a stage counts to decide a spill includes the documents changed in memory; a spill encodes and
+    writes them (and their sweep index) before the commit, and a crash before it restores the documents."""
+    store, state, docs = _open(tmp_path / "db")
+    set_entry(docs.open("cus_1"), "V", '"a"', [1, "e1"], 90_000)
+    first = state.commit()
+    set_entry(docs.open("cus_1"), "V", '"b"', [2, "e2"], 5_000)
+    set_entry(docs.open("cus_2"), "V", '"c"', [3, "e3"], 6_000)
+    assert state.pending_changes() == 2, "two documents changed in memory, none encoded yet"
+    state.spill()
+    assert state.pending_changes() == 0 and state.generation == first
+    assert set(_raw_document(state, "cus_1")["V"]) == {'"a"', '"b"'} and _raw_document(state, "cus_2") is not None
+    assert [key[:8] for key in _index_keys(state)] == [(5_000).to_bytes(8, "big"), (6_000).to_bytes(8, "big")]
+    store.close()
+    store, state, docs = _open(tmp_path / "db")  # a crash before the commit
+    state.rollback_to(first)
+    assert set(docs.get("cus_1")["V"]) == {'"a"'} and docs.get("cus_2") is None
+    assert [key[:8] for key in _index_keys(state)] == [(90_000).to_bytes(8, "big")]
+    assert docs.sweep(10_000) == 0
+    store.close()

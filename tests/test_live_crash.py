@@ -128,10 +128,10 @@ def test_sigkill_three_times_live_then_each_trigger_id_once(tmp_path: Path, mock
 
 def burst_config(path: Path, config: Config, epoch_interval: str, metrics_port: int = 0) -> Path:
     """[kafka] dedup_tail = 1: what bounds the duplicates must be the snapshot's offsets, not a tail. `[state]
-    sequencer_spill_entries = 1`: the sequencer writes every batch's changes into RocksDB at once, so a job killed
-    in the middle of an epoch leaves them there (ShardState.spill), and the next must undo them."""
+    spill_entries = 1`: the sequencer and the history stage write every batch's changes into RocksDB at once, so a
+    job killed in the middle of an epoch leaves them there (ShardState.spill), and the next must undo them."""
     path.write_text("\n".join([
-        "[replay]", f'epoch_interval = "{epoch_interval}"', "[state]", "sequencer_spill_entries = 1",
+        "[replay]", f'epoch_interval = "{epoch_interval}"', "[state]", "spill_entries = 1",
         "[kafka]", f'topic_prefix = "{config.kafka_topic_prefix}"', f"metrics_port = {metrics_port}",
         "heartbeat_interval = 0.0", f"merge_wait = {config.kafka_merge_wait_s}", "dedup_tail = 1",
         "[policy]", 'max_delay = "0"']) + "\n")
