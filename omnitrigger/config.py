@@ -46,7 +46,7 @@ def parse_duration_s(value: Any, name: str) -> float:
 
 #: The default snapshot interval (`Config.epoch_s`), seconds: live, and in a replay.
 LIVE_EPOCH_S = 1.0
-REPLAY_EPOCH_S = 5.0
+REPLAY_EPOCH_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -156,10 +156,12 @@ class Config:
     @property
     def epoch_s(self) -> float:
         """How often Bytewax snapshots (`[replay] epoch_interval`). By default 1 s live, where a crash re-runs
-        the epoch since the last snapshot against the brokers, and 5 s in a replay, where a re-run costs only
+        the epoch since the last snapshot against the brokers, and 30 s in a replay, where a re-run costs only
         time: each epoch ends with every stage's commits and the processes of a cluster waiting for each
-        other, and 5 s epochs made a replay of the real-data mix x10 15 % faster on one process and 35 % on
-        two (benchmarks/README.md, "Epochs")."""
+        other. 5 s epochs made a replay of the real-data mix x10 15 % faster on one process and 35 % on two
+        than 1 s; since the sequencer and the history stage spill as the epoch goes (`spill_entries`), an
+        epoch's writes no longer wait in memory for its end, and 60 s made two processes 6 % faster than 5 s
+        (benchmarks/README.md, "Epochs")."""
         if self.epoch_interval_s is not None:
             return self.epoch_interval_s
         return LIVE_EPOCH_S if self.wall_clock else REPLAY_EPOCH_S

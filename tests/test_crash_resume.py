@@ -107,12 +107,12 @@ def test_a_replay_stopped_twice_and_resumed_gives_the_uninterrupted_outputs(tmp_
     assert whole["visits"] and whole["identities"] and whole["triggers"]
 
 
-def test_a_replay_snapshots_every_5_s_and_a_live_job_every_1_s_unless_the_file_says(tmp_path: Path) -> None:
+def test_a_replay_snapshots_every_30_s_and_a_live_job_every_1_s_unless_the_file_says(tmp_path: Path) -> None:
     """A replay's crash re-runs at most one epoch, which costs only time; a live job's re-run is what a crash
     can re-send, so it keeps 1 s (omnitrigger/config.py `Config.epoch_s`). `[replay] epoch_interval` sets both."""
     from omnitrigger.config import Config, load_config
 
-    assert Config().epoch_s == 5.0
+    assert Config().epoch_s == 30.0
     assert Config(wall_clock=True).epoch_s == 1.0
     path = tmp_path / "omnitrigger.toml"
     path.write_text('[replay]\nepoch_interval = "2s"\n')
