@@ -7,11 +7,12 @@ of 5,000 keys wrong after a kill -9). So writes collect in memory during an
 epoch; `commit()` (called from the Bytewax `snapshot()`) writes them in one
 atomic batch as generation `g`, together with the values they replace, and
 returns `g` as the shard's snapshot. On resume, `rollback_to(g)` undoes every
-generation after `g`. A stage others wait for at an epoch's end (the sequencer) may `spill()` its
-writes while the epoch runs: they go into the store as part of generation `g` before the commit
-closes it, each with its undo record, and a rollback undoes such an unclosed generation too. A generation's undo records are packed into a few
-values of up to 1 MiB (one RocksDB entry per key changed, not two); those of
-old generations are trimmed, in chunks, once they are `keep_generations` behind.
+generation after `g`. A stage others wait for at an epoch's end (the sequencer, the history
+stage) may `spill()` its writes while the epoch runs: they go into the store as part of generation
+`g` before the commit closes it, each with its undo record, and a rollback undoes such an unclosed
+generation too. A generation's undo records are packed into a few values of up to 1 MiB (one
+RocksDB entry per key changed, not two); those of old generations are trimmed, in chunks, once they
+are `keep_generations` behind.
 
 Expiry is in event time, so it is deterministic: a value put with
 `expires_at_ms` is invisible to `get(key, now_ms)` once `now_ms` reaches it,
@@ -89,8 +90,9 @@ class ShardState:
         self.generation = self._read_meta(_GEN)
         self._before_commit: list[Callable[[], None]] = []
         self._held: list[Callable[[], int]] = []
-        self._bulk_parts = 0  # bulk_write's writes so far
-        self._spilled = 0  # spills since the last commit (their writes belong to the generation it closes)
+        # Writes so far that number their expiry buckets (bulk writes, spills): each keeps its own bucket keys.
+        self._parts = 0
+        self._spilled = False  # whether a spill since the last commit wrote part of the generation it closes
         self._undo_chunks = 0  # undo chunks written so far for that generation
         self._after_rollback: list[Callable[[], None]] = []
 
@@ -302,31 +304,32 @@ class ShardState:
             self.store.delete_range(self._undo + _U64.pack(floor), self._undo + _U64.pack(trim_below))
         self._written()
         self.generation = generation
-        self._spilled = 0
+        self._spilled = False
         self._undo_chunks = 0
         return generation
 
     def spill(self) -> None:
         """Write the buffered changes into the store now, as part of the generation the next `commit` closes.
 
-        For a stage every other waits on at an epoch's end (the sequencer): its writes happen while the epoch
-        runs, on its own process, and its snapshot has little left to write. Until that commit the store holds
-        changes newer than the committed generation, each with its undo record; `rollback_to` undoes them as
-        it undoes a committed generation (a crash before the commit)."""
+        For a stage those after it wait on at an epoch's end (the sequencer, the history stage): its writes
+        happen while the epoch runs, on its own process, and its snapshot has little left to write. Until that
+        commit the store holds changes newer than the committed generation, each with its undo record;
+        `rollback_to` undoes them as it undoes a committed generation (a crash before the commit)."""
         for flush in self._before_commit:
             flush()
         if not self._pending:
             return
-        self._spilled += 1
-        batch = self._changes_with_undo(self.generation + 1, part=self._spilled)
+        self._spilled = True
+        self._parts += 1
+        batch = self._changes_with_undo(self.generation + 1, part=self._parts)
         if batch:
             self.store.write(batch)
         self._written()
 
     def _changes_with_undo(self, generation: int, part: int) -> dict[bytes, bytes | None]:
         """The pending changes as a write batch for `generation`: the changed values, their undo records (in
-        chunks numbered on from the generation's earlier spills) and their expiry buckets (a spill's with its
-        `part` number after the generation, so each write of the generation keeps its own; 0: the commit's)."""
+        chunks numbered on from the generation's earlier spills) and their expiry buckets (with a write's `part`
+        number after the generation, so no write overwrites another's; 0, none: the commit's)."""
         undo_prefix = self._undo + _U64.pack(generation)
         batch: dict[bytes, bytes | None] = {}
         cache = self._cache
@@ -371,11 +374,11 @@ class ShardState:
         buckets: dict[int, list[bytes]] = {}
         for full_key, value in self._pending.items():
             self._file_expiring(buckets, full_key, value)
-        self._bulk_parts += 1
+        self._parts += 1
         batch = dict(self._pending)
         for bucket, entries in buckets.items():  # a part number after the generation keeps each write's own
             batch[self._buckets + _U64.pack(bucket) + _U64.pack(self.generation)
-                  + self._bulk_parts.to_bytes(4, "big")] = b"".join(entries)
+                  + self._parts.to_bytes(4, "big")] = b"".join(entries)
         self.store.write(batch)
         self._written()
 
@@ -415,7 +418,8 @@ class ShardState:
         self._cache.clear()
         for forget in self._after_rollback:
             forget()
-        self._spilled = self._undo_chunks = 0
+        self._spilled = False
+        self._undo_chunks = 0
         current = self.generation
         if current < generation:
             raise StateError(

@@ -703,3 +703,15 @@ def test_spills_commits_sweeps_and_crashes_match_a_model_of_the_committed_state(
             k: (model[k][0] if k in model and not (model[k][1] and model[k][1] <= now_ms) else None) for k in KEYS}, step
     assert spills > 500 and crashes > 50
     store.close()
+
+
+def test_a_bulk_write_after_a_spilled_generation_keeps_the_spills_expiry_buckets(store: RocksDBStore) -> None:
+    """Spills and bulk writes both number their bucket keys; one counter keeps them apart, so a bulk write into
+    the generation a spill wrote into (the next commit's) overwrites none of its index entries."""
+    state = ShardState(store, "spilled", 0)
+    state.put(b"k01", b"v", expires_at_ms=1_000)
+    state.spill()
+    state.commit()
+    state.put(b"k02", b"v", expires_at_ms=2_000)
+    state.bulk_write()
+    assert sorted(stored_index(state)) == [(1_000, b"k01"), (2_000, b"k02")]
