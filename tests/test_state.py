@@ -80,6 +80,16 @@ def count_keys(store: RocksDBStore) -> int:
 KEYS = [f"k{n:02d}".encode() for n in range(12)]
 
 
+def expired(expires: int, now_ms: int) -> bool:
+    """The state's expiry rule, for the models: 0 never expires; otherwise gone from `expires` on."""
+    return bool(expires) and expires <= now_ms
+
+
+def swept(model: dict[bytes, tuple[bytes, int]], now_ms: int) -> dict[bytes, tuple[bytes, int]]:
+    """A model of (value, expiry) by key after a sweep at `now_ms`."""
+    return {key: entry for key, entry in model.items() if not expired(entry[1], now_ms)}
+
+
 def build_history(state: ShardState, generations: int, seed: int = 7) -> dict[int, dict[bytes, bytes]]:
     """Commit `generations` random generations of puts, overwrites and deletes; the model of each generation.
 
@@ -529,7 +539,7 @@ def test_scans_of_an_owners_keys_match_a_plain_model_through_commits_sweeps_and_
 
     def expected(start: bytes, end: bytes, now_ms: int) -> list[tuple[bytes, bytes]]:
         return sorted((key, value) for key, (value, expires) in model.items()
-                      if start <= key < end and not (expires and expires <= now_ms))
+                      if start <= key < end and not expired(expires, now_ms))
 
     for step in range(3000):
         roll = rng.random()
@@ -545,7 +555,7 @@ def test_scans_of_an_owners_keys_match_a_plain_model_through_commits_sweeps_and_
         elif roll < 0.65:
             now_ms = rng.randrange(0, 1000)
             state.sweep(now_ms)
-            model = {key: entry for key, entry in model.items() if not (entry[1] and entry[1] <= now_ms)}
+            model = swept(model, now_ms)
         elif roll < 0.7:
             committed[state.commit()] = dict(model)
         elif roll < 0.72:
@@ -675,7 +685,7 @@ def test_spills_commits_sweeps_and_crashes_match_a_model_of_the_committed_state(
         elif roll < 0.6:
             now_ms = rng.randrange(0, 300_000)
             state.sweep(now_ms)
-            model = {k: entry for k, entry in model.items() if not (entry[1] and entry[1] <= now_ms)}
+            model = swept(model, now_ms)
         elif roll < 0.75:
             state.spill()
             spills += 1
@@ -700,7 +710,7 @@ def test_spills_commits_sweeps_and_crashes_match_a_model_of_the_committed_state(
             assert {(expires, k) for k, (_, expires) in model.items() if expires} <= set(stored_index(state)), step
         now_ms = rng.randrange(0, 300_000)
         assert {k: state.get(k, now_ms) for k in KEYS} == {
-            k: (model[k][0] if k in model and not (model[k][1] and model[k][1] <= now_ms) else None) for k in KEYS}, step
+            k: (model[k][0] if k in model and not expired(model[k][1], now_ms) else None) for k in KEYS}, step
     assert spills > 500 and crashes > 50
     store.close()
 
