@@ -44,6 +44,7 @@ from omnitrigger import metrics
 from omnitrigger.operators.base import OperatorResult, StageOperator
 from omnitrigger.records import IDENTITIES, IDENTITY_TOPIC, REFUSED_LINKS, Emitted, Event, Item, Merge, with_customer
 from omnitrigger.state import ShardState
+from omnitrigger.state.cache import forget_oldest
 from omnitrigger.state.clock import ShardClock, saved_clock
 
 #: Identifier types, strongest first: the first one an event carries is its anchor.
@@ -55,6 +56,9 @@ BLOCKED_VALUES = frozenset({"", "0", "-1", "null", "none", "nil", "undefined", "
 _ALL_ZEROS = re.compile(r"^[0\W_]+$")  # 0000, 00000000-0000-0000-0000-000000000000 (a zeroed advertising id)
 _REFRESH_MS = 86_400_000  # an identifier's last-seen time is rewritten at most once a day
 _IGNORED = b"ignored"
+#: Identifiers kept decoded in memory. Three per customer is typical (a device, a login, a card), so this holds
+#: about 65,000 customers' worth; past it the oldest read go (state/cache.py), not all at once.
+_ENTRIES_KEPT = 200_000
 _NO_MERGES: list[Merge] = []  # shared by the one-identifier fast path: read, never changed
 _NO_REFUSALS: list[dict[str, Any]] = []
 
@@ -291,9 +295,9 @@ class Identity(StageOperator):
         self._remember(identifier, (customer, ts_ms), expires)
 
     def _remember(self, identifier: Identifier, entry: tuple[str, int], expires: int) -> tuple[tuple[str, int], int]:
-        """Keep the identifier's stored entry decoded (at most 200,000: then it starts afresh)."""
-        if len(self._entries) >= 200_000:
-            self._entries.clear()
+        """Keep the identifier's stored entry decoded (at most `_ENTRIES_KEPT`: then the oldest quarter goes)."""
+        if len(self._entries) >= _ENTRIES_KEPT:
+            forget_oldest(self._entries, _ENTRIES_KEPT)
         known = self._entries[identifier] = (entry, expires)
         return known
 

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from rocksdict import (
-    BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager, WriteOptions,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch, WriteBufferManager,
+    WriteOptions,
 )
 
 BLOCK_CACHE_BYTES = 256 << 20
@@ -42,6 +43,14 @@ ARENA_BLOCK_BYTES = 1 << 20
 #: A memtable's bloom filter, as a fraction of the write buffer (0.64 MiB a memtable): absent-key lookups
 #: in the memtable at a tenth of their cost. 0: none.
 MEMTABLE_BLOOM_RATIO = 0.02
+
+#: Levels of RocksDB's LSM tree (its default) and how many of the first are not compressed. The flow writes every
+#: entity it touched once an epoch, with an undo record, so most bytes it writes are rewritten or deleted while
+#: they are in the memtable flushes (L0) and the first compactions (L1); compressing them there cost 37 % of
+#: RocksDB's background CPU on the live benchmark's traffic (docs/design.md#rocksdb-through-rocksdict). Deeper
+#: levels, where a large state settles, are LZ4 (as fast as Snappy, RocksDB's default, and as small).
+NUM_LEVELS = 7
+UNCOMPRESSED_LEVELS = 2
 
 _shared: tuple[Cache, WriteBufferManager] | None = None
 _shared_lock = threading.Lock()
@@ -63,7 +72,7 @@ def describe_options() -> str:
             f"blocks included, partitioned, top level and L0 pinned), memtables {MAX_WRITE_BUFFERS} x "
             f"{WRITE_BUFFER_BYTES >> 20} MiB a store and {MAX_WRITE_BUFFERS * WRITE_BUFFER_BYTES >> 20} MiB for all "
             f"of a process's stores, 10-bit bloom filter, memtable bloom {MEMTABLE_BLOOM_RATIO:g} of the write buffer, "
-            "1 background job")
+            f"levels 0 to {UNCOMPRESSED_LEVELS - 1} uncompressed and LZ4 below, 1 background job")
 
 
 class RocksDBStore:
@@ -88,6 +97,8 @@ class RocksDBStore:
         options.set_max_write_buffer_number(MAX_WRITE_BUFFERS)
         options.set_arena_block_size(ARENA_BLOCK_BYTES)
         options.set_write_buffer_manager(buffers)
+        options.set_compression_per_level([DBCompressionType.none()] * UNCOMPRESSED_LEVELS
+                                          + [DBCompressionType.lz4()] * (NUM_LEVELS - UNCOMPRESSED_LEVELS))
         options.set_max_background_jobs(1)  # two cores: compaction must not starve the pipeline
         if memtable_bloom_ratio > 0:
             options.set_memtable_prefix_bloom_ratio(memtable_bloom_ratio)

@@ -35,10 +35,10 @@ Key layout (P = namespace, NUL, 2-byte shard):
 from __future__ import annotations
 
 import heapq
-import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
 
+from omnitrigger.state.cache import forget_oldest
 from omnitrigger.state.store import KeyValueStore
 
 _U64 = struct.Struct(">Q")
@@ -217,7 +217,7 @@ class ShardState:
             return cache[full_key]
         value = self.store.get(full_key)
         if len(cache) >= self.cache_entries:
-            _forget_oldest(cache, self.cache_entries)
+            forget_oldest(cache, self.cache_entries)
         cache[full_key] = value
         return value
 
@@ -397,7 +397,7 @@ class ShardState:
         """The buffered writes are in the store: they become cached committed values, and the buffers empty."""
         self._cache.update(self._pending)
         if len(self._cache) > self.cache_entries:
-            _forget_oldest(self._cache, self.cache_entries)
+            forget_oldest(self._cache, self.cache_entries)
         self._clear_pending()
 
     def _clear_pending(self) -> None:
@@ -468,13 +468,6 @@ class ShardState:
     def pending_changes(self) -> int:
         """The changes not in the store yet: the buffered writes and those the layers above hold."""
         return len(self._pending) + sum(held() for held in self._held)
-
-
-def _forget_oldest(cache: dict[bytes, bytes | None], capacity: int) -> None:
-    """Trim a full cache to three quarters of `capacity`, oldest entries first (a dict keeps insertion order):
-    clearing it all would send every hot key back to RocksDB at once."""
-    for key in list(itertools.islice(cache, len(cache) - capacity * 3 // 4)):
-        del cache[key]
 
 
 def _take(iterator, limit: int):

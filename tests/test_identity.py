@@ -292,3 +292,30 @@ def test_history_keeps_events_for_its_retention_only_and_deletes_the_rest(tmp_pa
     stored = chain.history_state.scan(b"h", b"i", now_ms=0)  # what is physically left, expired or not
     assert len(stored) == 1, "expired journal entries are deleted, not just hidden"
     chain.close()
+
+
+def test_a_full_cache_of_decoded_identifiers_drops_its_oldest_not_everything(ops: IdentityAndHistory,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its size the cache trims its oldest quarter (state/cache.py): the identifiers seen last stay decoded,
+    where a cache that cleared itself would send every one of them back to RocksDB."""
+    monkeypatch.setattr("omnitrigger.operators.identity._ENTRIES_KEPT", 8)
+    for n in range(20):
+        ops.view(T0 + n, {"device_id": f"dev-{n}"}, "P1")
+    kept = [value for _, value in ops.identity._entries]
+    assert 6 <= len(kept) <= 8
+    assert kept == [f"dev-{n}" for n in range(20 - len(kept), 20)]
+    # What was dropped is read back from the state: the same customer as before.
+    first = ops.view(T0 + 100, {"device_id": "dev-0"}, "P2")
+    assert first.customer == ops.identities()[("device_id", "dev-0")]
+
+
+def test_a_replay_resolves_the_same_customers_whatever_the_identity_cache_holds(
+        tmp_path: Path, real_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real-data identity recording through the whole flow with the default cache and with one of 16
+    identifiers (trimmed all the time): every output the same, byte for byte."""
+    recording = tmp_path / "recording"
+    identity_recording(real_data, recording)
+    _, default = replay(tmp_path, recording, name="default")
+    monkeypatch.setattr("omnitrigger.operators.identity._ENTRIES_KEPT", 16)
+    _, small = replay(tmp_path, recording, name="small")
+    assert records(default["identities"]) and default == small

@@ -17,6 +17,7 @@ from typing import Iterator
 import pytest
 
 from omnitrigger.state import RocksDBStore, ShardState, StateError
+from omnitrigger.state.cache import forget_oldest
 
 EVERYTHING = (b"", b"\xff")  # every key of the layout starts with d, x, u or m
 U64 = struct.Struct(">Q")
@@ -725,3 +726,12 @@ def test_a_bulk_write_after_a_spilled_generation_keeps_the_spills_expiry_buckets
     state.put(b"k02", b"v", expires_at_ms=2_000)
     state.bulk_write()
     assert sorted(stored_index(state)) == [(1_000, b"k01"), (2_000, b"k02")]
+
+
+def test_forget_oldest_trims_a_full_cache_to_three_quarters_oldest_first() -> None:
+    cache = {n: str(n) for n in range(10)}
+    cache[3] = "updated"  # an update keeps the key's place: it was read long ago
+    forget_oldest(cache, 8)
+    assert list(cache) == [4, 5, 6, 7, 8, 9]
+    forget_oldest(cache, 8)  # at or under three quarters: nothing goes
+    assert list(cache) == [4, 5, 6, 7, 8, 9]

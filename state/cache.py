@@ -1,0 +1,23 @@
+"""The one eviction rule of every in-memory cache in front of the state: keep the newest, drop the oldest.
+
+ShardState's committed values, the documents a stage holds decoded (`documents.py`) and identity's decoded
+entries are plain dicts, because a dict lookup is the cheapest thing a record can pay per read. A dict keeps
+insertion order, so trimming its oldest entries needs no bookkeeping per hit. Trimming to three quarters,
+never clearing, matters once the entities outgrow the cache (100,000 customers): a cache that clears when
+full sends every hot key back to RocksDB at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+__all__ = ["forget_oldest"]
+
+
+def forget_oldest(cache: dict[Any, Any], capacity: int) -> None:
+    """Trim `cache` to three quarters of `capacity`, oldest entries first (nothing if it holds no more)."""
+    excess = len(cache) - capacity * 3 // 4
+    if excess > 0:
+        for key in list(itertools.islice(cache, excess)):
+            del cache[key]
