@@ -15,9 +15,13 @@ from typing import Any
 __all__ = ["forget_oldest"]
 
 
-def forget_oldest(cache: dict[Any, Any], capacity: int) -> None:
-    """Trim `cache` to three quarters of `capacity`, oldest entries first (nothing if it holds no more)."""
+def forget_oldest(cache: dict[Any, Any], capacity: int) -> list[Any]:
+    """Trim `cache` to three quarters of `capacity`, oldest entries first (nothing if it holds no more); the keys
+    dropped, for a cache that keeps something beside each entry (`documents.py` its sweep index's expiry)."""
     excess = len(cache) - capacity * 3 // 4
-    if excess > 0:
-        for key in list(itertools.islice(cache, excess)):
-            del cache[key]
+    if excess <= 0:
+        return []
+    dropped = list(itertools.islice(cache, excess))
+    for key in dropped:
+        del cache[key]
+    return dropped

@@ -33,12 +33,12 @@ decides when to sweep), `keys.py` (the key layout of the keys that stay per fact
 
 from __future__ import annotations
 
-import itertools
 import struct
 from typing import Any
 
 import orjson
 
+from omnitrigger.state.cache import forget_oldest
 from omnitrigger.state.shard_state import ShardState
 
 Document = dict[str, Any]
@@ -101,8 +101,7 @@ class DecodedValues:
         self._changed.clear()
         values = self._values
         if len(values) > self.capacity:  # the oldest read go, down to three quarters (not a copy of them all)
-            for name in list(itertools.islice(values, len(values) - self.capacity * 3 // 4)):
-                del values[name]
+            for name in forget_oldest(values, self.capacity):
                 self._evicted(name)
 
     def _write(self, name: str, value: Any) -> None:

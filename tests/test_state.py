@@ -731,7 +731,7 @@ def test_a_bulk_write_after_a_spilled_generation_keeps_the_spills_expiry_buckets
 def test_forget_oldest_trims_a_full_cache_to_three_quarters_oldest_first() -> None:
     cache = {n: str(n) for n in range(10)}
     cache[3] = "updated"  # an update keeps the key's place: it was read long ago
-    forget_oldest(cache, 8)
+    assert forget_oldest(cache, 8) == [0, 1, 2, 3]
     assert list(cache) == [4, 5, 6, 7, 8, 9]
-    forget_oldest(cache, 8)  # at or under three quarters: nothing goes
+    assert forget_oldest(cache, 8) == []  # at or under three quarters: nothing goes
     assert list(cache) == [4, 5, 6, 7, 8, 9]
