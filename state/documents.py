@@ -183,9 +183,7 @@ class Documents(DecodedValues):
         return dropped
 
     def _write(self, owner: str, doc: Document | None) -> None:
-        if doc:
-            _drop_empty_sections(doc)
-        if doc is not None and all(name.startswith(INDEXED) for name in doc):  # bounds only: nothing kept
+        if doc is not None and not _drop_empty_sections(doc):  # bounds only: nothing kept
             doc = self._values[owner] = None
         earliest = doc.get(INDEXED, 0) if doc is not None else 0
         before = self._indexed.get(owner, 0)
@@ -251,8 +249,19 @@ def drop_entry(doc: Document | None, section: str, subject: str) -> bool:
     return found is not None and found.pop(subject, None) is not None
 
 
-def _drop_empty_sections(doc: Document) -> None:
-    """Drop the empty sections, with their bounds (a bound itself is kept: 0 says nothing in a section expires)."""
-    for name in [name for name, section in doc.items() if not section and not name.startswith(INDEXED)]:
+def _drop_empty_sections(doc: Document) -> bool:
+    """Drop the empty sections, with their bounds (a bound itself is kept: 0 says nothing in a section expires);
+    whether any section is left. One pass over the document: this runs for every document a commit writes."""
+    empty: list[str] = []
+    kept = False
+    for name, section in doc.items():
+        if name.startswith(INDEXED):
+            continue
+        if section:
+            kept = True
+        else:
+            empty.append(name)
+    for name in empty:
         del doc[name]
         doc.pop(INDEXED + name, None)
+    return kept

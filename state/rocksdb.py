@@ -124,11 +124,12 @@ class RocksDBStore:
 
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete  # bound once: a commit writes a few keys a record
         for key, value in changes.items():
             if value is None:
-                batch.delete(key)
+                delete(key)
             else:
-                batch.put(key, value)
+                put(key, value)
         self._db.write(batch, self._write_options)
 
     def scan(self, start: bytes, end: bytes, reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

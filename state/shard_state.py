@@ -339,7 +339,6 @@ class ShardState:
         chunks: list[bytes] = []
         undo: list[bytes] = []
         size = 0
-        buckets: dict[int, list[bytes]] = {}  # expiry minute -> entries of the keys written expiring then
         for full_key, value in self._pending.items():
             old = cache[full_key] if full_key in cache else read[full_key]
             if old == value:  # unchanged, or put and deleted within the epoch (a timer set and fired): no write
@@ -352,7 +351,7 @@ class ShardState:
                 chunks.append(b"".join(undo))
                 undo, size = [], 0
             batch[full_key] = value
-            self._file_expiring(buckets, full_key, value)
+        buckets = self._expiry_buckets(batch.items())  # the batch holds only the changed values so far
         suffix = _U64.pack(generation) + (part.to_bytes(4, "big") if part else _EMPTY)
         for bucket, entries in buckets.items():  # new keys (this generation's): their undo is the key alone
             bucket_key = self._buckets + _U64.pack(bucket) + suffix
@@ -371,9 +370,7 @@ class ShardState:
         for the flow: a crash in the middle leaves the state half written."""
         for flush in self._before_commit:
             flush()
-        buckets: dict[int, list[bytes]] = {}
-        for full_key, value in self._pending.items():
-            self._file_expiring(buckets, full_key, value)
+        buckets = self._expiry_buckets(self._pending.items())
         self._parts += 1
         batch = dict(self._pending)
         for bucket, entries in buckets.items():  # a part number after the generation keeps each write's own
@@ -382,16 +379,23 @@ class ShardState:
         self.store.write(batch)
         self._written()
 
-    def _file_expiring(self, buckets: dict[int, list[bytes]], full_key: bytes, value: bytes | None) -> None:
-        """If `full_key` is a data key written with an expiry, file its index entry under its minute of expiry."""
-        if value is None or value[:8] == _NEVER or not full_key.startswith(self._data):
-            return
-        expires = _U64.unpack_from(value)[0]
-        entries = buckets.get(expires // EXPIRY_BUCKET_MS)
-        if entries is None:
-            entries = buckets[expires // EXPIRY_BUCKET_MS] = []
-        skip = len(self._data)
-        entries.append(_BUCKET_ENTRY.pack(expires, len(full_key) - skip) + full_key[skip:])
+    def _expiry_buckets(self, written: Iterable[tuple[bytes, bytes | None]]) -> dict[int, list[bytes]]:
+        """The index entries of the data keys among `written` that carry an expiry, by minute of expiry (a
+        write's buckets). One call a write, not one a key: a commit passes a few keys a record through here."""
+        buckets: dict[int, list[bytes]] = {}
+        data = self._data
+        skip = len(data)
+        unpack_from, pack_entry = _U64.unpack_from, _BUCKET_ENTRY.pack
+        for full_key, value in written:
+            if value is None or value.startswith(_NEVER) or not full_key.startswith(data):
+                continue
+            expires = unpack_from(value)[0]
+            minute = expires // EXPIRY_BUCKET_MS
+            entries = buckets.get(minute)
+            if entries is None:
+                entries = buckets[minute] = []
+            entries.append(pack_entry(expires, len(full_key) - skip) + full_key[skip:])
+        return buckets
 
     def _written(self) -> None:
         """The buffered writes are in the store: they become cached committed values, and the buffers empty."""
