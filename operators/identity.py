@@ -126,7 +126,7 @@ class Identity(StageOperator):
         if len(ids) == 1:  # most events (a ping, a page view) carry one identifier: nothing to link
             (kind, value), = ids.items()
             if kind in _TYPE_CODE and type(value) is str and not self.is_blocked(value):
-                return self._customer_of((kind, value), event, set()), _NO_MERGES, _NO_REFUSALS
+                return self._customer_of((kind, value), event, {}), _NO_MERGES, _NO_REFUSALS
         refusals: list[dict[str, Any]] = []
         identifiers: list[Identifier] = []
         for kind in IDENTIFIER_TYPES:
@@ -150,7 +150,9 @@ class Identity(StageOperator):
                 refusals.extend(self._refusal("low_confidence", event, [identifiers[0], other],
                                               confidence=confidence) for other in identifiers[1:])
         anchor = identifiers[0]
-        fresh: set[str] = set()  # customers created by this very event: merging them away is not news
+        # Customers created by this very event (merging them away is not news), with their records as saved:
+        # the next identifier attaches to the record in hand, not to one read back and decoded.
+        fresh: dict[str, dict[str, Any]] = {}
         merges: list[Merge] = []
         anchor_customer = self._customer_of(anchor, event, fresh)
         for other in identifiers[1:]:
@@ -163,14 +165,14 @@ class Identity(StageOperator):
                 self._touch(other, other_customer, entry[1], event.ts_ms)
                 continue
             if other_customer is None:
-                record = self._record(anchor_customer)
+                record = fresh.get(anchor_customer) or self._record(anchor_customer)
                 broken = self._broken_limit(record["ids"], [other], anchor_customer)
                 if broken:
                     refusals.append(self._refusal(f"limit_{broken}", event, [anchor, other],
                                                   customers=[anchor_customer]))
                     self._customer_of(other, event, fresh)
                 else:
-                    self._attach(other, anchor_customer, record, event.ts_ms)
+                    self._attach(other, anchor_customer, record, event.ts_ms, fresh=anchor_customer in fresh)
                 continue
             (winner, winner_record), (loser, loser_record) = self._order(anchor_customer, other_customer)
             broken = self._broken_limit(winner_record["ids"], self._live_ids(loser, loser_record), winner)
@@ -179,6 +181,8 @@ class Identity(StageOperator):
                                               customers=[anchor_customer, other_customer]))
                 continue
             self._merge(winner, winner_record, loser, loser_record, event.ts_ms)
+            if winner in fresh:
+                fresh[winner] = winner_record  # the record as _merge saved it
             if loser not in fresh:
                 if self.publish_updates:
                     self._merged_away.append(loser)
@@ -233,8 +237,9 @@ class Identity(StageOperator):
         entry = self._entry(identifier)
         return entry[0] if entry is not None else None
 
-    def _customer_of(self, identifier: Identifier, event: Event, fresh: set[str]) -> str:
-        """The identifier's customer, created (first seen now) if the identifier is new."""
+    def _customer_of(self, identifier: Identifier, event: Event, fresh: dict[str, dict[str, Any]]) -> str:
+        """The identifier's customer, created (first seen now, and put in `fresh` with its record) if the
+        identifier is new."""
         entry = self._entry(identifier)
         if entry is not None:
             customer, last_seen = entry
@@ -243,7 +248,7 @@ class Identity(StageOperator):
         customer = "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{event.seq}".encode())[:24]
         record = {"first": event.seq, "ids": []}
         self._attach(identifier, customer, record, event.ts_ms, fresh=True)
-        fresh.add(customer)
+        fresh[customer] = record
         return customer
 
     def _record(self, customer: str) -> dict[str, Any]:
@@ -274,7 +279,8 @@ class Identity(StageOperator):
 
     def _attach(self, identifier: Identifier, customer: str, record: dict[str, Any], ts_ms: int,
                 fresh: bool = False) -> None:
-        """`fresh`: the customer is new, so no record of it is stored (`_save` need not read one's expiry)."""
+        """`fresh`: the customer is this event's, so no record of it is stored but the one saved at `ts_ms` (`_save`
+        need not read one's expiry)."""
         record["ids"].append(list(identifier))
         self._point(identifier, customer, ts_ms)
         self._save(customer, record, ts_ms, fresh)
