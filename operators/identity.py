@@ -151,7 +151,8 @@ class Identity(StageOperator):
                                               confidence=confidence) for other in identifiers[1:])
         anchor = identifiers[0]
         # Customers created by this very event (merging them away is not news), with their records as saved:
-        # the next identifier attaches to the record in hand, not to one read back and decoded.
+        # the next identifier attaches to the record in hand, not to one read back and decoded. A merge never
+        # changes one of them: its winner was seen first, so it is never this event's.
         fresh: dict[str, dict[str, Any]] = {}
         merges: list[Merge] = []
         anchor_customer = self._customer_of(anchor, event, fresh)
@@ -181,8 +182,6 @@ class Identity(StageOperator):
                                               customers=[anchor_customer, other_customer]))
                 continue
             self._merge(winner, winner_record, loser, loser_record, event.ts_ms)
-            if winner in fresh:
-                fresh[winner] = winner_record  # the record as _merge saved it
             if loser not in fresh:
                 if self.publish_updates:
                     self._merged_away.append(loser)
