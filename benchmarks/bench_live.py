@@ -1,7 +1,7 @@
 """Live-mode latency through librdkafka's mock cluster: `omnitrigger run` at a sustained input rate.
 
     python benchmarks/bench_live.py [--rate 10000] [--duration 60] [--steps 15000,20000,25000] [--step-seconds 20]
-        [--batch-wait 10ms] [--epoch-interval 1s] [--processes N]
+        [--batch-wait 10ms] [--epoch-interval 1s] [--processes N] [--config FILE]
 
 A generator in this process sends synthetic omnichannel traffic with event
 time = the wall clock at sending (customers with push consent viewing,
@@ -28,6 +28,9 @@ offsets and deletes old segments; so here, every second, each input partition's 
 behind what the job has read unless it lags that far (then it stops with a retention gap, and says so).
 `--retention 0` keeps everything (what this benchmark did before the option).
 
+`--config FILE` puts a TOML file's settings over the job's config (the benchmark's own: short windows, no
+quiet hours), to compare a setting live (`[state] spill_entries = 0`, say); its tables hold plain values.
+
 Phase 1 holds `--rate` for `--duration` seconds and prints the latency
 percentiles, overall and by rule. Phase 2 steps up through `--steps` for
 `--step-seconds` each and prints the highest rate whose P99 stayed under 1 s
@@ -48,6 +51,7 @@ import tempfile
 import socket
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -58,7 +62,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from omnitrigger.config import _KEYS, Config  # noqa: E402
+from omnitrigger.config import _KEYS, Config, ConfigError, load_config  # noqa: E402
 from omnitrigger.demo.generator import DEMO_STORES, _offset_point, iso  # noqa: E402
 from omnitrigger.kafka_mock import MockCluster  # noqa: E402
 from omnitrigger.kafka_tools import input_topics, output_topics  # noqa: E402
@@ -70,8 +74,40 @@ PARTITIONS = 4
 TICK_S = 0.01
 
 
-def job_config(path: Path, metrics_port: int, batch_wait: str | None = None, epoch_interval: str | None = None) -> None:
-    wanted = {
+def toml_value(value: Any) -> str:
+    """`value` (a string, number, boolean or list of them, as tomllib reads them) as TOML text."""
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) in (int, float):
+        return repr(value)
+    if type(value) is str:
+        return orjson.dumps(value).decode()  # a JSON string is a TOML basic string
+    if type(value) is list:
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    raise ValueError(f"{type(value).__name__} values are not supported")
+
+
+def read_overrides(path: Path) -> dict[str, dict[str, str]]:
+    """`--config`'s tables as TOML text values by section and key; ValueError with one line if it cannot be."""
+    try:
+        tables = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    overrides: dict[str, dict[str, str]] = {}
+    for section, values in tables.items():
+        if type(values) is not dict:
+            raise ValueError(f"{path}: {section} is not a table")
+        try:
+            overrides[section] = {key: toml_value(value) for key, value in values.items()}
+        except ValueError as error:
+            raise ValueError(f"{path}: [{section}]: {error} (only plain values and lists of them)") from None
+    return overrides
+
+
+def job_config(path: Path, metrics_port: int, batch_wait: str | None = None, epoch_interval: str | None = None,
+               overrides: dict[str, dict[str, str]] | None = None) -> None:
+    """The job's config file: the benchmark's settings, then `overrides` (`--config`) over them."""
+    wanted: dict[str, dict[str, str]] = {
         "kafka": {"topic_prefix": f'"{PREFIX}"', "metrics_port": str(metrics_port), "heartbeat_interval": '"0.2s"',
                   **({"batch_wait": f'"{batch_wait}"'} if batch_wait is not None else {})},
         "visits": {"min_dwell": '"10s"', "max_gap": '"30s"', "allowed_lateness": '"2s"'},
@@ -81,9 +117,14 @@ def job_config(path: Path, metrics_port: int, batch_wait: str | None = None, epo
         "policy": {"max_triggers_per_customer": "1000", "quiet_hours": '""', "max_delay": '"0"'},
         "replay": {"epoch_interval": f'"{epoch_interval}"'} if epoch_interval is not None else {},
     }
+    for section, values in (overrides or {}).items():
+        wanted.setdefault(section, {}).update(values)
     lines = []
     for section, values in wanted.items():
-        known = {key: value for key, value in values.items() if (section, key) in _KEYS}
+        # The benchmark's own keys only where this version knows them (an older checkout measured beside this
+        # one); an override always, so that a wrong one is refused by the job's config check.
+        known = {key: value for key, value in values.items()
+                 if (section, key) in _KEYS or key in (overrides or {}).get(section, {})}
         if known:
             lines.append(f"[{section}]")
             lines += [f"{key} = {value}" for key, value in known.items()]
@@ -328,11 +369,12 @@ def write_stores(path: Path) -> None:
                     + "".join(f"{s},{n},{la},{lo},{r}\n" for s, n, la, lo, r in DEMO_STORES))
 
 
-def write_recording(folder: Path, rate: float, seconds: float) -> int:
+def write_recording(folder: Path, rate: float, seconds: float,
+                    overrides: dict[str, dict[str, str]] | None = None) -> int:
     """Phase 1's traffic as bare JSON lines per contract topic, in sending order, 10 ms ticks of event time."""
     (folder / "recording").mkdir(parents=True, exist_ok=True)
     write_stores(folder / "stores.csv")
-    job_config(folder / "bench.toml", 0)
+    job_config(folder / "bench.toml", 0, overrides=overrides)
     traffic, files, sent, carry = Traffic(), {}, 0, 0.0
     now_ms = int(time.time() * 1000)
     try:
@@ -370,16 +412,26 @@ def main() -> int:
                         help="delete input records sent longer ago than this, every second (default 10; 0: keep all)")
     parser.add_argument("--write-recording", type=Path, metavar="DIR",
                         help="write phase 1's traffic as a recording in DIR instead of running the job")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="a TOML file whose settings go over the job's config (to compare a setting)")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
     args = parser.parse_args()
     if args.processes < 1:
         print("bench_live: --processes must be at least 1", file=sys.stderr)
         return 2
+    overrides = None
+    if args.config is not None:
+        try:
+            overrides = read_overrides(args.config)
+        except ValueError as error:
+            print(f"bench_live: {error}", file=sys.stderr)
+            return 2
     if args.write_recording is not None:
-        return write_recording(args.write_recording, args.rate, args.duration)
+        return write_recording(args.write_recording, args.rate, args.duration, overrides)
     figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
                                     f"--steps {args.steps}" + (f" --processes {args.processes}" if args.processes > 1 else "")
-                                    + (f" --retention {args.retention:g}" if args.retention != 10 else ""))
+                                    + (f" --retention {args.retention:g}" if args.retention != 10 else "")
+                                    + (f" --config {args.config}" if args.config is not None else ""))
     os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123456789")
 
     work = Path(tempfile.mkdtemp(prefix="omnitrigger-bench-live-"))
@@ -391,7 +443,13 @@ def main() -> int:
     stores = work / "stores.csv"
     write_stores(stores)
     metrics_port = free_port()
-    job_config(work / "bench.toml", metrics_port, args.batch_wait, args.epoch_interval)
+    job_config(work / "bench.toml", metrics_port, args.batch_wait, args.epoch_interval, overrides)
+    try:
+        load_config(work / "bench.toml")  # a wrong --config is one line here, not a job that never starts
+    except ConfigError as error:
+        print(f"bench_live: --config: {error}", file=sys.stderr)
+        cluster.close()
+        return 2
     log = (work / "job.log").open("wb")
     job = subprocess.Popen([sys.executable, "-m", "omnitrigger", "run", "--brokers", cluster.bootstrap_servers,
                             "--stores", str(stores), "--state-dir", str(work / "state"), "--config",
