@@ -29,7 +29,8 @@ behind what the job has read unless it lags that far (then it stops with a reten
 `--retention 0` keeps everything (what this benchmark did before the option).
 
 `--config FILE` puts a TOML file's settings over the job's config (the benchmark's own: short windows, no
-quiet hours), to compare a setting live (`[state] spill_entries = 0`, say); its tables hold plain values.
+quiet hours), key by key, to compare a setting live (`[state] spill_entries = 0`, say). A wrong file or
+value is one line, exit 2, before the mock cluster or the job starts.
 
 Phase 1 holds `--rate` for `--duration` seconds and prints the latency
 percentiles, overall and by rule. Phase 2 steps up through `--steps` for
@@ -57,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import tomli_w
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,61 +76,40 @@ PARTITIONS = 4
 TICK_S = 0.01
 
 
-def toml_value(value: Any) -> str:
-    """`value` (a string, number, boolean or list of them, as tomllib reads them) as TOML text."""
-    if type(value) is bool:
-        return "true" if value else "false"
-    if type(value) in (int, float):
-        return repr(value)
-    if type(value) is str:
-        return orjson.dumps(value).decode()  # a JSON string is a TOML basic string
-    if type(value) is list:
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    raise ValueError(f"{type(value).__name__} values are not supported")
-
-
-def read_overrides(path: Path) -> dict[str, dict[str, str]]:
-    """`--config`'s tables as TOML text values by section and key; ValueError with one line if it cannot be."""
+def read_overrides(path: Path) -> dict[str, dict[str, Any]]:
+    """`--config`'s tables by section; ValueError with one line if the file cannot be read as TOML tables."""
     try:
         tables = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ValueError(f"{path}: {error}") from None
-    overrides: dict[str, dict[str, str]] = {}
     for section, values in tables.items():
         if type(values) is not dict:
             raise ValueError(f"{path}: {section} is not a table")
-        try:
-            overrides[section] = {key: toml_value(value) for key, value in values.items()}
-        except ValueError as error:
-            raise ValueError(f"{path}: [{section}]: {error} (only plain values and lists of them)") from None
-    return overrides
+    return tables
 
 
 def job_config(path: Path, metrics_port: int, batch_wait: str | None = None, epoch_interval: str | None = None,
-               overrides: dict[str, dict[str, str]] | None = None) -> None:
-    """The job's config file: the benchmark's settings, then `overrides` (`--config`) over them."""
-    wanted: dict[str, dict[str, str]] = {
-        "kafka": {"topic_prefix": f'"{PREFIX}"', "metrics_port": str(metrics_port), "heartbeat_interval": '"0.2s"',
-                  **({"batch_wait": f'"{batch_wait}"'} if batch_wait is not None else {})},
-        "visits": {"min_dwell": '"10s"', "max_gap": '"30s"', "allowed_lateness": '"2s"'},
+               overrides: dict[str, dict[str, Any]] | None = None) -> None:
+    """The job's config file: the benchmark's settings, then `overrides` (`--config`) over them; ConfigError (one
+    line) if the job would refuse it, so a wrong `--config` is refused before anything starts."""
+    own: dict[str, dict[str, Any]] = {
+        "kafka": {"topic_prefix": PREFIX, "metrics_port": metrics_port, "heartbeat_interval": "0.2s",
+                  **({"batch_wait": batch_wait} if batch_wait is not None else {})},
+        "visits": {"min_dwell": "10s", "max_gap": "30s", "allowed_lateness": "2s"},
         # No purchase grace and no quiet hours: a 30 s cart is due 30 s after its add, day or night, so the
         # latency measured is the engine's, not the 5-minute grace's or the night's.
-        "rules": {"cart_abandoned_after": '"30s"', "allowed_lateness": '"0s"', "purchase_grace": '"0s"'},
-        "policy": {"max_triggers_per_customer": "1000", "quiet_hours": '""', "max_delay": '"0"'},
-        "replay": {"epoch_interval": f'"{epoch_interval}"'} if epoch_interval is not None else {},
+        "rules": {"cart_abandoned_after": "30s", "allowed_lateness": "0s", "purchase_grace": "0s"},
+        "policy": {"max_triggers_per_customer": 1000, "quiet_hours": "", "max_delay": "0"},
+        "replay": {"epoch_interval": epoch_interval} if epoch_interval is not None else {},
     }
+    # The benchmark's own keys only where this version knows them (an older checkout measured beside this one);
+    # an override always, so that a wrong one is refused by the job's config check.
+    tables = {section: {key: value for key, value in values.items() if (section, key) in _KEYS}
+              for section, values in own.items()}
     for section, values in (overrides or {}).items():
-        wanted.setdefault(section, {}).update(values)
-    lines = []
-    for section, values in wanted.items():
-        # The benchmark's own keys only where this version knows them (an older checkout measured beside this
-        # one); an override always, so that a wrong one is refused by the job's config check.
-        known = {key: value for key, value in values.items()
-                 if (section, key) in _KEYS or key in (overrides or {}).get(section, {})}
-        if known:
-            lines.append(f"[{section}]")
-            lines += [f"{key} = {value}" for key, value in known.items()]
-    path.write_text("\n".join(lines) + "\n")
+        tables.setdefault(section, {}).update(values)
+    path.write_text(tomli_w.dumps({section: values for section, values in tables.items() if values}))
+    load_config(path)
 
 
 class Traffic:
@@ -372,9 +353,10 @@ def write_stores(path: Path) -> None:
 def write_recording(folder: Path, rate: float, seconds: float,
                     overrides: dict[str, dict[str, str]] | None = None) -> int:
     """Phase 1's traffic as bare JSON lines per contract topic, in sending order, 10 ms ticks of event time."""
-    (folder / "recording").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    job_config(folder / "bench.toml", 0, overrides=overrides)  # first: a wrong --config writes no traffic
+    (folder / "recording").mkdir(exist_ok=True)
     write_stores(folder / "stores.csv")
-    job_config(folder / "bench.toml", 0, overrides=overrides)
     traffic, files, sent, carry = Traffic(), {}, 0, 0.0
     now_ms = int(time.time() * 1000)
     try:
@@ -427,7 +409,11 @@ def main() -> int:
             print(f"bench_live: {error}", file=sys.stderr)
             return 2
     if args.write_recording is not None:
-        return write_recording(args.write_recording, args.rate, args.duration, overrides)
+        try:
+            return write_recording(args.write_recording, args.rate, args.duration, overrides)
+        except ConfigError as error:
+            print(f"bench_live: --config: {error}", file=sys.stderr)
+            return 2
     figures = Figures("bench_live", f"python benchmarks/bench_live.py --rate {args.rate:.0f} --duration {args.duration:.0f} "
                                     f"--steps {args.steps}" + (f" --processes {args.processes}" if args.processes > 1 else "")
                                     + (f" --retention {args.retention:g}" if args.retention != 10 else "")
@@ -435,6 +421,12 @@ def main() -> int:
     os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123456789")
 
     work = Path(tempfile.mkdtemp(prefix="omnitrigger-bench-live-"))
+    metrics_port = free_port()
+    try:
+        job_config(work / "bench.toml", metrics_port, args.batch_wait, args.epoch_interval, overrides)
+    except ConfigError as error:
+        print(f"bench_live: --config: {error}", file=sys.stderr)
+        return 2
     cluster = MockCluster()
     config = Config(kafka_topic_prefix=PREFIX)
     names = input_topics(config)
@@ -442,14 +434,6 @@ def main() -> int:
         cluster.create_topic(topic, PARTITIONS)
     stores = work / "stores.csv"
     write_stores(stores)
-    metrics_port = free_port()
-    job_config(work / "bench.toml", metrics_port, args.batch_wait, args.epoch_interval, overrides)
-    try:
-        load_config(work / "bench.toml")  # a wrong --config is one line here, not a job that never starts
-    except ConfigError as error:
-        print(f"bench_live: --config: {error}", file=sys.stderr)
-        cluster.close()
-        return 2
     log = (work / "job.log").open("wb")
     job = subprocess.Popen([sys.executable, "-m", "omnitrigger", "run", "--brokers", cluster.bootstrap_servers,
                             "--stores", str(stores), "--state-dir", str(work / "state"), "--config",
