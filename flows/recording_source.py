@@ -1,9 +1,18 @@
-"""Bytewax source over a recording folder: one partition, micro-batches, resumable by offset.
+"""Bytewax source over a recording folder: one part a stream, micro-batches, each part resumable by its position.
 
-One partition on purpose: the merged event-time order is what makes a replay
-deterministic, and it is produced in one place. Each Bytewax item is a whole
-micro-batch (a list), because Bytewax's per-item cost dominates otherwise
+A stream is a recorded file, or one Kafka partition of a file whose kcat envelopes name several
+(omnitrigger/recording.py `recording_streams`). Each part decodes, checks and hashes its own lines and stamps
+every record with its order key (`StreamReader`); the sequencer merges the parts back into the recording's one
+order (operators/input_merge.py), so the outputs do not depend on which part reads when, or where. Each
+Bytewax item is a whole micro-batch (`PartBatch`), because Bytewax's per-item cost dominates otherwise
 (docs/design.md#bytewax-per-item-cost: 106k items/s one at a time, millions carried in batches).
+
+The parts of one process take turns (state/ordering.py `ReadTurns`): a part reads a batch only while its next
+record comes first among theirs, so the merge holds about a batch a part. With `stop_after` a part reads only
+up to the next record of another part, so the parts together send exactly the first `stop_after` records of
+the merged order (counted from the recording's start, as a resumed replay's seqs are), and the merge releases
+them all. In a cluster the parts run on process 0 for now (flows/cluster_worker.py `PinnedSource`): every
+process would need the recording to read its own.
 """
 
 from __future__ import annotations
@@ -18,60 +27,129 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from omnitrigger.config import Config
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.recording import RecordingReader
+from omnitrigger.recording import LineDecoder, StreamLayout, StreamReader, recording_streams
+from omnitrigger.records import PartBatch
 from omnitrigger.schemas import Contracts
+from omnitrigger.state.ordering import FINISHED, ReadTurns
 
 log = logging.getLogger("omnitrigger.replay")
 
 
-class _RecordingPartition(StatefulSourcePartition):
-    def __init__(self, recording_dir: Path, config: Config, resume_state: Any, stop_after: int | None,
-                 progress: bool) -> None:
-        self.reader = RecordingReader(
-            recording_dir, Contracts(max_future_ms=int(config.max_future_s * 1000), max_depth=config.max_depth),
-            max_record_bytes=config.max_record_bytes, reference_ms=config.reference_time_ms,
-            position=resume_state, pseudonymizer=Pseudonymizer(key_from_environment(), config.default_country_code),
-            max_clock_skew_ms=int(config.max_clock_skew_s * 1000), topic_prefix=config.kafka_topic_prefix,
-            topic_overrides=dict(config.kafka_input_topics))
-        self.batch_size = config.batch_size
-        self.stop_at_seq = stop_after
+class _ProcessParts:
+    """What the parts of one process share: one decoder, their turns, the records they sent, the progress line."""
+
+    def __init__(self, config: Config, stop_after: int | None, progress: bool) -> None:
+        contracts = Contracts(max_future_ms=int(config.max_future_s * 1000), max_depth=config.max_depth)
+        self.decoder = LineDecoder(contracts, config.max_record_bytes, config.reference_time_ms,
+                                   Pseudonymizer(key_from_environment(), config.default_country_code),
+                                   int(config.max_clock_skew_s * 1000))
+        self.max_future_ms = contracts.max_future_ms
+        self.turns = ReadTurns()
+        self.stop_after = stop_after
+        self.sent = 0  # records the parts of this process have sent, since the recording's start
+        self.streams: list[StreamReader] = []
         self.progress = progress
         self.progress_interval_s = config.progress_interval_s
         self._started = time.monotonic()
-        self._first_seq = self.reader.next_seq
         self._last_report = self._started
+        self._sent_at_start = 0
+        self._ended = 0
 
-    def next_batch(self) -> list[Any]:
-        wanted = self.batch_size
-        if self.stop_at_seq is not None:
-            wanted = min(wanted, self.stop_at_seq - self.reader.next_seq)
-        batch = self.reader.read_batch(wanted) if wanted > 0 else []
-        if not batch:
-            self._report(final=True)
-            raise StopIteration()
-        self._report()
-        return [batch]
+    def add(self, stream: StreamReader) -> None:
+        self.streams.append(stream)
+        self.sent += stream.position()[5]
+        self._sent_at_start = self.sent
+        self.turns.update(stream.index, None if stream.head is None else stream.head[0])
 
-    def _report(self, final: bool = False) -> None:
+    def stopped(self) -> bool:
+        return self.stop_after is not None and self.sent >= self.stop_after
+
+    def ended(self) -> None:
+        self._ended += 1
+        if self._ended == len(self.streams):
+            self.report(final=True)
+
+    def report(self, final: bool = False) -> None:
         now = time.monotonic()
         if not self.progress or (not final and now - self._last_report < self.progress_interval_s):
             return
         self._last_report = now
-        done = self.reader.next_seq - self._first_seq
+        done = self.sent - self._sent_at_start
         rate = done / max(now - self._started, 1e-9)
-        percent = 100.0 * self.reader.bytes_done() / max(self.reader.total_bytes, 1)
+        sizes: dict[Path, int] = {}
+        read: dict[Path, int] = {}
+        for stream in self.streams:  # a file of several partitions: as far as its slowest stream has got
+            path = stream.layout.path
+            sizes[path] = size = path.stat().st_size
+            here = size if stream.head is None else stream.bytes_done()
+            read[path] = min(read.get(path, here), here)
+        percent = 100.0 * sum(read.values()) / max(sum(sizes.values()), 1)
         print(f"\rreplay: {done:,} records read ({percent:5.1f}% of the recording), {rate:,.0f} records/s",
               end="\n" if final else "", file=sys.stderr, flush=True)
 
+
+class _StreamPart(StatefulSourcePartition):
+    def __init__(self, stream: StreamReader, parts: int, shared: _ProcessParts, batch_size: int) -> None:
+        self.stream = stream
+        self.parts = parts
+        self.shared = shared
+        self.batch_size = batch_size
+        self._finished = False  # its last batch, with the FINISHED frontier, is out
+        self._ended = False
+        self._announced = False  # its frontier has reached the merge at least once
+
+    def next_batch(self) -> list[PartBatch]:
+        stream, shared, index = self.stream, self.shared, self.stream.index
+        if self._finished:
+            self._end()
+        if shared.stopped():  # the merge must have heard from every part, or it holds back what the others sent
+            if self._announced:
+                self._end()
+            self._announced = True
+            return [PartBatch(index, self.parts, stream.frontier(), [])]
+        if stream.head is not None and not shared.turns.is_lowest(index):
+            if self._announced:
+                return []  # another part of this process has the earlier records: its turn
+            self._announced = True  # but the merge must hear from every part, or it holds everything back
+            return [PartBatch(index, self.parts, stream.frontier(), [])]
+        records: list[tuple] = []
+        if stream.head is not None:
+            pop = stream.pop
+            if shared.stop_after is None:
+                for _ in range(self.batch_size):
+                    records.append(pop())
+                    if stream.head is None:
+                        break
+            else:  # exactly the merged order's first stop_after: only up to the other parts' next record
+                limit = shared.turns.limit_for(index)
+                wanted = min(self.batch_size, shared.stop_after - shared.sent)
+                while stream.head is not None and len(records) < wanted and stream.head[0] < limit:
+                    records.append(pop())
+            shared.sent += len(records)
+            shared.turns.update(index, None if stream.head is None else stream.head[0])
+        frontier = stream.frontier()
+        self._finished = frontier == FINISHED
+        self._announced = True
+        shared.report()
+        return [PartBatch(index, self.parts, frontier, records)]
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.shared.turns.update(self.stream.index, None)
+            self.shared.ended()
+        raise StopIteration()
+
     def snapshot(self) -> Any:
-        return self.reader.position()
+        return self.stream.position()
 
     def close(self) -> None:
-        self.reader.close()
+        self.stream.close()
 
 
 class RecordingSource(FixedPartitionedSource):
-    """Reads `recording_dir` in merged event-time order; `stop_after` ends the replay at that record."""
+    """Reads `recording_dir`, one part a stream; `stop_after` ends the replay after that many records of the
+    merged order (counted from the recording's start)."""
 
     def __init__(self, recording_dir: Path, config: Config, stop_after: int | None = None,
                  progress: bool = False) -> None:
@@ -79,9 +157,24 @@ class RecordingSource(FixedPartitionedSource):
         self.config = config
         self.stop_after = stop_after
         self.progress = progress
+        self._layout: list[StreamLayout] | None = None
+        self._shared: _ProcessParts | None = None
+
+    def layout(self) -> list[StreamLayout]:
+        if self._layout is None:
+            self._layout = recording_streams(self.recording_dir, self.config.kafka_topic_prefix,
+                                             dict(self.config.kafka_input_topics))
+        return self._layout
 
     def list_parts(self) -> list[str]:
-        return ["recording"]
+        return [stream.key for stream in self.layout()]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _RecordingPartition:
-        return _RecordingPartition(self.recording_dir, self.config, resume_state, self.stop_after, self.progress)
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StreamPart:
+        layout = self.layout()
+        index = next(i for i, stream in enumerate(layout) if stream.key == for_part)
+        if self._shared is None:
+            self._shared = _ProcessParts(self.config, self.stop_after, self.progress)
+        shared = self._shared
+        stream = StreamReader(layout[index], index, shared.decoder, shared.max_future_ms, resume_state)
+        shared.add(stream)
+        return _StreamPart(stream, len(layout), shared, self.config.batch_size)

@@ -28,6 +28,7 @@ from omnitrigger.operators.base import StageOperator
 from omnitrigger.flows.placement import HISTORY_KEY, rules_key
 from omnitrigger.operators.clock_marks import ClockMarks
 from omnitrigger.operators.handoff import Handoff, pack, unpack
+from omnitrigger.operators.input_merge import InputMerge
 from omnitrigger.operators.router import ShardRouter, shard_key
 from omnitrigger.operators.rules import Rules, broadcast_topics, rule_topics
 from omnitrigger.operators.stage_chain import ChainOperator, LaterChain, StageChain
@@ -38,6 +39,8 @@ from omnitrigger.state import ShardState, open_store
 OperatorFactory = Callable[[ShardState, Config], StageOperator]
 
 COUNTERS_NAMESPACE = "stage"
+#: The sequencer's merge of a replay's parts (operators/input_merge.py).
+INPUT_NAMESPACE = "input"
 
 
 class _StageLogic(StatefulBatchLogic):
@@ -45,8 +48,10 @@ class _StageLogic(StatefulBatchLogic):
 
     def __init__(self, chain: StageChain | LaterChain, states: list[ShardState], router: ShardRouter | None,
                  handoff: Handoff | None, unpack_input: bool = False,
-                 remote_shards: frozenset[int] = frozenset(), spill_entries: int = 0) -> None:
+                 remote_shards: frozenset[int] = frozenset(), spill_entries: int = 0,
+                 input_merge: InputMerge | None = None) -> None:
         self.chain = chain
+        self.input_merge = input_merge  # the sequencer's: a replay's parts merged back into one order
         self.states = states
         self.router = router
         self.handoff = handoff
@@ -56,7 +61,10 @@ class _StageLogic(StatefulBatchLogic):
         self.spill_entries = spill_entries
 
     def on_batch(self, values: list[Any]) -> tuple[list[tuple[Any, ...]], bool]:
-        batches = [unpack(value) for value in values] if self.unpack_input else values
+        if self.input_merge is not None:
+            batches = self.input_merge.on_values(values)
+        else:
+            batches = [unpack(value) for value in values] if self.unpack_input else values
         items = self._tagged(*self.chain.on_batches(batches))
         if self.spill_entries:
             for state in self.states:
@@ -95,15 +103,17 @@ def sequencer_builder(store_path: Path, factories: list[OperatorFactory], config
     def build(resume_state: Any) -> _StageLogic:
         store = open_store(store_path)
         counter_state = ShardState(store, COUNTERS_NAMESPACE, 0, config.keep_generations, config.state_cache_entries)
+        merge_state = ShardState(store, INPUT_NAMESPACE, 0, config.keep_generations, config.state_cache_entries)
         operator_states = [ShardState(store, factory.name, 0, config.keep_generations, config.state_cache_entries)
                            for factory in factories]
-        states = [counter_state, *operator_states]
+        states = [counter_state, merge_state, *operator_states]
         _roll_back(states, resume_state)
         operators = [factory(state, config) for factory, state in zip(factories, operator_states)]
         handoff = Handoff(handed_on_topics(config), ping_topics, packed=packed) if hand_on else None
         router = _router(config) if route_to_rules and not hand_on else None
         return _StageLogic(StageChain(operators, counter_state, emit_events), states, router, handoff,
-                           remote_shards=remote_shards, spill_entries=config.spill_entries)
+                           remote_shards=remote_shards, spill_entries=config.spill_entries,
+                           input_merge=InputMerge(merge_state))
 
     return build
 

@@ -1,20 +1,23 @@
-"""Recorded topics: read a recording folder as one event-time-ordered stream.
+"""Recorded topics: read a recording folder as streams, each record stamped with its place in one merged order.
 
 A recording is a folder of `<topic>.jsonl` files. Each line is either the
 envelope `kcat -C -J` writes (`{"topic","partition","offset","tstype","ts",
 "key","payload"}`, payload a JSON string or object) or a bare event.
 
-`RecordingReader` merges the files by (event time, topic, partition, offset),
-like a consumer reading every partition at once, and decodes each line into
-an `Event` or a dead letter. Each stream is merged as it is written (a k-way
-merge, not a sort): an event that is late within its stream stays late, as it
-would be on Kafka. A line with no usable time keeps its place in its stream.
-A stream is one Kafka partition: a file whose kcat envelopes name several
-partitions (a recording of a multi-partition topic) is read as one stream per
-partition, so a replay hands the records out in the order a live run
-consuming those partitions does (omnitrigger/live_input.py `EventTimeMerger`).
-The reader's position (`position()`) is a few numbers per stream, so a replay
-resumes where it stopped. Nothing here imports bytewax.
+A stream is one Kafka partition: a file, or, for a file whose kcat envelopes
+name several partitions (a recording of a multi-partition topic), each of
+them (`recording_streams`). `StreamReader` decodes one stream's lines into
+`Event`s or dead letters and stamps each with its order key; sorting by the
+keys merges the streams by (event time, topic, partition, offset), like a
+consumer reading every partition at once (omnitrigger/live_input.py
+`EventTimeMerger`), each stream as it is written (a k-way merge, not a
+sort): an event that is late within its stream stays late, as it would be
+on Kafka, and a line with no usable time keeps its place in its stream.
+`RecordingReader` merges every stream of a folder in one place (benchmarks,
+`omnitrigger publish`); a replay reads one source part a stream
+(flows/recording_source.py) and merges them in the sequencer
+(operators/input_merge.py), in the same order. A stream's position is a few
+numbers, so a replay resumes where it stopped. Nothing here imports bytewax.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import heapq
 import logging
 import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -33,6 +36,7 @@ from omnitrigger.pii import Pseudonymizer, key_from_environment, redact_detail, 
 from omnitrigger.records import DEAD_LETTERS, Emitted, Event
 from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
 from omnitrigger.schemas.contracts import LATEST_TS_MS
+from omnitrigger.state.ordering import FINISHED
 
 Position = dict[str, Any]
 log = logging.getLogger("omnitrigger.recording")
@@ -496,89 +500,123 @@ def _open(path: Path) -> BinaryIO:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")  # type: ignore[return-value]
 
 
-class RecordingReader:
-    """Reads a recording in merged event-time order, resumable from `position()`.
+#: A decoded record with its place in the merged order: (order key, file topic, partition, offset, merge time,
+#: body or dead-letter record, is an event). The key: see `StreamReader`.
+Stamped = tuple[tuple, str, int, int, int, Any, bool]
+#: Where a stream resumes: byte offset and line number of its next unread line, the merge time of the last line
+#: it emitted, its clock, the running max of its order key, and its next position.
+StreamPosition = tuple[int, int, int, "int | None", "tuple | None", int]
+_BELOW_EVERY_KEY: tuple = ()
 
-    The stream's own clock (`clock_ms`, the latest merge time handed out)
-    bounds bare lines: a line more than `max_future` past it that nothing
-    around it supports is a `timestamp_in_future` dead letter (see
-    `_unsupported`), so one wrong clock can neither move the flow's
-    event-time clock for everyone nor hold back the rest of its stream.
+
+class StreamLayout(NamedTuple):
+    """One stream of a recording: a file, or one partition of a file whose kcat envelopes name several."""
+
+    key: str  # its name in a position, and a partitioned source's part name: `stream_key`
+    topic: str
+    path: Path
+    partition: int | None  # None: every line of the file
+
+
+def recording_streams(recording_dir: Path, topic_prefix: str = "",
+                      topic_overrides: dict[str, str] | None = None) -> list[StreamLayout]:
+    """The streams of a recording, in the order that numbers them (the last part of their records' order keys);
+    the files no input topic names are skipped with one warning."""
+    files, skipped = _scan(Path(recording_dir), topic_prefix, topic_overrides)
+    if skipped:
+        log.warning("recording files skipped: no input topic has these names (expected <topic>.jsonl or "
+                    ".jsonl.gz, the topic with or without [kafka] topic_prefix): %s", ", ".join(skipped),
+                    extra={"fields": {"recording": str(recording_dir), "skipped": skipped}})
+    streams = []
+    for topic, path in files.items():
+        partitions = file_partitions(path)
+        for partition in ([None] if len(partitions) == 1 else partitions):
+            streams.append(StreamLayout(stream_key(path.name, partition), topic, path, partition))
+    return streams
+
+
+class StreamReader:
+    """One stream of a recording, decoded in file order, each record stamped with its place in the merged order.
+
+    The order key is the running max of (merge time, topic, partition, offset, stream index) over the stream's
+    records so far, then the record's position in the stream. Every stream's keys increase, no two streams
+    share one, and sorting all records by them is the greedy k-way merge by (merge time, topic, partition,
+    offset, stream index) earlier versions performed (state/ordering.py; tests/test_ordering.py proves it).
+    So `RecordingReader`, merging the streams of one folder, and a partitioned source (a part a stream,
+    flows/recording_source.py) with a `FrontierMerge` after it hand the records out in one order.
+
+    The stream's own clock (the latest event time it emitted) bounds bare lines: a line more than
+    `max_future` past it that nothing after it in the stream supports is a `timestamp_in_future` dead letter
+    (`_unsupported`), so one wrong clock can neither move the flow's event-time clock for everyone nor hold
+    back the rest of its stream. Being the stream's own, the rule gives one answer whichever process reads
+    the stream and whatever the other streams hold.
     """
 
-    def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
-                 reference_ms: int | None = None, position: Position | None = None,
-                 pseudonymizer: Pseudonymizer | None = None, max_clock_skew_ms: int = 900_000,
-                 topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> None:
-        """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset);
-        `topic_prefix` and `topic_overrides` are `[kafka]`'s, for files named as the Kafka topics."""
-        files, skipped = _scan(Path(recording_dir), topic_prefix, topic_overrides)
-        if skipped:
-            log.warning("recording files skipped: no input topic has these names (expected <topic>.jsonl or "
-                        ".jsonl.gz, the topic with or without [kafka] topic_prefix): %s", ", ".join(skipped),
-                        extra={"fields": {"recording": str(recording_dir), "skipped": skipped}})
-        position = position or {"seq": 0, "files": {}}
-        self.decoder = LineDecoder(contracts, max_record_bytes, reference_ms,
-                                   pseudonymizer or Pseudonymizer(key_from_environment()), max_clock_skew_ms)
-        self.max_future_ms = contracts.max_future_ms
-        self.next_seq: int = position["seq"]
-        self.clock_ms: int | None = position.get("clock")  # the latest event time handed out
-        if self.clock_ms is None and position["files"]:  # a position saved before the clock was kept
-            self.clock_ms = max(saved[2] for saved in position["files"].values()) or None
-        self._sizes = {path.name: path.stat().st_size for path in files.values()}
-        self.total_bytes = sum(self._sizes.values())
-        self._cursors: list[_FileCursor] = []
-        # (merge time, topic, partition, offset, cursor index, end byte, line length, line number, body, is event)
-        self._heap: list[tuple[int, str, int, int, int, int, int, int, Any, bool]] = []
-        for topic, path in files.items():
-            partitions = file_partitions(path)
-            for partition in ([None] if len(partitions) == 1 else partitions):
-                byte_pos, line_no, last_ts = position["files"].get(stream_key(path.name, partition), (0, 0, 0))
-                self._cursors.append(_FileCursor(topic, path, byte_pos, line_no, last_ts) if partition is None
-                                     else _PartitionCursor(topic, path, partition, byte_pos, line_no, last_ts))
-        for index in range(len(self._cursors)):
-            self._advance(index)
+    def __init__(self, layout: StreamLayout, index: int, decoder: LineDecoder, max_future_ms: int,
+                 saved: StreamPosition | tuple | None = None, old_clock_ms: int | None = None) -> None:
+        """`saved`: what `position()` returned (a 3-tuple from a position saved before streams kept their clock
+        and key: `old_clock_ms`, that reader's clock, stands in)."""
+        byte_pos, line_no, last_ts = saved[:3] if saved else (0, 0, 0)
+        if saved and len(saved) == 6:
+            self.clock_ms: int | None = saved[3]
+            self._max_key: tuple = tuple(saved[4]) if saved[4] is not None else _BELOW_EVERY_KEY
+            self._position: int = saved[5]
+        else:
+            self.clock_ms, self._max_key, self._position = old_clock_ms, _BELOW_EVERY_KEY, 0
+        self.layout = layout
+        self.index = index
+        self.key = layout.key
+        self.decoder = decoder
+        self.max_future_ms = max_future_ms
+        self.cursor: _FileCursor = (_FileCursor(layout.topic, layout.path, byte_pos, line_no, last_ts)
+                                    if layout.partition is None else
+                                    _PartitionCursor(layout.topic, layout.path, layout.partition, byte_pos, line_no,
+                                                     last_ts))
+        self.head: Stamped | None = None  # the next record, decoded; None once the stream is exhausted
+        self._head_end = self._head_length = self._head_line_no = 0
+        self._advance()
 
-    def _advance(self, index: int) -> None:
-        """Decode the next line of stream `index` and put it on the merge heap."""
-        cursor = self._cursors[index]
+    def _advance(self) -> None:
+        """Decode the stream's next line into `head`."""
+        cursor = self.cursor
         read = cursor.read_line()
         if read is None:
             cursor.exhausted = True
+            self.head = None
             return
         line, line_no = read
         decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts)
         if decoded[5] and (self.clock_ms is None or decoded[0] > self.clock_ms + self.max_future_ms):
-            reference_ms = self._unsupported(index, decoded[0])
+            reference_ms = self._unsupported(decoded[0])
             if reference_ms is not None:  # judged again against that clock: a bare line becomes a dead letter
                 decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts,
                                               stream_clock_ms=reference_ms)
         merge_ts, topic, partition, offset, body, is_event = decoded
         cursor.last_ts = merge_ts
-        heapq.heappush(self._heap, (merge_ts, topic, partition, offset, index, cursor.read_pos, len(line), line_no,
-                                    body, is_event))
+        merge_key = (merge_ts, topic, partition, offset, self.index)  # the topic as the envelope names it
+        max_key = merge_key if merge_key > self._max_key else self._max_key
+        # The record's topic is its file's: the contract's name, whatever the envelope calls it (prefixed).
+        self.head = (max_key + (self._position,), cursor.topic, partition, offset, merge_ts, body, is_event)
+        self._head_end, self._head_length, self._head_line_no = cursor.read_pos, len(line), line_no
 
-    def _unsupported(self, index: int, ts_ms: int) -> int | None:
-        """The stream clock to judge a line at `ts_ms` against, if its own stream does not support a jump that far.
+    def _unsupported(self, ts_ms: int) -> int | None:
+        """The clock to judge a line at `ts_ms` against, if its own stream does not support a jump that far.
 
-        The line is ahead of the clock by more than `max_future` (or the
-        clock has not started). It is a real gap in the data if the next
-        events of its own stream (up to 16 lines ahead) all stay within
-        `max_future` of it: the file carries on from there. If one of them
-        comes back earlier, the line (or the short run it starts) is a lone
-        spike: a wrong clock. A line with no events after it holds nothing
-        back: it waits on the merge heap until every other file has passed
-        it, so it is the input's last word and is taken as it is (a
-        recording may end with one record days later to move the clock on).
+        The line is ahead of the stream's clock by more than `max_future` (or the clock has not started). It is
+        a real gap in the data if the next events of its stream (up to 16 lines ahead) all stay within
+        `max_future` of it: the file carries on from there. If one of them comes back earlier, the line (or the
+        short run it starts) is a lone spike: a wrong clock. A line with no events after it is the stream's last
+        word and is taken as it is (a recording may end with one record days later to move the clock on).
         """
-        earliest = self._earliest_ahead(self._cursors[index])
+        earliest = self._earliest_ahead()
         if earliest is None or earliest >= ts_ms - self.max_future_ms:
             return None
         return earliest if self.clock_ms is None else max(self.clock_ms, earliest)
 
-    def _earliest_ahead(self, cursor: _FileCursor, lines: int = 16, other_lines: int = 4096) -> int | None:
-        """The earliest event time in the next `lines` lines of `cursor`'s stream (None: no event among them),
+    def _earliest_ahead(self, lines: int = 16, other_lines: int = 4096) -> int | None:
+        """The earliest event time in the next `lines` lines of the stream (None: no event among them),
         looking past at most `other_lines` lines of other partitions for each."""
+        cursor = self.cursor
         here = cursor.mark()
         earliest: int | None = None
         try:
@@ -594,26 +632,99 @@ class RecordingReader:
         finally:
             cursor.reset(here)
 
+    def pop(self) -> Stamped:
+        """The head (the stream must not be exhausted), and the next line decoded as the new head."""
+        head = self.head
+        assert head is not None
+        cursor = self.cursor
+        key, merge_ts, is_event = head[0], head[4], head[6]
+        self._max_key = key[:5]
+        self._position += 1
+        cursor.emitted_ts = merge_ts
+        if is_event and (self.clock_ms is None or merge_ts > self.clock_ms):
+            self.clock_ms = merge_ts
+        cursor.byte_pos = self._head_end
+        cursor.line_no = self._head_line_no + 1
+        self._advance()
+        return head
+
+    def frontier(self) -> tuple:
+        """Every key this stream hands out from now on is above this: just below its head's (its records'
+        positions are consecutive); `FINISHED` once it is exhausted."""
+        head = self.head
+        if head is None:
+            return FINISHED
+        key = head[0]
+        return key[:5] + (key[5] - 1,)
+
+    def head_line(self) -> bytes:
+        """The head's bytes as recorded (what `omnitrigger publish` sends)."""
+        return self.cursor.line_at(self._head_end - self._head_length, self._head_length)
+
+    def position(self) -> StreamPosition:
+        """Where to resume: just past the last line emitted."""
+        cursor = self.cursor
+        return (cursor.byte_pos, cursor.line_no, cursor.emitted_ts, self.clock_ms,
+                list(self._max_key) if self._max_key else None, self._position)
+
+    def bytes_done(self) -> int:
+        return self.cursor.byte_pos
+
+    def close(self) -> None:
+        self.cursor.close()
+
+
+class RecordingReader:
+    """Reads a recording in merged event-time order, resumable from `position()`: every stream of the folder
+    (`StreamReader`), merged by their records' order keys, each record numbered by its place (`seq`)."""
+
+    def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
+                 reference_ms: int | None = None, position: Position | None = None,
+                 pseudonymizer: Pseudonymizer | None = None, max_clock_skew_ms: int = 900_000,
+                 topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> None:
+        """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset);
+        `topic_prefix` and `topic_overrides` are `[kafka]`'s, for files named as the Kafka topics."""
+        layout = recording_streams(Path(recording_dir), topic_prefix, topic_overrides)
+        position = position or {"seq": 0, "files": {}}
+        decoder = LineDecoder(contracts, max_record_bytes, reference_ms,
+                              pseudonymizer or Pseudonymizer(key_from_environment()), max_clock_skew_ms)
+        self.next_seq: int = position["seq"]
+        self.clock_ms: int | None = position.get("clock")  # the latest event time handed out
+        if self.clock_ms is None and position["files"]:  # a position saved before the clock was kept
+            self.clock_ms = max(saved[2] for saved in position["files"].values()) or None
+        self._sizes = {stream.path.name: stream.path.stat().st_size for stream in layout}
+        self.total_bytes = sum(self._sizes.values())
+        self.streams = [StreamReader(stream, index, decoder, contracts.max_future_ms,
+                                     position["files"].get(stream.key), self.clock_ms)
+                        for index, stream in enumerate(layout)]
+        self._heap: list[tuple[tuple, int]] = [(stream.head[0], stream.index) for stream in self.streams
+                                               if stream.head is not None]
+        heapq.heapify(self._heap)
+
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
         batch: list[Event | Emitted] = []
         heap = self._heap
-        cursors = self._cursors
+        streams = self.streams
         seq = self.next_seq
+        clock_ms = self.clock_ms
         new = tuple.__new__  # `Event(...)` without its Python-level __new__: once per record
         while heap and len(batch) < max_records:
-            merge_ts, _, partition, offset, index, end_pos, _, line_no, body, is_event = heapq.heappop(heap)
-            cursor = cursors[index]
-            batch.append(new(Event, (seq, cursor.topic, partition, offset, merge_ts, body, None)) if is_event
-                         else Emitted(DEAD_LETTERS, (seq, 0), body))
+            stream = streams[heap[0][1]]
+            _, topic, partition, offset, merge_ts, body, is_event = stream.pop()
+            if is_event:
+                batch.append(new(Event, (seq, topic, partition, offset, merge_ts, body, None)))
+                if clock_ms is None or merge_ts > clock_ms:
+                    clock_ms = merge_ts
+            else:
+                batch.append(Emitted(DEAD_LETTERS, (seq, 0), body))
             seq += 1
-            cursor.emitted_ts = merge_ts
-            if is_event and (self.clock_ms is None or merge_ts > self.clock_ms):
-                self.clock_ms = merge_ts
-            cursor.byte_pos = end_pos
-            cursor.line_no = line_no + 1
-            self._advance(index)
+            if stream.head is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (stream.head[0], stream.index))
         self.next_seq = seq
+        self.clock_ms = clock_ms
         return batch
 
     def read_lines(self, max_records: int) -> list[tuple[str, bytes, int]]:
@@ -622,28 +733,28 @@ class RecordingReader:
         out: list[tuple[str, bytes, int]] = []
         heap = self._heap
         while heap and len(out) < max_records:
-            merge_ts, _, _, _, index, end_pos, line_len, *_ = heap[0]
-            cursor = self._cursors[index]
-            line = cursor.line_at(end_pos - line_len, line_len)
+            stream = self.streams[heap[0][1]]
+            assert stream.head is not None
+            line, merge_ts = stream.head_line(), stream.head[4]
             self.read_batch(1)
-            out.append((cursor.topic, line, merge_ts))
+            out.append((stream.layout.topic, line, merge_ts))
         return out
 
     def position(self) -> Position:
         """Where to resume: per stream (a file, or `<file>@<partition>` for one partition of a file that holds
-        several) the byte offset, line number and merge time of its next unread line."""
+        several) `StreamReader.position()`."""
         return {"seq": self.next_seq, "clock": self.clock_ms,
-                "files": {c.key: (c.byte_pos, c.line_no, c.emitted_ts) for c in self._cursors}}
+                "files": {stream.key: stream.position() for stream in self.streams}}
 
     def bytes_done(self) -> int:
         """How much of the recording is read: per file, as far as its slowest stream has got."""
         done: dict[str, int] = {}
-        for cursor in self._cursors:
-            here = self._sizes[cursor.name] if cursor.exhausted else cursor.byte_pos
-            done[cursor.name] = min(done.get(cursor.name, here), here)
+        for stream in self.streams:
+            name = stream.layout.path.name
+            here = self._sizes[name] if stream.head is None else stream.bytes_done()
+            done[name] = min(done.get(name, here), here)
         return sum(done.values())
 
     def close(self) -> None:
-        for cursor in self._cursors:
-            cursor.close()
-
+        for stream in self.streams:
+            stream.close()

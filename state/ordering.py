@@ -54,7 +54,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-__all__ = ["FINISHED", "NOTHING", "FrontierMerge", "OrderKey", "PartitionStamper", "decode_key", "encode_key"]
+__all__ = ["FINISHED", "NOTHING", "FrontierMerge", "OrderKey", "PartitionStamper", "ReadTurns", "decode_key", "encode_key"]
 
 _TS_BIAS = 1 << 63  # signed 64-bit time as unsigned: byte order == numeric order for negatives too
 _PARTITION_BIAS = 1 << 31
@@ -194,3 +194,34 @@ class FrontierMerge:
                 merge._heads.append((pending[0][0], i))
         heapq.heapify(merge._heads)
         return merge
+
+
+class ReadTurns:
+    """Which part of a partitioned source reads next on one process: the one whose next record comes first.
+
+    A receiver's FrontierMerge holds whatever arrives ahead of its slowest sender, and a Bytewax dataflow has
+    no loops through which a receiver could slow a sender down (docs/design.md#bytewax-dataflows-have-no-loops).
+    So the parts of one process take turns: a part reads only while its next key is the least of the
+    process's unfinished parts' (`is_lowest`), and the merge holds about a batch a part. `limit_for` is the
+    least next key of the others: reading below it keeps a part's records in the merged order itself.
+    """
+
+    __slots__ = ("_heads",)
+
+    def __init__(self) -> None:
+        self._heads: dict[Hashable, tuple] = {}
+
+    def update(self, part: Hashable, next_key: tuple | None) -> None:
+        """`part`'s next key (None: it has ended, and waits for no one)."""
+        if next_key is None:
+            self._heads.pop(part, None)
+        else:
+            self._heads[part] = next_key
+
+    def is_lowest(self, part: Hashable) -> bool:
+        key = self._heads.get(part)
+        return key is not None and key <= min(self._heads.values())
+
+    def limit_for(self, part: Hashable) -> tuple:
+        """The least next key among the other parts (FINISHED when there are none)."""
+        return min((key for other, key in self._heads.items() if other != part), default=FINISHED)

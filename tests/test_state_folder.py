@@ -113,12 +113,13 @@ def test_a_replay_resumes_with_another_process_count(made: dict[str, Path], stat
 
 def test_a_folder_of_the_one_stage_sequencer_is_refused(made: dict[str, Path], state: Path, tmp_path: Path) -> None:
     """Format 5 kept history and the clock in the sequencer's key, format 6 visits: their snapshots do not fit
-    the stages of format 7, where visits, history and the clock run in the history stage."""
+    the stages of format 7, where visits, history and the clock run in the history stage; and a replay of format
+    7 read one source part, where format 8 reads one a stream and the sequencer's snapshot holds their merge."""
     layout = orjson.loads((state / "layout.json").read_bytes())
-    assert FORMAT_VERSION == 7
-    for old in (5, 6):
+    assert FORMAT_VERSION == 8
+    for old in (5, 6, 7):
         (state / "layout.json").write_bytes(orjson.dumps({**layout, "layout_version": old}))
-        assert f"was made with state format {old}, and this omnitrigger uses state format 7; use a fresh " \
+        assert f"was made with state format {old}, and this omnitrigger uses state format 8; use a fresh " \
                "--state-dir" in refused(made, state, tmp_path)
 
 

@@ -81,7 +81,9 @@ if TYPE_CHECKING:
 #: 5: one RocksDB store a shard key (rocksdb/<key>/), one shared recovery partition on one machine.
 #: 6: the history stage (history, the clock) has its own key and store, rocksdb/history/.
 #: 7: visits run in the history stage: their state is in rocksdb/history/, no longer in rocksdb/sequencer/.
-FORMAT_VERSION = 7
+#: 8: a replay reads one source part a stream of the recording; the sequencer's snapshot holds their merge
+#:    (the "input" namespace: operators/input_merge.py).
+FORMAT_VERSION = 8
 
 #: Keys compared in this order, so the most basic mismatch is the one reported.
 _ORDER = ("layout_version", "mode", "processes", "process_id", "rule_shards", "operators", "rules",
