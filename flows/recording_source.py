@@ -89,6 +89,13 @@ class _ProcessParts:
 
 
 class _StreamPart(StatefulSourcePartition):
+    """One stream of the recording as a Bytewax source part: its records in order key, with its frontier.
+
+    Every batch it returns is one `PartBatch`. It reads only on its turn (`ReadTurns`), but tells the merge
+    its frontier once before it first waits, and once before it stops early (`stop_after`, or the runner's
+    stop): a part the merge has not heard from holds back every other part's records.
+    """
+
     def __init__(self, stream: StreamReader, parts: int, shared: _ProcessParts, batch_size: int) -> None:
         self.stream = stream
         self.parts = parts
@@ -100,18 +107,13 @@ class _StreamPart(StatefulSourcePartition):
 
     def next_batch(self) -> list[PartBatch]:
         stream, shared, index = self.stream, self.shared, self.stream.index
-        if self._finished:
+        if self._finished or (shared.stopped() and self._announced):
             self._end()
-        if shared.stopped():  # the merge must have heard from every part, or it holds back what the others sent
-            if self._announced:
-                self._end()
-            self._announced = True
-            return [PartBatch(index, self.parts, stream.frontier(), [])]
+        if shared.stopped():
+            return self._frontier_only()
         if stream.head is not None and not shared.turns.is_lowest(index):
-            if self._announced:
-                return []  # another part of this process has the earlier records: its turn
-            self._announced = True  # but the merge must hear from every part, or it holds everything back
-            return [PartBatch(index, self.parts, stream.frontier(), [])]
+            # another part of this process has the earlier records: its turn
+            return [] if self._announced else self._frontier_only()
         records: list[tuple] = []
         if stream.head is not None:
             pop = stream.pop
@@ -132,6 +134,10 @@ class _StreamPart(StatefulSourcePartition):
         self._announced = True
         shared.report()
         return [PartBatch(index, self.parts, frontier, records)]
+
+    def _frontier_only(self) -> list[PartBatch]:
+        self._announced = True
+        return [PartBatch(self.stream.index, self.parts, self.stream.frontier(), [])]
 
     def _end(self) -> None:
         if not self._ended:

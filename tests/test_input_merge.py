@@ -229,3 +229,23 @@ def test_a_bare_line_is_judged_against_its_own_streams_clock_whatever_the_other_
         assert [(letter["reason"], letter["topic"], letter["offset"]) for letter in letters] == [
             ("timestamp_in_future", "geo.pings", 1)]
     assert summary.records_read == 7
+
+
+def test_a_replay_stopped_before_a_files_first_record_releases_exactly_what_it_read(tmp_path: Path) -> None:
+    """The receipts all come hours after the views, so their part waits for its turn the whole first run; it must
+    still tell the merge where it stands, or the merge holds every view back. `--stop-after 10` hands exactly
+    the first 10 records on, and the resumed run gives the uninterrupted outputs."""
+    views = [web(n, BASE_MS + n * MINUTE_MS) for n in range(30)]
+    receipts = [{"terminal_id": "T1", "receipt_no": str(n), "store_id": "S1", "ts": BASE_MS + 5 * 3_600_000 + n,
+                 "items": [{"product_id": "p-1", "qty": 1, "price": 2.5}]} for n in range(5)]
+    recording = tmp_path / "rec"
+    write_lines(recording / "web.events.jsonl", views)
+    write_lines(recording / "pos.receipts.jsonl", receipts)
+    _, whole = replay(tmp_path, recording, name="whole")
+    state = tmp_path / "state"
+    first, stopped = replay(tmp_path, recording, name="resumed", state_dir=state, stop_after=10)
+    assert first.records_read == 10
+    assert [record["event"]["event_id"] for record in records(stopped["events"])] == [f"w-{n}" for n in range(10)]
+    second, resumed = replay(tmp_path, recording, name="resumed", state_dir=state)
+    assert second.records_read == 35
+    assert resumed == whole
