@@ -27,7 +27,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from omnitrigger.config import Config
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.recording import LineDecoder, StreamLayout, StreamReader, recording_streams
+from omnitrigger.recording import LineDecoder, StreamLayout, StreamReader, bytes_read, recording_streams
 from omnitrigger.records import PartBatch
 from omnitrigger.schemas import Contracts
 from omnitrigger.state.ordering import FINISHED, ReadTurns
@@ -76,14 +76,8 @@ class _ProcessParts:
         self._last_report = now
         done = self.sent - self._sent_at_start
         rate = done / max(now - self._started, 1e-9)
-        sizes: dict[Path, int] = {}
-        read: dict[Path, int] = {}
-        for stream in self.streams:  # a file of several partitions: as far as its slowest stream has got
-            path = stream.layout.path
-            sizes[path] = size = path.stat().st_size
-            here = size if stream.head is None else stream.bytes_done()
-            read[path] = min(read.get(path, here), here)
-        percent = 100.0 * sum(read.values()) / max(sum(sizes.values()), 1)
+        sizes = {stream.layout.path.name: stream.layout.path.stat().st_size for stream in self.streams}
+        percent = 100.0 * bytes_read(self.streams, sizes) / max(sum(sizes.values()), 1)
         print(f"\rreplay: {done:,} records read ({percent:5.1f}% of the recording), {rate:,.0f} records/s",
               end="\n" if final else "", file=sys.stderr, flush=True)
 

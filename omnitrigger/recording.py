@@ -674,6 +674,17 @@ class StreamReader:
         self.cursor.close()
 
 
+def bytes_read(streams: list[StreamReader], sizes: dict[str, int]) -> int:
+    """How much of the files `streams` read is read: per file, as far as its slowest stream has got (a file of
+    several partitions is read by several streams); `sizes`: each file's size, by name."""
+    done: dict[str, int] = {}
+    for stream in streams:
+        name = stream.layout.path.name
+        here = sizes[name] if stream.head is None else stream.bytes_done()
+        done[name] = min(done.get(name, here), here)
+    return sum(done.values())
+
+
 class RecordingReader:
     """Reads a recording in merged event-time order, resumable from `position()`: every stream of the folder
     (`StreamReader`), merged by their records' order keys, each record numbered by its place (`seq`)."""
@@ -748,12 +759,7 @@ class RecordingReader:
 
     def bytes_done(self) -> int:
         """How much of the recording is read: per file, as far as its slowest stream has got."""
-        done: dict[str, int] = {}
-        for stream in self.streams:
-            name = stream.layout.path.name
-            here = self._sizes[name] if stream.head is None else stream.bytes_done()
-            done[name] = min(done.get(name, here), here)
-        return sum(done.values())
+        return bytes_read(self.streams, self._sizes)
 
     def close(self) -> None:
         for stream in self.streams:

@@ -9,6 +9,8 @@ flow: a bare line is judged against its own stream's clock, whatever the other f
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -249,3 +251,20 @@ def test_a_replay_stopped_before_a_files_first_record_releases_exactly_what_it_r
     second, resumed = replay(tmp_path, recording, name="resumed", state_dir=state)
     assert second.records_read == 35
     assert resumed == whole
+
+
+def test_the_progress_line_counts_every_part_and_ends_at_the_whole_recording(tmp_path: Path) -> None:
+    """Without --quiet, the parts of the process report together: the last line gives every record once and
+    100 % of the bytes, a file of two partitions (two parts reading one file) counted once."""
+    recording = tmp_path / "rec"
+    write_lines(recording / "web.events.jsonl",
+                [kcat_envelope("web.events", n % 2, n // 2, web(n, BASE_MS + n * MINUTE_MS), BASE_MS + n * MINUTE_MS)
+                 for n in range(20)])
+    write_lines(recording / "geo.pings.jsonl", [ping(n, BASE_MS + n * MINUTE_MS) for n in range(7)])
+    stores = tmp_path / "stores.csv"
+    stores.write_text("store_id,name,lat,lon\nS1,Kamppi,60.1699,24.9384\n")
+    result = subprocess.run([sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
+                             "--out", str(tmp_path / "triggers.jsonl")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.startswith("replay: ")]
+    assert lines[-1].startswith("replay: 27 records read (100.0% of the recording), "), lines
