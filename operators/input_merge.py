@@ -64,11 +64,8 @@ class InputMerge:
         merge = self.merge
         if merge is None:
             merge = self.merge = FrontierMerge(range(batch.parts))
-        part = batch.part
-        push = merge.push
-        for record in batch.records:
-            push(part, record[0], record)
-        merge.advance(part, batch.frontier)
+        merge.push_many(batch.part, batch.records)  # each stamped record's first element is its key
+        merge.advance(batch.part, batch.frontier)
         self._changed = True
 
     def _release(self) -> list[Event | Emitted]:
@@ -76,7 +73,7 @@ class InputMerge:
         out: list[Event | Emitted] = []
         seq = self.next_seq
         new = tuple.__new__  # `Event(...)` without its Python-level __new__, as the reader builds them
-        for _, (_, topic, partition, offset, merge_ts, body, is_event) in self.merge.release():
+        for _, topic, partition, offset, merge_ts, body, is_event in self.merge.release():
             out.append(new(Event, (seq, topic, partition, offset, merge_ts, body, None)) if is_event
                        else Emitted(DEAD_LETTERS, (seq, 0), body))
             seq += 1
@@ -92,13 +89,12 @@ class InputMerge:
             "senders": snapshot["senders"],
             # FINISHED's infinity has no JSON form: None stands for it
             "frontiers": [None if frontier == FINISHED else frontier for frontier in snapshot["frontiers"]],
-            "pending": [[record for _, record in pending] for pending in snapshot["pending"]]}))
+            "pending": snapshot["pending"]}))
         self._changed = False
 
     def _load(self, saved: dict[str, Any]) -> None:
         self.next_seq = saved["next_seq"]
-        pending = [[(tuple(record[0]), (tuple(record[0]), *record[1:])) for record in records]
-                   for records in saved["pending"]]
+        pending = [[(tuple(record[0]), *record[1:]) for record in records] for records in saved["pending"]]
         self.merge = FrontierMerge.from_snapshot({
             "senders": saved["senders"],
             "frontiers": [(math.inf,) if frontier is None else frontier for frontier in saved["frontiers"]],

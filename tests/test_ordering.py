@@ -362,3 +362,17 @@ def test_a_key_not_above_its_senders_frontier_is_refused() -> None:
         merge.push("x", key(9, 9), "c")
     with pytest.raises(ValueError):
         FrontierMerge(["x", "x"])
+
+
+def test_a_batch_out_of_order_is_refused_whole() -> None:
+    """`push_many` takes the caller's own tuples (key first) as they are, but only in increasing key order."""
+    merge = FrontierMerge(["x", "y"])
+    merge.push_many("x", [(key(1, 0), "a"), (key(2, 1), "b")])
+    for bad in ([(key(3, 2), "c"), (key(3, 2), "d")], [(key(4, 3), "c"), (key(3, 9), "d")], [(key(2, 1), "c")]):
+        with pytest.raises(ValueError):
+            merge.push_many("x", bad)
+    merge.advance("y", FINISHED)
+    assert merge.release() == [(key(1, 0), "a"), (key(2, 1), "b")]  # nothing of the refused batches
+    merge.push_many("x", [(key(5, 4), "e")])
+    merge.advance("x", FINISHED)
+    assert merge.release() == [(key(5, 4), "e")]
