@@ -110,17 +110,11 @@ class _StreamPart(StatefulSourcePartition):
             return [] if self._announced else self._frontier_only()
         records: list[tuple] = []
         if stream.head is not None:
-            pop = stream.pop
             if shared.stop_after is None:
-                for _ in range(self.batch_size):
-                    records.append(pop())
-                    if stream.head is None:
-                        break
+                records = stream.read(self.batch_size)
             else:  # exactly the merged order's first stop_after: only up to the other parts' next record
-                limit = shared.turns.limit_for(index)
-                wanted = min(self.batch_size, shared.stop_after - shared.sent)
-                while stream.head is not None and len(records) < wanted and stream.head[0] < limit:
-                    records.append(pop())
+                records = stream.read(min(self.batch_size, shared.stop_after - shared.sent),
+                                      shared.turns.limit_for(index))
             shared.sent += len(records)
             shared.turns.update(index, None if stream.head is None else stream.head[0])
         frontier = stream.frontier()

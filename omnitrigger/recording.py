@@ -559,10 +559,11 @@ class StreamReader:
         byte_pos, line_no, last_ts = saved[:3] if saved else (0, 0, 0)
         if saved and len(saved) == 6:
             self.clock_ms: int | None = saved[3]
-            self._max_key: tuple = tuple(saved[4]) if saved[4] is not None else _BELOW_EVERY_KEY
-            self._position: int = saved[5]
+            self._position: int = saved[5]  # the next record's
+            # the last record's key: the running max saved, then that record's position
+            self._last_key: tuple = (tuple(saved[4]) + (saved[5] - 1,)) if saved[4] is not None else _BELOW_EVERY_KEY
         else:
-            self.clock_ms, self._max_key, self._position = old_clock_ms, _BELOW_EVERY_KEY, 0
+            self.clock_ms, self._last_key, self._position = old_clock_ms, _BELOW_EVERY_KEY, 0
         self.layout = layout
         self.index = index
         self.key = layout.key
@@ -572,35 +573,40 @@ class StreamReader:
                                     if layout.partition is None else
                                     _PartitionCursor(layout.topic, layout.path, layout.partition, byte_pos, line_no,
                                                      last_ts))
-        self.head: Stamped | None = None  # the next record, decoded; None once the stream is exhausted
         self._head_end = self._head_length = self._head_line_no = 0
-        self._advance()
+        # the next record, decoded; None once the stream is exhausted
+        self.head: Stamped | None = self._decode_next(self.clock_ms, self._last_key, self._position)
 
-    def _advance(self) -> None:
-        """Decode the stream's next line into `head`."""
+    def _decode_next(self, clock_ms: int | None, last_key: tuple, position: int) -> Stamped | None:
+        """The stream's next line decoded and stamped, at `position` after the record of `last_key`, judged
+        against the stream's clock `clock_ms`; None at the stream's end."""
         cursor = self.cursor
         read = cursor.read_line()
         if read is None:
             cursor.exhausted = True
-            self.head = None
-            return
+            return None
         line, line_no = read
         decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts)
-        if decoded[5] and (self.clock_ms is None or decoded[0] > self.clock_ms + self.max_future_ms):
-            reference_ms = self._unsupported(decoded[0])
+        if decoded[5] and (clock_ms is None or decoded[0] > clock_ms + self.max_future_ms):
+            reference_ms = self._unsupported(decoded[0], clock_ms)
             if reference_ms is not None:  # judged again against that clock: a bare line becomes a dead letter
                 decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts,
                                               stream_clock_ms=reference_ms)
         merge_ts, topic, partition, offset, body, is_event = decoded
         cursor.last_ts = merge_ts
-        merge_key = (merge_ts, topic, partition, offset, self.index)  # the topic as the envelope names it
-        max_key = merge_key if merge_key > self._max_key else self._max_key
-        # The record's topic is its file's: the contract's name, whatever the envelope calls it (prefixed).
-        self.head = (max_key + (self._position,), cursor.topic, partition, offset, merge_ts, body, is_event)
+        # The running max of (merge time, topic as the envelope names it, partition, offset, stream index),
+        # then the position: a key above the last one's is its own running max; one that is not (late, or a
+        # repeat) takes the last one's and sorts right after it.
+        key = (merge_ts, topic, partition, offset, self.index, position)
+        if not key > last_key:
+            key = last_key[:5] + (position,)
         self._head_end, self._head_length, self._head_line_no = cursor.read_pos, len(line), line_no
+        # The record's topic is its file's: the contract's name, whatever the envelope calls it (prefixed).
+        return key, cursor.topic, partition, offset, merge_ts, body, is_event
 
-    def _unsupported(self, ts_ms: int) -> int | None:
-        """The clock to judge a line at `ts_ms` against, if its own stream does not support a jump that far.
+    def _unsupported(self, ts_ms: int, clock_ms: int | None) -> int | None:
+        """The clock to judge a line at `ts_ms` against, if its own stream (whose clock is `clock_ms`) does not
+        support a jump that far.
 
         The line is ahead of the stream's clock by more than `max_future` (or the clock has not started). It is
         a real gap in the data if the next events of its stream (up to 16 lines ahead) all stay within
@@ -611,7 +617,7 @@ class StreamReader:
         earliest = self._earliest_ahead()
         if earliest is None or earliest >= ts_ms - self.max_future_ms:
             return None
-        return earliest if self.clock_ms is None else max(self.clock_ms, earliest)
+        return earliest if clock_ms is None else max(clock_ms, earliest)
 
     def _earliest_ahead(self, lines: int = 16, other_lines: int = 4096) -> int | None:
         """The earliest event time in the next `lines` lines of the stream (None: no event among them),
@@ -632,21 +638,30 @@ class StreamReader:
         finally:
             cursor.reset(here)
 
-    def pop(self) -> Stamped:
-        """The head (the stream must not be exhausted), and the next line decoded as the new head."""
+    def read(self, max_records: int, below: tuple = FINISHED) -> list[Stamped]:
+        """The stream's next records, at most `max_records`, up to the first whose key is not below `below`
+        (another stream's next key: what this stream hands out before it in the merged order)."""
+        out: list[Stamped] = []
         head = self.head
-        assert head is not None
+        if head is None or max_records <= 0 or not head[0] < below:
+            return out
+        decode_next = self._decode_next
+        clock_ms = self.clock_ms
+        position = self._position
+        while True:
+            out.append(head)
+            if head[6] and (clock_ms is None or head[4] > clock_ms):
+                clock_ms = head[4]
+            end, line_no = self._head_end, self._head_line_no
+            position += 1
+            head = decode_next(clock_ms, head[0], position)
+            if head is None or len(out) >= max_records or not head[0] < below:
+                break
+        last = out[-1]
         cursor = self.cursor
-        key, merge_ts, is_event = head[0], head[4], head[6]
-        self._max_key = key[:5]
-        self._position += 1
-        cursor.emitted_ts = merge_ts
-        if is_event and (self.clock_ms is None or merge_ts > self.clock_ms):
-            self.clock_ms = merge_ts
-        cursor.byte_pos = self._head_end
-        cursor.line_no = self._head_line_no + 1
-        self._advance()
-        return head
+        cursor.byte_pos, cursor.line_no, cursor.emitted_ts = end, line_no + 1, last[4]
+        self.head, self.clock_ms, self._position, self._last_key = head, clock_ms, position, last[0]
+        return out
 
     def frontier(self) -> tuple:
         """Every key this stream hands out from now on is above this: just below its head's (its records'
@@ -665,13 +680,20 @@ class StreamReader:
         """Where to resume: just past the last line emitted."""
         cursor = self.cursor
         return (cursor.byte_pos, cursor.line_no, cursor.emitted_ts, self.clock_ms,
-                list(self._max_key) if self._max_key else None, self._position)
+                list(self._last_key[:5]) if self._last_key else None, self._position)
 
     def bytes_done(self) -> int:
         return self.cursor.byte_pos
 
     def close(self) -> None:
         self.cursor.close()
+
+
+def numbered(stamped: list[Stamped], seq: int) -> list[Event | Emitted]:
+    """Stamped records as the flow reads them, numbered from `seq` in this order: `Event`s, and dead letters."""
+    new = tuple.__new__  # `Event(...)` without its Python-level __new__: once per record
+    return [new(Event, (seq + i, record[1], record[2], record[3], record[4], record[5], None)) if record[6]
+            else Emitted(DEAD_LETTERS, (seq + i, 0), record[5]) for i, record in enumerate(stamped)]
 
 
 def bytes_read(streams: list[StreamReader], sizes: dict[str, int]) -> int:
@@ -714,28 +736,24 @@ class RecordingReader:
 
     def read_batch(self, max_records: int) -> list[Event | Emitted]:
         """Up to `max_records` items in merged order; an empty list once the recording is exhausted."""
-        batch: list[Event | Emitted] = []
-        heap = self._heap
+        stamped: list[Stamped] = []
+        heap = self._heap  # (next key, stream index): keys are unique, so the index only says which
         streams = self.streams
-        seq = self.next_seq
-        clock_ms = self.clock_ms
-        new = tuple.__new__  # `Event(...)` without its Python-level __new__: once per record
-        while heap and len(batch) < max_records:
-            stream = streams[heap[0][1]]
-            _, topic, partition, offset, merge_ts, body, is_event = stream.pop()
-            if is_event:
-                batch.append(new(Event, (seq, topic, partition, offset, merge_ts, body, None)))
-                if clock_ms is None or merge_ts > clock_ms:
-                    clock_ms = merge_ts
-            else:
-                batch.append(Emitted(DEAD_LETTERS, (seq, 0), body))
-            seq += 1
+        while heap and len(stamped) < max_records:
+            index = heap[0][1]
+            # up to the next key of any other stream: the least of the root's children
+            below = FINISHED if len(heap) == 1 else heap[1][0] if len(heap) == 2 else min(heap[1][0], heap[2][0])
+            stream = streams[index]
+            stamped += stream.read(max_records - len(stamped), below)
             if stream.head is None:
                 heapq.heappop(heap)
             else:
-                heapq.heapreplace(heap, (stream.head[0], stream.index))
-        self.next_seq = seq
-        self.clock_ms = clock_ms
+                heapq.heapreplace(heap, (stream.head[0], index))
+        batch = numbered(stamped, self.next_seq)
+        self.next_seq += len(batch)
+        latest = max((record[4] for record in stamped if record[6]), default=None)
+        if latest is not None and (self.clock_ms is None or latest > self.clock_ms):
+            self.clock_ms = latest
         return batch
 
     def read_lines(self, max_records: int) -> list[tuple[str, bytes, int]]:

@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from omnitrigger.records import DEAD_LETTERS, Emitted, Event, PartBatch
+from omnitrigger.recording import numbered
+from omnitrigger.records import Emitted, Event, PartBatch
 from omnitrigger.state import ShardState
 from omnitrigger.state.ordering import FINISHED, FrontierMerge
 
@@ -70,15 +71,9 @@ class InputMerge:
 
     def _release(self) -> list[Event | Emitted]:
         assert self.merge is not None
-        out: list[Event | Emitted] = []
-        seq = self.next_seq
-        new = tuple.__new__  # `Event(...)` without its Python-level __new__, as the reader builds them
-        for _, topic, partition, offset, merge_ts, body, is_event in self.merge.release():
-            out.append(new(Event, (seq, topic, partition, offset, merge_ts, body, None)) if is_event
-                       else Emitted(DEAD_LETTERS, (seq, 0), body))
-            seq += 1
-        self.next_seq = seq
-        return out
+        released = numbered(self.merge.release(), self.next_seq)
+        self.next_seq += len(released)
+        return released
 
     def _save(self) -> None:
         if not self._changed or self.merge is None:

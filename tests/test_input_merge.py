@@ -139,7 +139,7 @@ def test_parts_read_in_any_turns_merge_into_the_readers_order_across_crashes(fil
             if finished[index]:
                 continue
             stream = streams[index]
-            sent = [stream.pop() for _ in range(rng.randint(0, 4)) if stream.head is not None]
+            sent = stream.read(rng.randint(0, 4))
             frontier = stream.frontier()
             finished[index] = stream.head is None
             for batch in merge.on_values([PartBatch(index, len(streams), frontier, sent)]):
