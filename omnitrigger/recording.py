@@ -38,7 +38,6 @@ from omnitrigger.schemas import INPUT_TOPICS, Contracts, ContractViolation
 from omnitrigger.schemas.contracts import LATEST_TS_MS
 from omnitrigger.state.ordering import FINISHED
 
-Position = dict[str, Any]
 log = logging.getLogger("omnitrigger.recording")
 
 
@@ -505,7 +504,7 @@ def _open(path: Path) -> BinaryIO:
 Stamped = tuple[tuple, str, int, int, int, Any, bool]
 #: Where a stream resumes: byte offset and line number of its next unread line, the merge time of the last line
 #: it emitted, its clock, the running max of its order key, and its next position.
-StreamPosition = tuple[int, int, int, "int | None", "tuple | None", int]
+StreamPosition = tuple[int, int, int, "int | None", "list[Any] | None", int]
 _BELOW_EVERY_KEY: tuple = ()
 
 
@@ -553,17 +552,13 @@ class StreamReader:
     """
 
     def __init__(self, layout: StreamLayout, index: int, decoder: LineDecoder, max_future_ms: int,
-                 saved: StreamPosition | tuple | None = None, old_clock_ms: int | None = None) -> None:
-        """`saved`: what `position()` returned (a 3-tuple from a position saved before streams kept their clock
-        and key: `old_clock_ms`, that reader's clock, stands in)."""
-        byte_pos, line_no, last_ts = saved[:3] if saved else (0, 0, 0)
-        if saved and len(saved) == 6:
-            self.clock_ms: int | None = saved[3]
-            self._position: int = saved[5]  # the next record's
-            # the last record's key: the running max saved, then that record's position
-            self._last_key: tuple = (tuple(saved[4]) + (saved[5] - 1,)) if saved[4] is not None else _BELOW_EVERY_KEY
-        else:
-            self.clock_ms, self._last_key, self._position = old_clock_ms, _BELOW_EVERY_KEY, 0
+                 saved: StreamPosition | None = None) -> None:
+        """`saved`: what `position()` returned, to go on from there (None: the stream's start)."""
+        byte_pos, line_no, last_ts, clock_ms, max_key, position = saved if saved else (0, 0, 0, None, None, 0)
+        self.clock_ms: int | None = clock_ms
+        self._position: int = position  # the next record's
+        # the last record's key: the running max saved, then that record's position
+        self._last_key: tuple = tuple(max_key) + (position - 1,) if max_key is not None else _BELOW_EVERY_KEY
         self.layout = layout
         self.index = index
         self.key = layout.key
@@ -708,27 +703,24 @@ def bytes_read(streams: list[StreamReader], sizes: dict[str, int]) -> int:
 
 
 class RecordingReader:
-    """Reads a recording in merged event-time order, resumable from `position()`: every stream of the folder
-    (`StreamReader`), merged by their records' order keys, each record numbered by its place (`seq`)."""
+    """Reads a recording in merged event-time order: every stream of the folder (`StreamReader`), merged by
+    their records' order keys, each record numbered by its place (`seq`). For `omnitrigger publish` and the
+    benchmarks; a replay resumes its source parts instead (flows/recording_source.py)."""
 
     def __init__(self, recording_dir: Path, contracts: Contracts, *, max_record_bytes: int = 262_144,
-                 reference_ms: int | None = None, position: Position | None = None,
-                 pseudonymizer: Pseudonymizer | None = None, max_clock_skew_ms: int = 900_000,
-                 topic_prefix: str = "", topic_overrides: dict[str, str] | None = None) -> None:
+                 reference_ms: int | None = None, pseudonymizer: Pseudonymizer | None = None,
+                 max_clock_skew_ms: int = 900_000, topic_prefix: str = "",
+                 topic_overrides: dict[str, str] | None = None) -> None:
         """`pseudonymizer` defaults to one keyed from OMNITRIGGER_PII_KEY (PiiKeyError if unset);
         `topic_prefix` and `topic_overrides` are `[kafka]`'s, for files named as the Kafka topics."""
         layout = recording_streams(Path(recording_dir), topic_prefix, topic_overrides)
-        position = position or {"seq": 0, "files": {}}
         decoder = LineDecoder(contracts, max_record_bytes, reference_ms,
                               pseudonymizer or Pseudonymizer(key_from_environment()), max_clock_skew_ms)
-        self.next_seq: int = position["seq"]
-        self.clock_ms: int | None = position.get("clock")  # the latest event time handed out
-        if self.clock_ms is None and position["files"]:  # a position saved before the clock was kept
-            self.clock_ms = max(saved[2] for saved in position["files"].values()) or None
+        self.next_seq = 0
+        self.clock_ms: int | None = None  # the latest event time handed out
         self._sizes = {stream.path.name: stream.path.stat().st_size for stream in layout}
         self.total_bytes = sum(self._sizes.values())
-        self.streams = [StreamReader(stream, index, decoder, contracts.max_future_ms,
-                                     position["files"].get(stream.key), self.clock_ms)
+        self.streams = [StreamReader(stream, index, decoder, contracts.max_future_ms)
                         for index, stream in enumerate(layout)]
         self._heap: list[tuple[tuple, int]] = [(stream.head[0], stream.index) for stream in self.streams
                                                if stream.head is not None]
@@ -768,12 +760,6 @@ class RecordingReader:
             self.read_batch(1)
             out.append((stream.layout.topic, line, merge_ts))
         return out
-
-    def position(self) -> Position:
-        """Where to resume: per stream (a file, or `<file>@<partition>` for one partition of a file that holds
-        several) `StreamReader.position()`."""
-        return {"seq": self.next_seq, "clock": self.clock_ms,
-                "files": {stream.key: stream.position() for stream in self.streams}}
 
     def bytes_done(self) -> int:
         """How much of the recording is read: per file, as far as its slowest stream has got."""
