@@ -11,8 +11,10 @@ The parts of one process take turns (state/ordering.py `ReadTurns`): a part read
 record comes first among theirs, so the merge holds about a batch a part. With `stop_after` a part reads only
 up to the next record of another part, so the parts together send exactly the first `stop_after` records of
 the merged order (counted from the recording's start, as a resumed replay's seqs are), and the merge releases
-them all. In a cluster the parts run on process 0 for now (flows/cluster_worker.py `PinnedSource`): every
-process would need the recording to read its own.
+them all; that holds because the parts share one process and its count. In a cluster the parts run on process 0
+for now (flows/cluster_worker.py `PinnedSource`): every process would need the recording to read its own, and
+nothing bounds how far a part on another process runs ahead of the merge (docs/scaling.md, "Measured
+2026-12-07, eleventh step").
 """
 
 from __future__ import annotations
