@@ -17,7 +17,6 @@ numbered by the Kafka source) pass through untouched. Nothing here imports bytew
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
@@ -92,5 +91,5 @@ class InputMerge:
         pending = [[(tuple(record[0]), *record[1:]) for record in records] for records in saved["pending"]]
         self.merge = FrontierMerge.from_snapshot({
             "senders": saved["senders"],
-            "frontiers": [(math.inf,) if frontier is None else frontier for frontier in saved["frontiers"]],
+            "frontiers": [FINISHED if frontier is None else frontier for frontier in saved["frontiers"]],
             "pending": pending})

@@ -40,9 +40,11 @@ pair and `op.merge` keeps none, so each sender sends its records in
 increasing key order plus, now and then, a frontier; the receiver holds a
 record until no sender can still send a smaller key. Whatever the
 interleaving of arrivals, the released sequence is the same, and the low
-frontier is the shard's event-time clock (`state/clock.py`'s "now"). The
-wiring into the flows (`flows/`) and the saving into the shard state
-(`state/shard_state.py`) come later; nothing here imports bytewax.
+frontier is the shard's event-time clock (`state/clock.py`'s "now"). A
+replay's sequencer merges the source's parts with one
+(operators/input_merge.py, which saves it in the sequencer's state); the
+later stages do not use one yet. `ReadTurns` paces the parts of one
+process. Nothing here imports bytewax.
 """
 
 from __future__ import annotations
@@ -135,7 +137,8 @@ class FrontierMerge:
     What it buffers and hands out are items whose first element is the key: `(key, record)` for
     `push`, the caller's own tuples for `push_many` (a batch of stamped records as they are). Each
     sender's items wait in a list in key order, so `release` cuts each list where the low frontier
-    falls (a binary search) and sorts what it cut, runs already in order, in C: no Python step a record.
+    falls (a binary search) and sorts what it cut, runs already in order, in C: `release` takes no
+    Python step a record.
     """
 
     __slots__ = ("senders", "_index", "_frontiers", "_queues")
