@@ -351,7 +351,7 @@ def write_stores(path: Path) -> None:
 
 
 def write_recording(folder: Path, rate: float, seconds: float,
-                    overrides: dict[str, dict[str, str]] | None = None) -> int:
+                    overrides: dict[str, dict[str, Any]] | None = None) -> int:
     """Phase 1's traffic as bare JSON lines per contract topic, in sending order, 10 ms ticks of event time."""
     folder.mkdir(parents=True, exist_ok=True)
     job_config(folder / "bench.toml", 0, overrides=overrides)  # first: a wrong --config writes no traffic

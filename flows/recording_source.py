@@ -50,6 +50,7 @@ class _ProcessParts:
         self.stop_after = stop_after
         self.sent = 0  # records the parts of this process have sent, since the recording's start
         self.streams: list[StreamReader] = []
+        self._sizes: dict[str, int] = {}  # each file's size, by name, for the progress line
         self.progress = progress
         self.progress_interval_s = config.progress_interval_s
         self._started = time.monotonic()
@@ -59,6 +60,7 @@ class _ProcessParts:
 
     def add(self, stream: StreamReader) -> None:
         self.streams.append(stream)
+        self._sizes[stream.layout.path.name] = stream.layout.path.stat().st_size
         self.sent += stream.position()[5]
         self._sent_at_start = self.sent
         self.turns.update(stream.index, None if stream.head is None else stream.head[0])
@@ -78,8 +80,7 @@ class _ProcessParts:
         self._last_report = now
         done = self.sent - self._sent_at_start
         rate = done / max(now - self._started, 1e-9)
-        sizes = {stream.layout.path.name: stream.layout.path.stat().st_size for stream in self.streams}
-        percent = 100.0 * bytes_read(self.streams, sizes) / max(sum(sizes.values()), 1)
+        percent = 100.0 * bytes_read(self.streams, self._sizes) / max(sum(self._sizes.values()), 1)
         print(f"\rreplay: {done:,} records read ({percent:5.1f}% of the recording), {rate:,.0f} records/s",
               end="\n" if final else "", file=sys.stderr, flush=True)
 

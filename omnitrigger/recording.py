@@ -308,7 +308,6 @@ class _FileCursor:
         self.read_line_no = line_no
         self.last_ts = last_ts  # merge time of the last line decoded: a dead letter after it inherits it
         self.emitted_ts = last_ts  # merge time of the last line emitted: where a resume starts
-        self.exhausted = False
 
     def read_line(self, limit: int = 0) -> tuple[bytes, int] | None:
         """The stream's next line and its line number in the file; None at the file's end."""
@@ -561,7 +560,6 @@ class StreamReader:
         self._last_key: tuple = tuple(max_key) + (position - 1,) if max_key is not None else _BELOW_EVERY_KEY
         self.layout = layout
         self.index = index
-        self.key = layout.key
         self.decoder = decoder
         self.max_future_ms = max_future_ms
         self.cursor: _FileCursor = (_FileCursor(layout.topic, layout.path, byte_pos, line_no, last_ts)
@@ -578,7 +576,6 @@ class StreamReader:
         cursor = self.cursor
         read = cursor.read_line()
         if read is None:
-            cursor.exhausted = True
             return None
         line, line_no = read
         decoded = self.decoder.decode(line, cursor.topic, line_no, cursor.name, cursor.last_ts)
@@ -717,9 +714,7 @@ class RecordingReader:
         decoder = LineDecoder(contracts, max_record_bytes, reference_ms,
                               pseudonymizer or Pseudonymizer(key_from_environment()), max_clock_skew_ms)
         self.next_seq = 0
-        self.clock_ms: int | None = None  # the latest event time handed out
         self._sizes = {stream.path.name: stream.path.stat().st_size for stream in layout}
-        self.total_bytes = sum(self._sizes.values())
         self.streams = [StreamReader(stream, index, decoder, contracts.max_future_ms)
                         for index, stream in enumerate(layout)]
         self._heap: list[tuple[tuple, int]] = [(stream.head[0], stream.index) for stream in self.streams
@@ -743,10 +738,12 @@ class RecordingReader:
                 heapq.heapreplace(heap, (stream.head[0], index))
         batch = numbered(stamped, self.next_seq)
         self.next_seq += len(batch)
-        latest = max((record[4] for record in stamped if record[6]), default=None)
-        if latest is not None and (self.clock_ms is None or latest > self.clock_ms):
-            self.clock_ms = latest
         return batch
+
+    @property
+    def clock_ms(self) -> int | None:
+        """The latest event time handed out: the latest of the streams' clocks."""
+        return max((stream.clock_ms for stream in self.streams if stream.clock_ms is not None), default=None)
 
     def read_lines(self, max_records: int) -> list[tuple[str, bytes, int]]:
         """Like `read_batch`, but each record as (file topic, the line as recorded, merge time): what

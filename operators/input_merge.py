@@ -88,8 +88,7 @@ class InputMerge:
 
     def _load(self, saved: dict[str, Any]) -> None:
         self.next_seq = saved["next_seq"]
-        pending = [[(tuple(record[0]), *record[1:]) for record in records] for records in saved["pending"]]
         self.merge = FrontierMerge.from_snapshot({
             "senders": saved["senders"],
             "frontiers": [FINISHED if frontier is None else frontier for frontier in saved["frontiers"]],
-            "pending": pending})
+            "pending": saved["pending"]})

@@ -202,8 +202,8 @@ class FrontierMerge:
     def from_snapshot(cls, snapshot: dict[str, Any]) -> FrontierMerge:
         merge = cls(snapshot["senders"])
         merge._frontiers = [tuple(frontier) for frontier in snapshot["frontiers"]]
-        for i, pending in enumerate(snapshot["pending"]):
-            merge._queues[i].extend(tuple(item) for item in pending)
+        for i, pending in enumerate(snapshot["pending"]):  # tuples again, the key too, if a codec made lists
+            merge._queues[i].extend((tuple(item[0]), *item[1:]) for item in pending)
         return merge
 
 

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import kcat_envelope, records, replay, write_lines
+from test_ordering import BASE_MS, geo_ping, web_event
 from omnitrigger.config import Config
 from omnitrigger.flows.recording_source import RecordingSource
 from omnitrigger.operators.input_merge import InputMerge
@@ -30,20 +31,9 @@ from omnitrigger.schemas import Contracts
 from omnitrigger.state import ShardState
 from omnitrigger.state.rocksdb import RocksDBStore
 
-BASE_MS = 1_795_622_400_000  # 2026-11-25T16:00:00Z
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
 KEY = b"k" * 32
-
-
-def web(n: int, ts_ms: int) -> dict[str, Any]:
-    return {"event_id": f"w-{n}", "type": "view_item", "ts": ts_ms, "channel": "web", "ids": {"cookie_id": f"c-{n % 3}"},
-            "product_id": "p-1"}
-
-
-def ping(n: int, ts_ms: int) -> dict[str, Any]:
-    return {"event_id": f"g-{n}", "ts": ts_ms, "ids": {"device_id": f"d-{n % 2}"}, "lat": 60.1699, "lon": 24.9384,
-            "accuracy_m": 12.5, "source": "gps"}
 
 
 @st.composite
@@ -56,7 +46,7 @@ def recordings(draw: Any) -> dict[str, list[Any]]:
     for n in range(draw(st.integers(0, 14))):
         partition = draw(st.integers(0, 2))
         ts_ms = BASE_MS + draw(st.integers(0, 20)) * MINUTE_MS
-        body: Any = web(n, ts_ms) if draw(st.integers(0, 9)) else "{broken"
+        body: Any = web_event(n, ts_ms) if draw(st.integers(0, 9)) else "{broken"
         web_lines.append(kcat_envelope("web.events", partition, offsets[partition], body, ts_ms))
         offsets[partition] += 1
     if web_lines:
@@ -68,11 +58,11 @@ def recordings(draw: Any) -> dict[str, list[Any]]:
             ping_lines.append(b"{not json")
         else:
             ahead = 5 * DAY_MS if kind == 1 else 0  # a spike the stream does not support: a dead letter
-            ping_lines.append(ping(n, BASE_MS + draw(st.integers(0, 20)) * MINUTE_MS + ahead))
+            ping_lines.append(geo_ping(n, BASE_MS + draw(st.integers(0, 20)) * MINUTE_MS + ahead))
     if ping_lines:
         files["geo.pings"] = ping_lines
     if not files:
-        files["web.events"] = [web(0, BASE_MS)]
+        files["web.events"] = [web_event(0, BASE_MS)]
     return files
 
 
@@ -217,9 +207,9 @@ def test_a_bare_line_is_judged_against_its_own_streams_clock_whatever_the_other_
     """A ping ten days ahead of its own stream, which then carries on where it was, is a spike: a
     `timestamp_in_future` dead letter, with or without a web.events file whose records are ten days ahead
     (the merged stream's clock, which earlier versions judged bare lines against, would have let it through)."""
-    pings = [ping(0, BASE_MS), ping(1, BASE_MS + 10 * DAY_MS), ping(2, BASE_MS + MINUTE_MS),
-             ping(3, BASE_MS + 2 * MINUTE_MS)]
-    views = [web(n, BASE_MS + 10 * DAY_MS + n * MINUTE_MS) for n in range(3)]
+    pings = [geo_ping(0, BASE_MS), geo_ping(1, BASE_MS + 10 * DAY_MS), geo_ping(2, BASE_MS + MINUTE_MS),
+             geo_ping(3, BASE_MS + 2 * MINUTE_MS)]
+    views = [web_event(n, BASE_MS + 10 * DAY_MS + n * MINUTE_MS) for n in range(3)]
     alone, with_views = tmp_path / "alone", tmp_path / "with-views"
     write_lines(alone / "geo.pings.jsonl", pings)
     write_lines(with_views / "geo.pings.jsonl", pings)
@@ -237,7 +227,7 @@ def test_a_replay_stopped_before_a_files_first_record_releases_exactly_what_it_r
     """The receipts all come hours after the views, so their part waits for its turn the whole first run; it must
     still tell the merge where it stands, or the merge holds every view back. `--stop-after 10` hands exactly
     the first 10 records on, and the resumed run gives the uninterrupted outputs."""
-    views = [web(n, BASE_MS + n * MINUTE_MS) for n in range(30)]
+    views = [web_event(n, BASE_MS + n * MINUTE_MS) for n in range(30)]
     receipts = [{"terminal_id": "T1", "receipt_no": str(n), "store_id": "S1", "ts": BASE_MS + 5 * 3_600_000 + n,
                  "items": [{"product_id": "p-1", "qty": 1, "price": 2.5}]} for n in range(5)]
     recording = tmp_path / "rec"
@@ -258,9 +248,9 @@ def test_the_progress_line_counts_every_part_and_ends_at_the_whole_recording(tmp
     100 % of the bytes, a file of two partitions (two parts reading one file) counted once."""
     recording = tmp_path / "rec"
     write_lines(recording / "web.events.jsonl",
-                [kcat_envelope("web.events", n % 2, n // 2, web(n, BASE_MS + n * MINUTE_MS), BASE_MS + n * MINUTE_MS)
+                [kcat_envelope("web.events", n % 2, n // 2, web_event(n, BASE_MS + n * MINUTE_MS), BASE_MS + n * MINUTE_MS)
                  for n in range(20)])
-    write_lines(recording / "geo.pings.jsonl", [ping(n, BASE_MS + n * MINUTE_MS) for n in range(7)])
+    write_lines(recording / "geo.pings.jsonl", [geo_ping(n, BASE_MS + n * MINUTE_MS) for n in range(7)])
     stores = tmp_path / "stores.csv"
     stores.write_text("store_id,name,lat,lon\nS1,Kamppi,60.1699,24.9384\n")
     result = subprocess.run([sys.executable, "-m", "omnitrigger", "replay", str(recording), "--stores", str(stores),
