@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import kcat_envelope  # noqa: E402
 
 from omnitrigger.pii import Pseudonymizer, key_from_environment  # noqa: E402
-from omnitrigger.recording import LineDecoder  # noqa: E402
+from omnitrigger.io.recording import LineDecoder  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402
 from test_decode_fast import TodaysLineDecoder  # noqa: E402  (the decoder before the fast path)
 

@@ -48,7 +48,7 @@ def pipeline(checkout: Path, mix: Path, commit_every: int = COMMIT_EVERY) -> Non
     from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
     from omnitrigger.operators.router import ShardRouter
     from omnitrigger.operators.stage_chain import StageChain
-    from omnitrigger.recording import RecordingReader
+    from omnitrigger.io.recording import RecordingReader
     from omnitrigger.schemas import Contracts
     from omnitrigger.state import RocksDBStore, ShardState
 

@@ -66,8 +66,8 @@ sys.path.insert(0, str(REPO))
 
 from omnitrigger.config import _KEYS, Config, ConfigError, load_config  # noqa: E402
 from omnitrigger.demo.generator import DEMO_STORES, _offset_point, iso  # noqa: E402
-from omnitrigger.kafka_mock import MockCluster  # noqa: E402
-from omnitrigger.kafka_tools import input_topics, output_topics  # noqa: E402
+from omnitrigger.io.kafka_mock import MockCluster  # noqa: E402
+from omnitrigger.io.kafka_tools import input_topics, output_topics  # noqa: E402
 from omnitrigger.flows.kafka_sink import due_ms  # noqa: E402
 from results import Figures  # noqa: E402
 

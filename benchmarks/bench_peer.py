@@ -104,8 +104,8 @@ from results import Figures, machine  # noqa: E402
 
 sys.path.insert(0, str(REPO))
 from omnitrigger.config import Config  # noqa: E402
-from omnitrigger.kafka_mock import MockCluster  # noqa: E402
-from omnitrigger.kafka_tools import KafkaSetupError, input_topics, output_topics, publish  # noqa: E402
+from omnitrigger.io.kafka_mock import MockCluster  # noqa: E402
+from omnitrigger.io.kafka_tools import KafkaSetupError, input_topics, output_topics, publish  # noqa: E402
 from omnitrigger.schemas import parse_event_time  # noqa: E402
 
 PEER_VENV = HERE / ".venv-peer"

@@ -6,7 +6,7 @@ Writes one `geo.pings.jsonl` of `--records` kcat envelopes (the lines `kcat -C -
 round-robin over N partitions in one file, for each N of `--partitions`, and reads it through
 `RecordingReader` as a replay does: the prescan that finds the file's partitions, one stream per
 partition merged by event time, decoding and contract checks included. With one partition the file
-is one stream; with more, each partition's cursor skips the others' lines (omnitrigger/recording.py
+is one stream; with more, each partition's cursor skips the others' lines (omnitrigger/io/recording.py
 `_PartitionCursor`). Also the prescan alone (`file_partitions`) on the one-partition file. The figure
 is the best round's `time.process_time` (CPU, not wall) divided by the records, the files alternating
 round by round so that a noisy, shared machine slows them alike.
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from omnitrigger.pii import Pseudonymizer  # noqa: E402
-from omnitrigger.recording import RecordingReader, file_partitions  # noqa: E402
+from omnitrigger.io.recording import RecordingReader, file_partitions  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402
 
 T0 = 1_764_000_000_000

@@ -25,7 +25,7 @@ import orjson
 os.environ.setdefault("OMNITRIGGER_PII_KEY", "omnitrigger-benchmark-key-0123")
 
 from omnitrigger.pii import Pseudonymizer, key_from_environment, redact_text  # noqa: E402
-from omnitrigger.recording import LineDecoder  # noqa: E402
+from omnitrigger.io.recording import LineDecoder  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402
 
 OLD_EMAIL_SHAPE = re.compile(rb"[^\s\"'<>@,;:]+@[^\s\"'<>@,;:]+\.[A-Za-z]{2,}")

@@ -42,7 +42,7 @@ from omnitrigger.flows.stage import handed_on_topics, history_operators  # noqa:
 from omnitrigger.operators.handoff import Handoff, unpack  # noqa: E402
 from omnitrigger.operators.visits import GEO_PINGS  # noqa: E402
 from omnitrigger.operators.router import ShardRouter  # noqa: E402
-from omnitrigger.recording import RecordingReader  # noqa: E402
+from omnitrigger.io.recording import RecordingReader  # noqa: E402
 from omnitrigger.runner.process import tune_garbage_collector  # noqa: E402
 from omnitrigger.records import Event  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402

@@ -29,7 +29,7 @@ from omnitrigger.operators.store_index import StoreIndex
 from omnitrigger.operators.visits import VISIT_CONFIRMED, Visits
 from omnitrigger.records import Event
 from omnitrigger.state import RocksDBStore, ShardState
-from omnitrigger.stores import Store
+from omnitrigger.io.stores import Store
 
 from results import Figures
 

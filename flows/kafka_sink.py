@@ -63,7 +63,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from omnitrigger import metrics
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
+from omnitrigger.io.kafka_tools import TRIGGER_ID_HEADER, client_settings, quiet_logger
 from omnitrigger.records import (
     CONVERSIONS, DEAD_LETTERS, DUPLICATES, IDENTITIES, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS, Emitted,
     format_ms,

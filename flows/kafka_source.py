@@ -3,7 +3,7 @@
 One Bytewax partition on purpose, like the recording source: the sequencer
 is one shard key, so all input meets on one worker anyway, and reading
 every topic-partition in one place is what lets `EventTimeMerger` hand the
-records out in the replay's order (omnitrigger/live_input.py). In a cluster
+records out in the replay's order (omnitrigger/io/live_input.py). In a cluster
 the partition is built on process 0, the sequencer's (flows/cluster_worker.py
 `PinnedSource`), so the input never crosses the network. Offsets live
 in the Bytewax snapshot with the merge's seq counter, never in a consumer
@@ -74,10 +74,10 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from omnitrigger import metrics
 from omnitrigger.config import Config
 from omnitrigger.flows.kafka_sink import TriggersReadBack
-from omnitrigger.kafka_tools import KafkaSetupError, client_settings, quiet_logger
-from omnitrigger.live_input import EventTimeMerger, MessageDecoder
+from omnitrigger.io.kafka_tools import KafkaSetupError, client_settings, quiet_logger
+from omnitrigger.io.live_input import EventTimeMerger, MessageDecoder
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.recording import LineDecoder
+from omnitrigger.io.recording import LineDecoder
 from omnitrigger.records import Heartbeat
 from omnitrigger.schemas import Contracts
 

@@ -1,4 +1,4 @@
-"""Bytewax sink writing each output stream to a part file, merged after the run (omnitrigger/outputs.py).
+"""Bytewax sink writing each output stream to a part file, merged after the run (omnitrigger/io/outputs.py).
 
 Lines are `[seq, sub, record]`: the sort key travels with the record, so the
 merge can put every stream in one deterministic order whatever stage wrote
@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from omnitrigger.outputs import MANIFEST, PartFileError, PartState, part_name, write_manifest
+from omnitrigger.io.outputs import MANIFEST, PartFileError, PartState, part_name, write_manifest
 from omnitrigger.records import Emitted
 
 PARTITION = "outputs"

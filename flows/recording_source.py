@@ -1,7 +1,7 @@
 """Bytewax source over a recording folder: one part a stream, micro-batches, each part resumable by its position.
 
 A stream is a recorded file, or one Kafka partition of a file whose kcat envelopes name several
-(omnitrigger/recording.py `recording_streams`). Each part decodes, checks and hashes its own lines and stamps
+(omnitrigger/io/recording.py `recording_streams`). Each part decodes, checks and hashes its own lines and stamps
 every record with its order key (`StreamReader`); the sequencer merges the parts back into the recording's one
 order (operators/input_merge.py), so the outputs do not depend on which part reads when, or where. Each
 Bytewax item is a whole micro-batch (`PartBatch`), because Bytewax's per-item cost dominates otherwise
@@ -29,7 +29,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from omnitrigger.config import Config
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.recording import LineDecoder, StreamLayout, StreamReader, bytes_read, recording_streams
+from omnitrigger.io.recording import LineDecoder, StreamLayout, StreamReader, bytes_read, recording_streams
 from omnitrigger.records import PartBatch
 from omnitrigger.schemas import Contracts
 from omnitrigger.state.ordering import FINISHED, ReadTurns

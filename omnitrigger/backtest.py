@@ -331,9 +331,9 @@ def run_backtest(recording: Path, stores: Path, config_a: Config, config_b: Conf
     One-line errors are the replay's (ReplayError, RecordingError, StoresError, PiiKeyError, ...).
     """
     from omnitrigger.pii import key_from_environment
-    from omnitrigger.recording import recording_files
+    from omnitrigger.io.recording import recording_files
     from omnitrigger.runner.replay import ReplayOptions, run_replay  # the flow (Bytewax) only when a backtest runs
-    from omnitrigger.stores import load_stores
+    from omnitrigger.io.stores import load_stores
 
     for config in (config_a, config_b):  # what run_replay checks first: fail before anything runs, in one line
         recording_files(Path(recording), config.kafka_topic_prefix, dict(config.kafka_input_topics))

@@ -113,7 +113,7 @@ class PartBatch(NamedTuple):
     """A batch of one part of a partitioned source, for the sequencer's merge (operators/input_merge.py).
 
     `records` are the part's next records in increasing order key, each as the reader stamped it
-    (omnitrigger/recording.py `Stamped`); `frontier`: every key the part sends later is above it
+    (omnitrigger/io/recording.py `Stamped`); `frontier`: every key the part sends later is above it
     (`FINISHED`, state/ordering.py, once it has sent its last). `parts`: how many parts the source has, so
     the merge knows whom to wait for before it hears from them all.
     """

@@ -1,7 +1,7 @@
 """The sequencer's first step in a replay: the partitioned source's parts merged back into one order, numbered.
 
 The replay source reads one part a stream of the recording (flows/recording_source.py); each part decodes,
-checks and hashes its own lines and sends them in increasing order key (omnitrigger/recording.py
+checks and hashes its own lines and sends them in increasing order key (omnitrigger/io/recording.py
 `StreamReader`), each batch with its frontier. Bytewax keeps order only between one sender and one receiver
 (docs/design.md#bytewax-keeps-order-only-per-sender-and-receiver), so this `FrontierMerge` releases a record
 only once no part can still send one before it: the released order is the recording's merged order, whatever
@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from omnitrigger.recording import numbered
+from omnitrigger.io.recording import numbered
 from omnitrigger.records import Emitted, Event, PartBatch
 from omnitrigger.state import ShardState
 from omnitrigger.state.ordering import FINISHED, FrontierMerge

@@ -29,7 +29,7 @@ from threading import Lock
 
 import h3.api.basic_int as h3
 
-from omnitrigger.stores import Store, load_stores
+from omnitrigger.io.stores import Store, load_stores
 
 RESOLUTION = 9
 #: Mean Earth radius (IUGG), metres: the sphere every distance in the visit definition is measured on.

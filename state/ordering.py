@@ -2,8 +2,8 @@
 
 Today one worker (the sequencer) reads every input in one merged order: a
 greedy k-way heap merge of the streams by (event time, topic, partition,
-offset), `omnitrigger/recording.py` `RecordingReader` over the recording's
-files and `omnitrigger/live_input.py` `EventTimeMerger` over the Kafka
+offset), `omnitrigger/io/recording.py` `RecordingReader` over the recording's
+files and `omnitrigger/io/live_input.py` `EventTimeMerger` over the Kafka
 partitions, each record numbered by its place (`seq`). A partitioned flow
 cannot have that one place, so the order must be a key each record carries.
 

@@ -1,6 +1,6 @@
 """Live-mode test helpers: a session-wide mock Kafka cluster, a job in a subprocess, reading topics back.
 
-The mock cluster is librdkafka's own (omnitrigger/kafka_mock.py), created in
+The mock cluster is librdkafka's own (omnitrigger/io/kafka_mock.py), created in
 the test process: nothing to install or start outside the test session.
 Each test uses its own topic prefix, so tests share the cluster and never
 see each other's records.
@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from omnitrigger.config import Config
-from omnitrigger.kafka_mock import MockCluster
-from omnitrigger.kafka_tools import input_topics, output_topics
+from omnitrigger.io.kafka_mock import MockCluster
+from omnitrigger.io.kafka_tools import input_topics, output_topics
 
 PARTITIONS = 4
 

@@ -46,7 +46,7 @@ from omnitrigger.config import Config
 from omnitrigger.flows.placement import (
     HISTORY_KEY, KEPT_APART_FOR, SEQUENCER_KEY, rules_key, shards_apart_from, worker_of,
 )
-from omnitrigger.kafka_tools import output_topics, publish
+from omnitrigger.io.kafka_tools import output_topics, publish
 from omnitrigger.records import SUPPRESSED, TRIGGERS
 from omnitrigger.runner.finish import _write_identities
 from omnitrigger.runner.state_folder import (

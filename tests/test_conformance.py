@@ -24,7 +24,7 @@ import pytest
 from conftest import replay
 from omnitrigger.config import Config
 from omnitrigger.operators import OPERATORS, StageOperator
-from omnitrigger.recording import RecordingReader
+from omnitrigger.io.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.schemas import ContractViolation, Contracts, parse_event_time
 from omnitrigger.state import RocksDBStore, ShardState
@@ -148,7 +148,7 @@ def run_logic(name: str, events: list[Event], store_path: Path, batch_size: int,
     for operator in operators:
         emitted += operator.on_eof(len(events)).emitted
     store.close()
-    # Output files hold each stream sorted by sort key (omnitrigger/outputs.py): that order is the contract,
+    # Output files hold each stream sorted by sort key (omnitrigger/io/outputs.py): that order is the contract,
     # not the order records left the operators. Two different records under one key would lose one of them.
     by_key = {(e.stream, e.sort_key): e for e in emitted}
     assert len(by_key) == len({(e.stream, e.sort_key, repr(e.record)) for e in emitted}), "a sort key is reused"

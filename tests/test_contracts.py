@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from omnitrigger.config import Config, ConfigError, load_config
-from omnitrigger.recording import RecordingReader
+from omnitrigger.io.recording import RecordingReader
 from omnitrigger.records import Emitted, Event
 from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import SCHEMA_DIR, Contracts, ContractViolation

@@ -20,9 +20,9 @@ import msgspec
 import orjson
 import pytest
 
-from omnitrigger.live_input import MessageDecoder
+from omnitrigger.io.live_input import MessageDecoder
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import LineDecoder, _as_int, _dead_letter, _loads
+from omnitrigger.io.recording import LineDecoder, _as_int, _dead_letter, _loads
 from omnitrigger.schemas import INPUT_TOPICS, SCHEMA_DIR, Contracts, ContractViolation
 from omnitrigger.schemas.contracts import LATEST_TS_MS
 from omnitrigger.schemas.structs import LENIENT_TOPIC_TYPES, MAX_DEPTH, TOPIC_TYPES

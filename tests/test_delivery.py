@@ -139,7 +139,7 @@ def test_in_store_quiet_hours_follow_the_stores_own_time_zone(tmp_path: Path) ->
     offer goes out) and 03:02 in a store whose `timezone` column says Tokyo (quiet). A bad zone is one line."""
     from test_trust import store_visit
 
-    from omnitrigger.stores import StoresError, load_stores
+    from omnitrigger.io.stores import StoresError, load_stores
 
     store_visit(tmp_path / "rec", consents=("push", "location"))
     config = Config(offer_quiet_hours=True)

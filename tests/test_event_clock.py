@@ -19,9 +19,9 @@ import conftest
 from conftest import kcat_envelope, records, replay, write_lines
 from geolife import write_stores_csv
 from omnitrigger.config import Config
-from omnitrigger.live_input import MessageDecoder
+from omnitrigger.io.live_input import MessageDecoder
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import LineDecoder
+from omnitrigger.io.recording import LineDecoder
 from omnitrigger.schemas import Contracts
 from recordings import omnichannel_recording
 

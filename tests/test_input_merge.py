@@ -1,6 +1,6 @@
 """The partitioned replay source and the sequencer's merge: one part a stream, merged back into the reader's order.
 
-Property tests drive the parts (omnitrigger/recording.py `StreamReader`) in random turns and random batch sizes
+Property tests drive the parts (omnitrigger/io/recording.py `StreamReader`) in random turns and random batch sizes
 into `InputMerge` (operators/input_merge.py) over a real RocksDB store, with snapshots and crashes between,
 and hold the released records to `RecordingReader`'s merged order, seqs and bodies included. Through the whole
 flow: a bare line is judged against its own stream's clock, whatever the other files hold.
@@ -25,7 +25,7 @@ from omnitrigger.config import Config
 from omnitrigger.flows.recording_source import RecordingSource
 from omnitrigger.operators.input_merge import InputMerge
 from omnitrigger.pii import Pseudonymizer, key_from_environment
-from omnitrigger.recording import LineDecoder, RecordingReader, StreamReader, recording_streams
+from omnitrigger.io.recording import LineDecoder, RecordingReader, StreamReader, recording_streams
 from omnitrigger.records import PartBatch
 from omnitrigger.schemas import Contracts
 from omnitrigger.state import ShardState

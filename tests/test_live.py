@@ -3,7 +3,7 @@
 Why the live outputs are compared as sets: the job publishes each record keyed
 by customer id, so the order across output partitions is not the replay's
 merged order; the records themselves are the same. What makes them the same
-is the source's event-time merge (omnitrigger/live_input.py): on a backlog it
+is the source's event-time merge (omnitrigger/io/live_input.py): on a backlog it
 hands the records out in the replay's order with the replay's seqs, so
 customer ids, visits and trigger ids agree. A replay reads a file that
 holds several partitions as one stream per partition, as a consumer of them
@@ -31,10 +31,10 @@ from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
 )
 from omnitrigger.config import Config
 from omnitrigger.demo.generator import START_MS, RecordingGenerator
-from omnitrigger.kafka_tools import input_topics, output_topics, publish, record
-from omnitrigger.live_input import EventTimeMerger, MessageDecoder
+from omnitrigger.io.kafka_tools import input_topics, output_topics, publish, record
+from omnitrigger.io.live_input import EventTimeMerger, MessageDecoder
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import LineDecoder
+from omnitrigger.io.recording import LineDecoder
 from omnitrigger.records import DEAD_LETTERS, SUPPRESSED, TRIGGERS, VISITS, Emitted, Event
 from omnitrigger.runner.replay import ReplayOptions, run_replay
 from omnitrigger.schemas import Contracts

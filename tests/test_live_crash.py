@@ -24,7 +24,7 @@ from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
     PARTITIONS, LiveJob, create_topics, free_port, live_config, mock_kafka, read_topic, scrape, wait_until,
 )
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import output_topics, publish
+from omnitrigger.io.kafka_tools import output_topics, publish
 from omnitrigger.records import TRIGGERS
 from test_live import STREAMS, normalized, replay_streams, single_partition_recording
 

@@ -22,7 +22,7 @@ from kafka_fixtures import (  # noqa: F401
     LiveJob, create_topics, free_port, live_config, mock_kafka, scrape, wait_for_counts,
 )
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import output_topics, publish
+from omnitrigger.io.kafka_tools import output_topics, publish
 from omnitrigger.records import IDENTITIES, SUPPRESSED, TRIGGERS
 
 MINUTE = 60_000
@@ -146,7 +146,7 @@ def test_max_delay_shorter_than_the_grace_is_refused_in_one_line(tmp_path: Path)
 def test_a_job_runs_without_the_optional_inventory_topic(tmp_path: Path, mock_kafka: Any) -> None:  # noqa: F811
     """inventory.levels is optional: a cluster without it starts (one info line) and sends what it sends."""
     from kafka_fixtures import config_file
-    from omnitrigger.kafka_tools import input_topics
+    from omnitrigger.io.kafka_tools import input_topics
 
     now_ms = int(time.time() * 1000)
     recording = tmp_path / "rec"

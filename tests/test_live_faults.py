@@ -33,7 +33,7 @@ from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
 )
 from omnitrigger.config import Config
 from omnitrigger.flows.kafka_source import InputGapError, Shutdown, _KafkaPartition
-from omnitrigger.kafka_tools import input_topics, output_topics, publish
+from omnitrigger.io.kafka_tools import input_topics, output_topics, publish
 from omnitrigger.records import DEAD_LETTERS, TRIGGERS
 from test_live import replay_streams, single_partition_recording
 

@@ -31,7 +31,7 @@ from kafka_fixtures import (  # noqa: F401  (mock_kafka is a fixture)
 )
 from omnitrigger import __version__, metrics
 from omnitrigger.config import load_config
-from omnitrigger.kafka_tools import input_topics, output_topics, publish
+from omnitrigger.io.kafka_tools import input_topics, output_topics, publish
 from omnitrigger.records import DUPLICATES, REFUSED_LINKS, TRIGGERS
 from omnitrigger.runner.replay import ReplayOptions, run_replay
 from test_live import single_partition_recording, start_job

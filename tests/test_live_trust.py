@@ -8,7 +8,7 @@ from typing import Any
 
 from conftest import records, replay
 from kafka_fixtures import create_topics, live_config, mock_kafka, wait_for_counts  # noqa: F401
-from omnitrigger.kafka_tools import output_topics, publish
+from omnitrigger.io.kafka_tools import output_topics, publish
 from omnitrigger.records import RETRACTIONS, TRIGGERS
 from test_live import start_job
 from test_trust import MINUTE, T0, cart_shopper, receipt

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import RecordingReader
+from omnitrigger.io.recording import RecordingReader
 from omnitrigger.records import Event
 from omnitrigger.schemas import Contracts
 from omnitrigger.state.ordering import FINISHED, NOTHING, FrontierMerge, OrderKey, PartitionStamper, decode_key, encode_key

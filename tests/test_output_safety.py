@@ -33,10 +33,10 @@ import orjson
 import pytest
 
 from conftest import replay, write_stores
-from omnitrigger import outputs
+from omnitrigger.io import outputs
 from omnitrigger.demo.generator import RecordingGenerator
 from omnitrigger.flows.part_file_sink import _PartFiles, encode_outputs
-from omnitrigger.outputs import PartFileError, Parts
+from omnitrigger.io.outputs import PartFileError, Parts
 from omnitrigger.records import TRIGGERS, Emitted
 from test_crash_resume import OUTPUTS, lines_in, replay_command
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import kcat_envelope, write_lines, write_stores
 from omnitrigger.pii import (INVALID, REDACTED, PiiKeyError, Pseudonymizer, key_from_environment, normalise_email,
                              normalise_phone, pii_kind, redact_key, redact_text)
-from omnitrigger.recording import LineDecoder
+from omnitrigger.io.recording import LineDecoder
 from omnitrigger.schemas import Contracts
 
 KEY = b"test-key-0123456789abcdef"

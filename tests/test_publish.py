@@ -16,9 +16,9 @@ import orjson
 
 from conftest import write_lines
 from kafka_fixtures import create_topics, live_config, mock_kafka, read_topic  # noqa: F401
-from omnitrigger.kafka_tools import SENT_HEADER, input_topics, publish
+from omnitrigger.io.kafka_tools import SENT_HEADER, input_topics, publish
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import RecordingReader
+from omnitrigger.io.recording import RecordingReader
 from omnitrigger.records import Event
 from omnitrigger.schemas import Contracts
 

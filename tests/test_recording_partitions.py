@@ -1,7 +1,7 @@
 """A recording file that holds several Kafka partitions is read as one stream per partition (issue 19).
 
 A kcat recording of a multi-partition topic interleaves its partitions in one file. A consumer of
-those partitions merges them by event time; so does the replay now (omnitrigger/recording.py), so a
+those partitions merges them by event time; so does the replay now (omnitrigger/io/recording.py), so a
 replay and a live run of the same records agree (tests/test_live.py has the live twin). Within one
 partition the file's order still holds: a late record stays late.
 """
@@ -15,7 +15,7 @@ import pytest
 
 from conftest import kcat_envelope, records, replay, write_lines
 from omnitrigger.pii import Pseudonymizer
-from omnitrigger.recording import RecordingReader, file_partitions, line_partition
+from omnitrigger.io.recording import RecordingReader, file_partitions, line_partition
 from omnitrigger.schemas import Contracts
 from test_trust import MINUTE, T0, cart_shopper, receipt, rules_and_reasons
 
@@ -110,7 +110,7 @@ def test_which_partition_a_line_belongs_to(tmp_path: Path) -> None:
 def test_the_partitions_of_a_file_read_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
     """The prescan reads a MiB at a time; with any chunk size it finds what reading line by line finds, a
     line cut by a chunk's end and a last line without its terminator included."""
-    from omnitrigger import recording
+    from omnitrigger.io import recording
 
     monkeypatch.setattr(recording, "_PRESCAN_CHUNK", chunk)
     bare = [orjson.dumps({"event_id": f"e{n}", "ts": T0}) for n in range(30)]
@@ -138,7 +138,7 @@ def test_a_partitions_cursor_reads_exactly_its_lines(tmp_path: Path, monkeypatch
     (`mark`, `reset`) leaves it where it was."""
     import random
 
-    from omnitrigger import recording
+    from omnitrigger.io import recording
 
     monkeypatch.setattr(recording._PartitionCursor, "_BLOCK", block)
     rng = random.Random(seed)

@@ -21,7 +21,7 @@ from conftest import kcat_envelope, records, replay, write_lines
 from omnitrigger.config import Config
 from omnitrigger.operators import History
 from omnitrigger.pii import REDACTED, Pseudonymizer, redact_key, redact_record_text, redact_text
-from omnitrigger.recording import LineDecoder
+from omnitrigger.io.recording import LineDecoder
 from omnitrigger.records import Event
 from omnitrigger.schemas import Contracts
 from omnitrigger.schemas.validator import depth_exceeds

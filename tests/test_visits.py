@@ -23,7 +23,7 @@ from omnitrigger.records import VISITS, Emitted, Event
 from omnitrigger.schemas import Contracts
 from omnitrigger.schemas.validator import SchemaCompiler
 from omnitrigger.state import RocksDBStore, ShardState
-from omnitrigger.stores import Store
+from omnitrigger.io.stores import Store
 
 R = 6_371_008.8  # the sphere of the definition (mean Earth radius)
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z

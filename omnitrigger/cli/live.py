@@ -34,7 +34,7 @@ def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | No
         metrics_bind: str | None, processes: int | None, addresses: str | None, hostfile: Path | None,
         process_id: int | None, allow_public_cluster: bool) -> None:
     """Run the flow live: the five input topics in, triggers, suppressed, visits and dead letters out."""
-    from omnitrigger.catalog import with_catalog
+    from omnitrigger.io.catalog import with_catalog
     from omnitrigger.runner.live import LiveOptions, run_live
 
     processes, address_list, process_id = resolve_cluster(processes, addresses, hostfile, process_id)
@@ -56,7 +56,7 @@ def run(brokers: str, stores: Path, config_file: Path | None, catalog: Path | No
 def record(brokers: str, out_dir: Path, topics: str | None, until_offsets: bool, duration: float | None,
            outputs: bool, config_file: Path | None) -> None:
     """Record input topics (or, with --outputs, the output topics) into a folder of kcat -J envelopes."""
-    from omnitrigger.kafka_tools import record as record_topics
+    from omnitrigger.io.kafka_tools import record as record_topics
 
     if until_offsets and duration is not None:
         raise click.UsageError("--until-offsets and --duration exclude each other")
@@ -77,7 +77,7 @@ def record(brokers: str, out_dir: Path, topics: str | None, until_offsets: bool,
 @_config
 def publish(recording_dir: Path, brokers: str, speed: float | None, rate: float | None, config_file: Path | None) -> None:
     """Replay a recording into the input topics (as fast as possible unless --speed or --rate)."""
-    from omnitrigger.kafka_tools import publish as publish_recording
+    from omnitrigger.io.kafka_tools import publish as publish_recording
 
     if speed is not None and rate is not None:
         raise click.UsageError("--speed and --rate exclude each other")

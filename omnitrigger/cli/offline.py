@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from omnitrigger.catalog import with_catalog
+from omnitrigger.io.catalog import with_catalog
 from omnitrigger.cli.options import DIR, FILE, cluster_options, resolve_cluster
 from omnitrigger.config import ConfigError, load_config
 from omnitrigger.runner.replay import ReplayOptions, run_replay

@@ -24,5 +24,6 @@ step's module never imports a front door. What goes from a front door to each pr
 reports in one line; broker_watch.py is a live process's watch on the brokers.
 
 Imports point one way: omnitrigger.cli -> omnitrigger.runner -> omnitrigger.flows ->
-omnitrigger.operators -> omnitrigger.state.
+omnitrigger.operators -> omnitrigger.state, and each of those may use omnitrigger.io (recordings,
+Kafka, the output files), which imports none of them but omnitrigger.state (the order key's end, a state error).
 """

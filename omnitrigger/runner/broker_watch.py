@@ -14,7 +14,7 @@ import time
 
 from omnitrigger import metrics
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import client_settings
+from omnitrigger.io.kafka_tools import client_settings
 
 log = logging.getLogger("omnitrigger.live")  # the logger the log lines name (docs/monitoring.md)
 

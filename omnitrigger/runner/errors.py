@@ -7,15 +7,15 @@ Each module raises its own (a config, a recording, the state folder, a cluster a
 
 from __future__ import annotations
 
-from omnitrigger.catalog import CatalogError
+from omnitrigger.io.catalog import CatalogError
 from omnitrigger.config import ConfigError
-from omnitrigger.kafka_tools import KafkaSetupError
-from omnitrigger.outputs import OutputError
+from omnitrigger.io.kafka_tools import KafkaSetupError
+from omnitrigger.io.outputs import OutputError
 from omnitrigger.pii import PiiKeyError
-from omnitrigger.recording import RecordingError
+from omnitrigger.io.recording import RecordingError
 from omnitrigger.runner.cluster import ClusterError
 from omnitrigger.state import StateError
-from omnitrigger.stores import StoresError
+from omnitrigger.io.stores import StoresError
 
 
 class ReplayError(Exception):

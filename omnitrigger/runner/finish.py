@@ -3,7 +3,7 @@
 Once the flow has ended (its input read to the end, or stopped at a snapshot), process 0's
 parts/ holds every output record in checked part files (flows/part_file_sink.py). `finish_outputs`
 merges them, stream by stream, into the output files (all written to temporary files and renamed
-into place at the end: omnitrigger/outputs.py), writes --identities from the identity state, and
+into place at the end: omnitrigger/io/outputs.py), writes --identities from the identity state, and
 returns the `ReplaySummary` the CLI prints. A cluster's other processes write nothing: `ProcessDone`.
 A live run has no such step: its outputs are on the output topics as it runs.
 """
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from omnitrigger.operators.stage_chain import STATS, merge_run_totals
-from omnitrigger.outputs import AtomicFile, OutputFiles, Parts, output_error
+from omnitrigger.io.outputs import AtomicFile, OutputFiles, Parts, output_error
 from omnitrigger.records import CONVERSIONS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS
 
 

@@ -53,14 +53,14 @@ from pathlib import Path
 
 from omnitrigger import jsonlog
 from omnitrigger.config import Config
-from omnitrigger.kafka_tools import input_topics, optional_input_topics, output_topics, preflight
+from omnitrigger.io.kafka_tools import input_topics, optional_input_topics, output_topics, preflight
 from omnitrigger.pii import key_from_environment
 from omnitrigger.runner.cluster import ClusterError, Role, roles_here
 from omnitrigger.runner.local_cluster import run_local_cluster
 from omnitrigger.runner.process import run_process
 from omnitrigger.runner.spec import KafkaInput, ProcessSpec
 from omnitrigger.runner.state_folder import flow_layout, prepare_run_folders
-from omnitrigger.stores import load_stores
+from omnitrigger.io.stores import load_stores
 
 log = logging.getLogger("omnitrigger.live")
 

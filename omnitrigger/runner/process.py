@@ -32,7 +32,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import Sink
 
 from omnitrigger import __version__, jsonlog, metrics
-from omnitrigger.kafka_tools import input_topics, optional_input_topics, output_topics
+from omnitrigger.io.kafka_tools import input_topics, optional_input_topics, output_topics
 from omnitrigger.records import TRIGGERS
 from omnitrigger.runner.broker_watch import BrokerWatch
 from omnitrigger.runner.cluster import ClusterError, run_cluster

@@ -15,7 +15,7 @@ State folder layout (`--state-dir`, or a temporary folder) of one process:
     rocksdb/<key>/       operator state, one RocksDB store a shard key: sequencer, rules-0000, ...
     parts/               output part files and their manifest (count, size, checksum of each), merged
                          into the output files at the end (in a cluster, process 0's gathers every
-                         process's outputs): omnitrigger/outputs.py
+                         process's outputs): omnitrigger/io/outputs.py
     omnitrigger.lock     held (flock) by the run using the folder (runner/state_folder.py)
 
 `--processes N` (one machine) runs its N processes over that one folder, each opening the
@@ -41,7 +41,7 @@ Faults, each one line (`omnitrigger: error: ...`) and never a traceback:
   full disk; a write that still fails with ENOSPC says which disk and how much
   is free;
 - the outputs are written by a checked, streaming merge, each to a temporary
-  file renamed into place once all are complete (omnitrigger/outputs.py).
+  file renamed into place once all are complete (omnitrigger/io/outputs.py).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ from pathlib import Path
 
 from omnitrigger.config import Config
 from omnitrigger.operators.stage_chain import STATS, merge_run_totals
-from omnitrigger.outputs import check_output_paths, check_parts_present, free_bytes, mib, records_unchecked
+from omnitrigger.io.outputs import check_output_paths, check_parts_present, free_bytes, mib, records_unchecked
 from omnitrigger.pii import key_from_environment
-from omnitrigger.recording import recording_files
+from omnitrigger.io.recording import recording_files
 from omnitrigger.records import (
     CONVERSIONS, DEAD_LETTERS, DUPLICATES, EVENTS, REFUSED_LINKS, RETRACTIONS, SUPPRESSED, TRIGGERS, VISITS,
 )
@@ -76,7 +76,7 @@ from omnitrigger.runner.spec import ProcessSpec, RecordingInput
 from omnitrigger.runner.state_folder import (
     PART_FILES_VERSION, check_recovery_store, flow_layout, prepare_run_folders, release_locks,
 )
-from omnitrigger.stores import load_stores
+from omnitrigger.io.stores import load_stores
 
 #: Free space a replay needs on the disk of its state folder to start.
 MIN_FREE_BYTES = 64 << 20

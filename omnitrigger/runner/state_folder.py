@@ -24,7 +24,7 @@ What it records (replay and live):
     pii_key_id       a fingerprint of OMNITRIGGER_PII_KEY (not the key): hashed ids are key-specific
     recording        replay: the recording folder; live: input_topics, the topics read
     part_files       replay: PART_FILES_VERSION, the format of the output part files
-                     (checked and cut back to the snapshot on resume: omnitrigger/outputs.py)
+                     (checked and cut back to the snapshot on resume: omnitrigger/io/outputs.py)
 
 The folder (one process alone, or every process of a one-machine cluster):
     layout.json  recovery/part-0.sqlite3  rocksdb/sequencer/  rocksdb/history/  rocksdb/rules-0000/ ...  parts/
@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import orjson
 
-from omnitrigger.outputs import fsync_folder, write_atomic
+from omnitrigger.io.outputs import fsync_folder, write_atomic
 from omnitrigger.state import StateError
 
 if TYPE_CHECKING:
@@ -291,7 +291,7 @@ def check_writable(folder: Path) -> None:
 
 
 def no_space(folder: Path) -> StateFolderError:
-    from omnitrigger.outputs import free_bytes, mib
+    from omnitrigger.io.outputs import free_bytes, mib
 
     return StateFolderError(f"no space left on the disk of state folder {folder} ({mib(free_bytes(folder))} free); "
                             "free some space and run the same command again: it resumes from the last snapshot")
@@ -489,7 +489,7 @@ def corruption_in(error: BaseException) -> str | None:
 def raise_if_corrupted(state_dir: Path, error: BaseException) -> None:
     """Turn what stopped the flow into one line when it is about the state folder: a RocksDB corruption found
     while running (a damaged block read), a full disk, a folder that turned read-only, a damaged part file."""
-    from omnitrigger.outputs import PartFileError
+    from omnitrigger.io.outputs import PartFileError
 
     detail = corruption_in(error)
     if detail is not None:

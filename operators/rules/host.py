@@ -58,7 +58,7 @@ from omnitrigger.state.clock import ShardClock
 from omnitrigger.state.documents import Documents, drop_entry, entry, set_entry
 from omnitrigger.state.keys import end_of, owned_key
 from omnitrigger.state.timers import TimerQueue
-from omnitrigger.stores import store_zones
+from omnitrigger.io.stores import store_zones
 
 #: The identifiers a sender needs, by channel (email and phone are the keyed hashes; the CRM matches them).
 RECIPIENT_TYPES = {"push": ("device_id", "auth_id"), "email": ("email", "auth_id", "loyalty_id"),

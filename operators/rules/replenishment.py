@@ -5,7 +5,7 @@
     quiet_hours = true
 
 with the interval per product or category from the catalogue given with `--catalog FILE`
-(omnitrigger/catalog.py: `product_id,category,repurchase_days`). A purchase in any channel of a
+(omnitrigger/io/catalog.py: `product_id,category,repurchase_days`). A purchase in any channel of a
 product with an interval sets a reminder that many days later. Bought again before it is due: the
 reminder is cancelled (`purchased`, in the suppressed stream) and a new one set from this purchase.
 Bought again after it was due (while it waits out the purchase grace): it goes out as it stands and a
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omnitrigger.catalog import repurchase_days
+from omnitrigger.io.catalog import repurchase_days
 from omnitrigger.config import _boolean
 from omnitrigger.operators.rules.rule import Rule, RuleContext
 

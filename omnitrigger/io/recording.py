@@ -9,7 +9,7 @@ name several partitions (a recording of a multi-partition topic), each of
 them (`recording_streams`). `StreamReader` decodes one stream's lines into
 `Event`s or dead letters and stamps each with its order key; sorting by the
 keys merges the streams by (event time, topic, partition, offset), like a
-consumer reading every partition at once (omnitrigger/live_input.py
+consumer reading every partition at once (omnitrigger/io/live_input.py
 `EventTimeMerger`), each stream as it is written (a k-way merge, not a
 sort): an event that is late within its stream stays late, as it would be
 on Kafka, and a line with no usable time keeps its place in its stream.

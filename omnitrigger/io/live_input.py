@@ -27,7 +27,7 @@ import time
 from collections import deque
 from typing import Any
 
-from omnitrigger.recording import LineDecoder, _dead_letter, _loads
+from omnitrigger.io.recording import LineDecoder, _dead_letter, _loads
 from omnitrigger.records import DEAD_LETTERS, Emitted, Event, with_seq
 from omnitrigger.schemas import ContractViolation
 

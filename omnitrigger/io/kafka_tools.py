@@ -257,7 +257,7 @@ def publish(recording_dir: Path, brokers: str, config: Config, speed: float | No
     import os
 
     from omnitrigger.pii import Pseudonymizer
-    from omnitrigger.recording import RecordingReader, recording_files
+    from omnitrigger.io.recording import RecordingReader, recording_files
     from omnitrigger.schemas import Contracts
 
     files = recording_files(Path(recording_dir), config.kafka_topic_prefix, dict(config.kafka_input_topics))
