@@ -48,7 +48,7 @@ def pipeline(checkout: Path, mix: Path, commit_every: int = COMMIT_EVERY) -> Non
     from omnitrigger.operators import Dedup, EventClock, History, Identity, Rules, Visits
     from omnitrigger.operators.router import ShardRouter
     from omnitrigger.operators.stage_chain import StageChain
-    from omnitrigger.io.recording import RecordingReader
+    from omnitrigger.recording import RecordingReader  # the flat name: an older checkout has only that one
     from omnitrigger.schemas import Contracts
     from omnitrigger.state import RocksDBStore, ShardState
 
@@ -132,7 +132,7 @@ def checked_setup(program: str, shared: Path, checkout_args: list[Path] | None,
         return None
     checkouts = [path.resolve() for path in (checkout_args or [REPO])]
     for checkout in checkouts:
-        if not (checkout / "omnitrigger" / "recording.py").is_file():
+        if not (checkout / "omnitrigger" / "config.py").is_file():
             print(f"{program}: {checkout} is not an omnitrigger checkout", file=sys.stderr)
             return None
         if checkout != REPO and not (checkout / ".venv" / "bin" / "python").exists():

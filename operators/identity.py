@@ -150,6 +150,8 @@ class Identity(StageOperator):
                 refusals.extend(self._refusal("low_confidence", event, [identifiers[0], other],
                                               confidence=confidence) for other in identifiers[1:])
         anchor = identifiers[0]
+        if linking and len(identifiers) > 1 and self._all_new(identifiers):
+            return self._new_customer(identifiers, event), _NO_MERGES, refusals
         # Customers created by this very event (merging them away is not news), with their records as saved:
         # the next identifier attaches to the record in hand, not to one read back and decoded. A merge never
         # changes one of them: its winner was seen first, so it is never this event's.
@@ -244,10 +246,34 @@ class Identity(StageOperator):
             customer, last_seen = entry
             self._touch(identifier, customer, last_seen, event.ts_ms)
             return customer
-        customer = "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{event.seq}".encode())[:24]
+        customer = _customer_id(identifier, event.seq)
         record = {"first": event.seq, "ids": []}
         self._attach(identifier, customer, record, event.ts_ms, fresh=True)
         fresh[customer] = record
+        return customer
+
+    def _all_new(self, identifiers: list[Identifier]) -> bool:
+        """Whether no identifier of the event resolves yet (the anchor asked first: most events know it)."""
+        for identifier in identifiers:
+            if self._entry(identifier) is not None:
+                return False
+        return True
+
+    def _new_customer(self, identifiers: list[Identifier], event: Event) -> str:
+        """The customer of an event whose identifiers are all new (a first consent or sign-up: most of the records of
+        traffic that brings new customers). The same customer, writes and identity change as the general path's
+        (`_customer_of` the anchor, then `_attach` each other identifier), made at once: the record is encoded
+        and put once, and no limit is checked, since an event holds one identifier a type and every limit is 1
+        or more."""
+        anchor, ts_ms = identifiers[0], event.ts_ms
+        customer = _customer_id(anchor, event.seq)
+        ids = [list(identifier) for identifier in identifiers]
+        self._point(anchor, customer, ts_ms)  # the anchor's key, then the record's, then the others': the
+        self._save(customer, {"first": event.seq, "ids": ids}, ts_ms, fresh=True)  # general path's order
+        for other in identifiers[1:]:
+            self._point(other, customer, ts_ms)
+        self._changed[customer] = ids
+        self._new[customer] = [list(identifier) for identifier in identifiers]
         return customer
 
     def _record(self, customer: str) -> dict[str, Any]:
@@ -348,9 +374,12 @@ def identities(state: ShardState) -> Iterator[dict[str, Any]]:
 def _first_seen(ids_now: list[list[str]], new: list[list[str]], event: Event) -> dict[str, Any]:
     """An identity change that brought identifiers seen for the first time: their types, the types the
     customer had already, and the input record behind it (what a welcome rule reads; no values)."""
-    fresh = {tuple(identifier) for identifier in new}
-    return {"ids": ids_now, "new_types": sorted({kind for kind, _ in fresh}),
-            "known_types": sorted({kind for kind, value in ids_now if (kind, value) not in fresh}),
+    if new == ids_now:  # a new customer (most changes): every identifier is new, none known
+        known_types: list[str] = []
+    else:
+        fresh = {tuple(identifier) for identifier in new}
+        known_types = sorted({kind for kind, value in ids_now if (kind, value) not in fresh})
+    return {"ids": ids_now, "new_types": sorted({identifier[0] for identifier in new}), "known_types": known_types,
             "source": _source(event)}
 
 
@@ -362,6 +391,11 @@ def _source(event: Event) -> str:
     if "receipt_no" in body:
         return f"{body.get('terminal_id')}/{body['receipt_no']}"
     return f"{event.topic}:{event.partition}:{event.offset}"
+
+
+def _customer_id(identifier: Identifier, seq: int) -> str:
+    """A new customer's id: its first identifier and the input position that created it (the same on every replay)."""
+    return "cus_" + xxhash.xxh3_128_hexdigest(f"{identifier[0]}\x1f{identifier[1]}\x1f{seq}".encode())[:24]
 
 
 def _identifier_key(identifier: Identifier) -> bytes:

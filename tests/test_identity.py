@@ -319,3 +319,61 @@ def test_a_replay_resolves_the_same_customers_whatever_the_identity_cache_holds(
     monkeypatch.setattr("omnitrigger.operators.identity._ENTRIES_KEPT", 16)
     _, small = replay(tmp_path, recording, name="small")
     assert records(default["identities"]) and default == small
+
+
+def _without_the_new_customer_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every event through the general path: its identifiers resolved, created and attached one at a time."""
+    monkeypatch.setattr(Identity, "_all_new", lambda self, identifiers: False)
+
+
+def test_an_event_of_new_identifiers_makes_the_customer_the_general_path_makes(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random events over a small pool of identifiers (new ones, known ones, merges, a blocked value, weak links):
+    with the new-customer path and without it, the same events out, the same refusals and the same state."""
+    import random
+
+    rng = random.Random(19)
+    kinds = ["auth_id", "loyalty_id", "email", "phone", "cookie_id", "device_id"]
+    events = []
+    for seq in range(1500):
+        chosen = rng.sample(kinds, rng.choice([1, 2, 2, 3]))
+        ids = {kind: ("" if rng.random() < 0.03 else f"{kind[:2]}-{rng.randrange(400)}") for kind in chosen}
+        topic = rng.choice(["consent.changes", "web.events", "identity.links"])
+        body: dict[str, Any] = {"ts": T0 + seq * 1000, "ids": ids, "event_id": f"e{seq}"}
+        if topic == "identity.links":
+            body["confidence"] = rng.choice([1.0, 1.0, 0.2])
+        events.append(Event(seq, topic, 0, seq, T0 + seq * 1000, body))
+
+    def run(name: str) -> tuple[list[Any], dict[bytes, bytes]]:
+        store = RocksDBStore(tmp_path / name)
+        state = ShardState(store, "identity", 0)
+        identity = Identity(state, Config())
+        out: list[Any] = []
+        for start in range(0, len(events), 50):
+            result = identity.on_events(copy.deepcopy(events[start:start + 50]))
+            out += [result.events, result.emitted]
+            state.commit()
+        data = {key: value for key, value in store.scan(b"d", b"e")}
+        store.close()
+        return out, data
+
+    fast = run("fast")
+    with monkeypatch.context() as patch:
+        _without_the_new_customer_path(patch)
+        general = run("general")
+    changes = [event for batch in fast[0][::2] for event in batch
+               if type(event) is Event and event.topic == "omnitrigger.identity"]
+    merges = [event for batch in fast[0][::2] for event in batch if type(event) is Merge]
+    assert len(changes) > 300 and merges and any(not change.body["known_types"] for change in changes)
+    assert fast == general
+
+
+def test_a_replay_with_the_new_customer_path_gives_every_output_the_general_path_gives(
+        tmp_path: Path, real_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real-data identity recording through the whole flow, with and without the path: byte for byte."""
+    recording = tmp_path / "recording"
+    identity_recording(real_data, recording)
+    _, fast = replay(tmp_path, recording, name="fast")
+    _without_the_new_customer_path(monkeypatch)
+    _, general = replay(tmp_path, recording, name="general")
+    assert records(fast["identities"]) and fast == general
