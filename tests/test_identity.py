@@ -364,7 +364,9 @@ def test_an_event_of_new_identifiers_makes_the_customer_the_general_path_makes(t
     changes = [event for batch in fast[0][::2] for event in batch
                if type(event) is Event and event.topic == "omnitrigger.identity"]
     merges = [event for batch in fast[0][::2] for event in batch if type(event) is Merge]
-    assert len(changes) > 300 and merges and any(not change.body["known_types"] for change in changes)
+    first_seen = [change.body["known_types"] for change in changes if "known_types" in change.body]
+    assert len(changes) > 300 and merges
+    assert [] in first_seen and any(first_seen), "both kinds of change: all identifiers new, and some known"
     assert fast == general
 
 
