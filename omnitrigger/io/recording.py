@@ -250,6 +250,7 @@ def line_partition(line: bytes) -> int:
 
 
 _PRESCAN_CHUNK = 1 << 20
+_TOPIC_FIELD = b'"topic"'  # in every kcat envelope: a run of lines without it holds bare events only
 
 
 def file_partitions(path: Path) -> list[int]:
@@ -263,8 +264,23 @@ def file_partitions(path: Path) -> list[int]:
     heads: re.Pattern[bytes] | None = None  # the head and the number after it, at a line start
     with _open(path) as handle:
         rest = b""
+        rest_searched = True  # whether `rest` is known to hold no envelope's topic field (searched already)
+        overlap = len(_TOPIC_FIELD) - 1
         while True:
             chunk = handle.read(_PRESCAN_CHUNK)
+            if chunk and _TOPIC_FIELD not in chunk and \
+                    _TOPIC_FIELD not in (rest[-overlap:] if rest_searched else rest) + chunk[:overlap]:
+                # No envelope in the chunk, nor in the line cut by its start: searched where it was read, not
+                # copied (a bare file, most recordings, costs one search a MiB).
+                cut = chunk.rfind(b"\n") + 1
+                if cut:
+                    found.add(0)
+                    rest = chunk[cut:]
+                else:
+                    rest += chunk
+                rest_searched = True
+                continue
+            rest_searched = False
             data = rest + chunk
             if not chunk:  # the last line, if it has no line terminator
                 if data:
@@ -274,7 +290,7 @@ def file_partitions(path: Path) -> list[int]:
             lines, rest = data[:cut], data[cut:]
             if not lines:
                 continue
-            if b'"topic"' not in lines:  # no envelope: all partition 0
+            if _TOPIC_FIELD not in lines:  # no envelope: all partition 0
                 found.add(0)
                 continue
             if heads is None and lines.startswith(b'{"topic":"'):
