@@ -31,6 +31,9 @@ class Timer(NamedTuple):
     payload: bytes  # what it is about, as the scheduler encoded it
 
 
+_new_tuple = tuple.__new__  # a NamedTuple built without its Python-level __new__: one a timer fired
+
+
 def timer_key(prefix: bytes, due_ms: int, kind: int, owner: str, payload: bytes) -> bytes:
     owner_bytes = owner.encode()
     return prefix + due_ms.to_bytes(8, "big") + bytes((kind, len(owner_bytes))) + owner_bytes + payload
@@ -41,7 +44,7 @@ def decode_timer(key: bytes, prefix_length: int = 1) -> Timer:
     due_ms = int.from_bytes(key[at:at + 8], "big")
     kind, owner_length = key[at + 8], key[at + 9]
     owner_end = at + 10 + owner_length
-    return Timer(due_ms, kind, key[at + 10:owner_end].decode(), key[owner_end:])
+    return _new_tuple(Timer, (due_ms, kind, key[at + 10:owner_end].decode(), key[owner_end:]))
 
 
 class TimerQueue:
