@@ -2,9 +2,13 @@
 
     python benchmarks/bench_stages.py [--shared ../shared] [--copies N] [--commit-every RECORDS]
     python benchmarks/bench_stages.py --recording DIR --stores FILE [--config FILE]   # any recording
+    python benchmarks/bench_stages.py --copies 10 --topics geo.pings                 # one kind of record
 
 `--recording` measures another recording instead of the mix, e.g. the live benchmark's traffic
 (`bench_live.py --write-recording DIR`: every customer new, so every record writes state).
+`--topics` keeps only the records of the topics named (the other files are left out), so what a record of
+each kind costs can be told apart: `--topics geo.pings` against the other four topics, say. A cluster is
+sized by its own traffic's mix of kinds (benchmarks/README.md, "Each stage alone").
 
 The mix is the one tests/test_rules_real_data.py replays (tests/recordings.py `omnichannel_recording`):
 real Taobao clickstream, bakery receipts and GeoLife GPS traces of 114 shoppers, with identity links,
@@ -42,7 +46,7 @@ from omnitrigger.flows.stage import handed_on_topics, history_operators  # noqa:
 from omnitrigger.operators.handoff import Handoff, unpack  # noqa: E402
 from omnitrigger.operators.visits import GEO_PINGS  # noqa: E402
 from omnitrigger.operators.router import ShardRouter  # noqa: E402
-from omnitrigger.io.recording import RecordingReader  # noqa: E402
+from omnitrigger.io.recording import RecordingError, RecordingReader, recording_files  # noqa: E402
 from omnitrigger.runner.process import tune_garbage_collector  # noqa: E402
 from omnitrigger.records import Event  # noqa: E402
 from omnitrigger.schemas import Contracts  # noqa: E402
@@ -75,7 +79,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
-def main() -> int:
+def only_topics(recording: Path, topics: list[str], into: Path) -> Path:
+    """A recording of `recording`'s files of `topics` alone (linked, not copied), in the folder `into`; a
+    RecordingError naming the topics the recording has if one of `topics` is not among them."""
+    files = recording_files(recording)
+    missing = [topic for topic in topics if topic not in files]
+    if missing:
+        raise RecordingError(f"--topics: {', '.join(missing)} not recorded in {recording} "
+                             f"(it has {', '.join(files)})")
+    into.mkdir()
+    for topic in topics:
+        (into / files[topic].name).symlink_to(files[topic].resolve())
+    return into
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="the shared folder (real data)")
     parser.add_argument("--copies", type=int, default=1, help="copies of the real-data mix (benchmarks/real_mix.py)")
@@ -86,8 +104,10 @@ def main() -> int:
                         help="measure this recording (<topic>.jsonl files) instead of the real-data mix")
     parser.add_argument("--stores", type=Path, metavar="FILE", help="with --recording: its stores CSV")
     parser.add_argument("--config", type=Path, metavar="FILE", help="a config file (TOML) for the operators")
+    parser.add_argument("--topics", nargs="+", metavar="TOPIC",
+                        help="only these topics' records (e.g. geo.pings): what a record of each kind costs")
     parser.add_argument("--json", type=Path, help="also write the headline figures here (run_all.py)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     real_data = args.shared / "data" / "real"
     if args.recording is not None and (not args.recording.is_dir() or args.stores is None
                                        or not args.stores.is_file()):
@@ -110,6 +130,12 @@ def main() -> int:
             build_scaled_mix(real_data, Path(work), args.copies)  # one copy: the mix the real-data tests replay
         else:
             recording, stores = args.recording, args.stores
+        if args.topics:
+            try:
+                recording = only_topics(recording, args.topics, Path(work) / "topics")
+            except RecordingError as error:
+                print(f"bench_stages: {error}", file=sys.stderr)
+                return 2
         config = dataclasses.replace(base_config, stores_file=str(stores))
         cost: dict[str, float] = {}
         per_batch: dict[str, list[float]] = {}  # each stage's seconds for each 1,000-record batch
@@ -127,6 +153,9 @@ def main() -> int:
             batches.append(batch)
         reader.close()
         records = sum(map(len, batches))
+        if not records:
+            print("bench_stages: the recording holds no records", file=sys.stderr)
+            return 2
         cost["decode, validate, merge"] = time.perf_counter() - started
         store = RocksDBStore(Path(work) / "db")
         # The sequencer's operators, then the history stage's (flows/replay_flow.py): the sequencer hands the
@@ -187,7 +216,8 @@ def main() -> int:
                     per_batch.setdefault(name, []).append(seconds)
         store.close()
     total = sum(cost.values())
-    what = "the real-data mix" if args.recording is None else str(args.recording)
+    what = ("the real-data mix" if args.recording is None else str(args.recording)) + \
+        (f" ({', '.join(args.topics)} only)" if args.topics else "")
     print(f"{records:,} records of {what} in batches of 1,000, committed every {args.commit_every:,}; "
           "each stage alone:")
     print(f"  {'stage':26s} {'µs/record':>9s} {'records/s':>10s} {'batch P50':>10s} {'batch P99':>10s}")
@@ -208,7 +238,8 @@ def main() -> int:
     figures = Figures("bench_stages", "python benchmarks/bench_stages.py"
                       + (f" --copies {args.copies}" if args.copies != 1 else "")
                       + (f" --commit-every {args.commit_every}" if args.commit_every != 1000 else "")
-                      + (f" --recording {args.recording}" if args.recording is not None else ""))
+                      + (f" --recording {args.recording}" if args.recording is not None else "")
+                      + (f" --topics {' '.join(args.topics)}" if args.topics else ""))
     for name, seconds in cost.items():
         figures.add(f"stage alone: {name}", round(seconds / records * 1e6, 1), "µs/record")
         figures.add(f"stage alone: {name}, P99 of a 1,000-record batch", round(percentile(per_batch[name], 0.99) * 1000, 2),
