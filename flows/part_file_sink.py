@@ -2,7 +2,9 @@
 
 Lines are `[seq, sub, record]`: the sort key travels with the record, so the
 merge can put every stream in one deterministic order whatever stage wrote
-it. One partition, "outputs", built on one process (`here`; in a cluster,
+it. The record is encoded with sorted keys, as the output files hold it, so the
+merge takes its bytes as they are (no decoding and encoding again at the end of
+a run, when nothing else runs). One partition, "outputs", built on one process (`here`; in a cluster,
 process 0, so every process's records travel to it through Bytewax and no
 folder is shared between machines), one part file a stream. The flow hands it
 each stage's records already encoded as lines (`encode_outputs`, on the
@@ -49,12 +51,13 @@ class EncodedOutputs(NamedTuple):
 
 
 def encode_outputs(emitted: list[Emitted]) -> EncodedOutputs:
-    """`emitted` as part-file lines `[seq, sub, record]`, grouped by stream in their order."""
+    """`emitted` as part-file lines `[seq, sub, record]` (the record's keys sorted, as the output files have
+    them), grouped by stream in their order."""
     lines: dict[str, list[bytes]] = {}
-    dumps = orjson.dumps
+    dumps, sorted_keys = orjson.dumps, orjson.OPT_SORT_KEYS
     for record in emitted:
         seq, sub = record.sort_key
-        lines.setdefault(record.stream, []).append(dumps([seq, sub, record.record]))
+        lines.setdefault(record.stream, []).append(dumps([seq, sub, record.record], option=sorted_keys))
     return EncodedOutputs({stream: (b"\n".join(chunk) + b"\n", len(chunk)) for stream, chunk in lines.items()})
 
 

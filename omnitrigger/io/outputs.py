@@ -332,8 +332,10 @@ def _damaged(path: Path, detail: str) -> PartFileError:
                          "replay again with a fresh --state-dir")
 
 
-def _checked_lines(path: Path, state: PartState) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """The records of a part file, checked against what the sink wrote: size, lines, CRC-32, and each line."""
+def _checked_lines(path: Path, state: PartState) -> Iterator[tuple[int, int, bytes]]:
+    """The records of a part file as (seq, sub, the record's JSON text as written: keys sorted), checked against
+    what the sink wrote: size, lines, CRC-32, and each line's shape (`[seq,sub,{...}]`; a line that is damaged
+    within its record is caught by the checksum, at the part's end, before any output file is in place)."""
     lines, size, crc = state
     with _open_part(path) as handle:
         actual = os.fstat(handle.fileno()).st_size
@@ -344,13 +346,16 @@ def _checked_lines(path: Path, state: PartState) -> Iterator[tuple[int, int, dic
         for line in handle:
             count += 1
             running = zlib.crc32(line, running)
+            first = line.find(b",")
+            second = line.find(b",", first + 1)
             try:
-                seq, sub, record = orjson.loads(line)
-                if type(seq) is not int or type(sub) is not int or type(record) is not dict:
+                if first < 0 or not line.startswith(b"[") or line[second + 1:second + 2] != b"{" \
+                        or not line.endswith(b"}]\n"):
                     raise ValueError("not [seq, sub, record]")
-            except (orjson.JSONDecodeError, ValueError) as error:
+                seq, sub = int(line[1:first]), int(line[first + 1:second])
+            except ValueError as error:
                 raise _damaged(path, f"line {count:,} does not parse ({str(error).splitlines()[0][:80]})") from None
-            yield seq, sub, record
+            yield seq, sub, line[second + 1:-2]
         if count != lines or running != crc:
             raise _damaged(path, f"does not match what was written ({count:,} lines, checksum {running:08x}; "
                                  f"written: {lines:,} lines, checksum {crc:08x})")
@@ -382,7 +387,7 @@ class Parts:
             ordinal = 0
             for name in names:
                 for seq, sub, record in _checked_lines(self.parts_dir / name, self.parts[name]):
-                    sorter.add(seq, sub, ordinal, orjson.dumps(record, option=orjson.OPT_SORT_KEYS) + b"\n")
+                    sorter.add(seq, sub, ordinal, record + b"\n")
                     ordinal += 1
             key: tuple[int, int] | None = None
             at_key: set[bytes] = set()

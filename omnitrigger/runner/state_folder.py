@@ -95,7 +95,7 @@ _CLUSTER_KEYS = ("cluster", "process_id")
 SEQUENCER_STORE = "sequencer"
 
 #: The format of a replay's output part files (flows/part_file_sink.py), recorded in its layout.json.
-PART_FILES_VERSION = 2
+PART_FILES_VERSION = 3  # 3: records with sorted keys (2: counts and checksums in the manifest)
 
 #: The lock file every run holds (flock) on its state folder, with the holder's pid in it.
 LOCK_FILE = "omnitrigger.lock"
@@ -187,8 +187,8 @@ def _mismatch(key: str, made: Any, now: Any, existing: dict[str, Any], layout: d
         return (f"with another OMNITRIGGER_PII_KEY (key id {made}, this one is {now}); "
                 "resume with the same key or use a fresh --state-dir")
     if key == "part_files":
-        return ("by an older omnitrigger, whose output part files carry no counts or checksums; "
-                "replay again with a fresh --state-dir")
+        kind = "carry no counts or checksums" if made is None else f"are in format {made} (this one writes {now})"
+        return f"by an older omnitrigger, whose output part files {kind}; replay again with a fresh --state-dir"
     if key == "rules" and isinstance(made, list) and isinstance(now, list):
         return (f"with rules {', '.join(made)}, not {', '.join(now)} (name:kind:state code); resume with the "
                 "same rules or use a fresh --state-dir")
