@@ -1,4 +1,4 @@
-"""Event-time timers of one shard: every timer in the shard's state, the earliest also in a bounded heap.
+"""Event-time timers of one shard: every timer in the shard's state at each commit, the earliest also in a bounded heap.
 
 A timer is a key `<prefix> <due: 8 bytes> <kind: 1 byte> <owner length: 1 byte> <owner> <payload>` with
 an empty value, so timers are ordered by due time, then kind, then owner, then payload, and a shard
@@ -12,10 +12,16 @@ key order; when scheduling pushes the heap over its bound, its later half goes b
 only. So timers fire in the same order as with every timer in memory, and memory does not grow with
 the number of pending timers. A timer whose reason went away (a deadline moved or cancelled) is not
 removed: its owner checks, when it fires, that it is still wanted.
+
+A timer scheduled into the heap is written to the state at the next commit (`ShardState.before_commit`),
+not when it is scheduled, and only if it has not fired by then (or when the heap sheds it): most
+deadlines of a replay are set and fire within one epoch, and those cost the state nothing. A resumed
+shard has every timer the commit it resumes from had.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import sys
 from collections.abc import Iterator
@@ -55,6 +61,9 @@ class TimerQueue:
         self.in_memory = in_memory
         self._heap: list[bytes] = []
         self._horizon: bytes | None = prefix  # every timer key below it is in the heap (None: every timer)
+        self._unsaved: set[bytes] = set()  # timers in the heap that the state does not have yet
+        state.before_commit(self._save, self._unsaved.__len__)
+        state.after_rollback(self._reload)
         self._load()
 
     def in_memory_now(self) -> int:
@@ -67,11 +76,13 @@ class TimerQueue:
 
     def schedule(self, due_ms: int, kind: int, owner: str, payload: bytes) -> None:
         key = timer_key(self.prefix, due_ms, kind, owner, payload)
-        self.state.put(key, b"")
         if self._horizon is None or key < self._horizon:
+            self._unsaved.add(key)
             heapq.heappush(self._heap, key)
             if len(self._heap) > self.in_memory:
                 self._shed()
+        else:
+            self.state.put(key, b"")
 
     def pop_due(self, up_to_ms: int) -> Iterator[Timer]:
         """Every timer due at or before `up_to_ms`, earliest first, each removed before it is handed out
@@ -79,7 +90,10 @@ class TimerQueue:
         limit = self.prefix + max(0, up_to_ms + 1).to_bytes(8, "big")
         while self._heap and self._heap[0] < limit or self._load(limit):
             key = heapq.heappop(self._heap)
-            self.state.delete(key)
+            if key in self._unsaved:
+                self._unsaved.discard(key)  # never written: nothing to delete
+            else:
+                self.state.delete(key)
             yield decode_timer(key, len(self.prefix))
 
     def _load(self, limit: bytes | None = None) -> bool:
@@ -97,5 +111,21 @@ class TimerQueue:
         """Keep the earliest half of the heap; the rest stay in the state, read again when due."""
         ordered = sorted(self._heap)
         keep = max(1, self.in_memory // 2)
-        self._horizon = ordered[keep]
-        self._heap = [key for key in ordered[:keep] if key < self._horizon]
+        horizon = self._horizon = ordered[keep]
+        self._heap = [key for key in ordered[:keep] if key < horizon]
+        for key in ordered[bisect.bisect_left(ordered, horizon):]:  # the shed ones (a timer set twice: each copy)
+            if key in self._unsaved:
+                self._unsaved.discard(key)
+                self.state.put(key, b"")
+
+    def _save(self) -> None:
+        """Before a commit: the timers still waiting in the heap that the state does not have yet."""
+        for key in sorted(self._unsaved):
+            self.state.put(key, b"")
+        self._unsaved.clear()
+
+    def _reload(self) -> None:
+        """After a rollback: the heap again from the state, which has every timer of the commit rolled back to."""
+        self._heap, self._horizon = [], self.prefix
+        self._unsaved.clear()
+        self._load()

@@ -19,6 +19,7 @@ from omnitrigger.operators import Rules
 from omnitrigger.operators.clock import watermark_event
 from omnitrigger.records import Event
 from omnitrigger.state import RocksDBStore, ShardState
+from omnitrigger.state.timers import TimerQueue, decode_timer
 
 MINUTE = 60_000
 T0 = 1_764_000_000_000
@@ -94,3 +95,42 @@ def test_a_bounded_timer_queue_decides_exactly_as_an_unbounded_one(tmp_path: Pat
 def test_the_default_bound_decides_the_same(tmp_path: Path, unbounded: list[Any]) -> None:
     emitted, _ = run(tmp_path / "db", None)
     assert emitted == unbounded
+
+
+def _timers_in(store: RocksDBStore, state: ShardState) -> list[str]:
+    """The owners of the timers the store holds (committed), in key order."""
+    return [decode_timer(key).owner for key, _ in state.iter_committed(b"T", b"U")]
+
+
+def test_a_timer_reaches_the_state_at_a_commit_only_if_it_has_not_fired(tmp_path: Path) -> None:
+    """A timer set and fired within one epoch costs the state nothing; one still waiting at a commit is in it,
+    so a restart from that commit fires it."""
+    store = RocksDBStore(tmp_path / "db")
+    state = ShardState(store, Rules.name, 0)
+    queue = TimerQueue(state, in_memory=100)
+    queue.schedule(T0 + 1_000, ord("A"), "cus_a", b'"p1"')
+    queue.schedule(T0 + 2_000, ord("A"), "cus_b", b'"p2"')
+    assert [timer.owner for timer in queue.pop_due(T0 + 1_500)] == ["cus_a"]
+    assert state.pending_changes() == 1  # cus_b's, held for the commit; cus_a's never written
+    state.commit()
+    assert _timers_in(store, state) == ["cus_b"]
+    restarted = TimerQueue(ShardState(store, Rules.name, 0), in_memory=100)
+    assert [timer.owner for timer in restarted.pop_due(T0 + 2_500)] == ["cus_b"]
+    store.close()
+
+
+def test_timers_shed_from_a_full_heap_are_written_at_once_and_fire_in_order(tmp_path: Path) -> None:
+    store = RocksDBStore(tmp_path / "db")
+    state = ShardState(store, Rules.name, 0)
+    queue = TimerQueue(state, in_memory=2)
+    for n in (5, 1, 4, 2, 3, 3):  # out of order, one set twice
+        queue.schedule(T0 + n * 1_000, ord("A"), f"cus_{n}", b'"p"')
+    assert queue.in_memory_now() <= 2
+    shed = [decode_timer(key).owner for key, _ in state.scan(b"T", b"U")]
+    assert shed and "cus_1" not in shed  # the later ones, in the state's pending writes already
+    state.commit()  # and the ones still in the heap now
+    everyone = ["cus_1", "cus_2", "cus_3", "cus_4", "cus_5"]  # in due order; the timer set twice is one key
+    restarted = TimerQueue(ShardState(store, Rules.name, 0), in_memory=2)
+    assert [timer.owner for timer in restarted.pop_due(T0 + 9_000)] == everyone
+    assert [timer.owner for timer in queue.pop_due(T0 + 9_000)] == everyone  # as when each timer was written when set
+    store.close()
