@@ -214,18 +214,21 @@ def test_a_damaged_part_file_is_refused_with_one_line(made: dict[str, Path], tmp
     assert not (tmp_path / "out" / "out.jsonl").exists()
 
 
-def test_a_line_damaged_during_the_run_stops_the_merge(tmp_path: Path) -> None:
-    """What the merge reads is checked line by line too (damage after the last check before the merge)."""
-    parts_dir = tmp_path / "parts"
+def _fifty_triggers(parts_dir: Path) -> Path:
+    """A closed triggers part of 50 records, as the sink writes it; its path."""
     sink = _PartFiles(parts_dir)
     sink.write_batch([encode_outputs([Emitted(TRIGGERS, (seq, 0), {"rule": "cart_abandoned", "n": seq})
                                       for seq in range(50)])])
     sink.close()
-    part = parts_dir / "triggers.w0.jsonl"
-    data = part.read_bytes()
-    part.write_bytes(data.replace(b'[7,0,{', b'[7,0,\0'))
+    return parts_dir / "triggers.w0.jsonl"
+
+
+def test_a_line_damaged_during_the_run_stops_the_merge(tmp_path: Path) -> None:
+    """What the merge reads is checked line by line too (damage after the last check before the merge)."""
+    part = _fifty_triggers(tmp_path / "parts")
+    part.write_bytes(part.read_bytes().replace(b'[7,0,{', b'[7,0,\0'))
     with pytest.raises(PartFileError, match=r"line 8 does not parse"):
-        list(Parts(parts_dir, tmp_path).records(TRIGGERS))
+        list(Parts(tmp_path / "parts", tmp_path).records(TRIGGERS))
 
 
 def test_a_record_damaged_within_is_caught_by_the_checksum_before_the_merge_ends(tmp_path: Path) -> None:
@@ -233,17 +236,12 @@ def test_a_record_damaged_within_is_caught_by_the_checksum_before_the_merge_ends
     line's shape intact, is not seen line by line: the part's checksum catches it at the part's end, before
     the merge yields any record of the stream (all its parts are read before the sort), so no output file is
     renamed into place."""
-    parts_dir = tmp_path / "parts"
-    sink = _PartFiles(parts_dir)
-    sink.write_batch([encode_outputs([Emitted(TRIGGERS, (seq, 0), {"rule": "cart_abandoned", "n": seq})
-                                      for seq in range(50)])])
-    sink.close()
-    part = parts_dir / "triggers.w0.jsonl"
+    part = _fifty_triggers(tmp_path / "parts")
     data = part.read_bytes()
     assert b'[7,0,{"n":7,"rule":"cart_abandoned"}]' in data  # the record's keys sorted, as an output file has them
     part.write_bytes(data.replace(b'"n":7,', b'"n":8,'))
     with pytest.raises(PartFileError, match=r"does not match what was written"):
-        list(Parts(parts_dir, tmp_path).records(TRIGGERS))
+        list(Parts(tmp_path / "parts", tmp_path).records(TRIGGERS))
 
 
 def test_a_torn_tail_is_cut_back_and_re_emitted(made: dict[str, Path], tmp_path: Path) -> None:
