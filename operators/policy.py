@@ -83,11 +83,15 @@ class Policy:
         if needs_location and self.require_location_consent and \
                 consents.get(LOCATION, _NONE)[0] != "granted":  # the offer uses where the customer is
             return Decision(None, products, "no_location_consent")
-        channel = next((c for c in self.channels if consents.get(c, _NONE)[0] == "granted"), None)
-        if channel is None:
+        for channel in self.channels:  # the first channel granted (a loop: a generator costs more, once a decision)
+            if consents.get(channel, _NONE)[0] == "granted":
+                break
+        else:
             revoked = any(consents.get(c, _NONE)[0] == "revoked" for c in self.channels)
             return Decision(None, products, "consent_revoked" if revoked else "no_consent")
-        recent = [t for t in self._fires(doc) if ts_ms - self.customer_window_ms < t <= ts_ms]
+        fires = entry(doc, FIRES, "")
+        since = ts_ms - self.customer_window_ms
+        recent = [t for t in fires[0] if since < t <= ts_ms] if fires is not None else ()
         if len(recent) >= self.max_per_customer:
             return Decision(channel, products, "customer_cap")
         allowed = [p for p in products if not self._product_capped(doc, rule, p, ts_ms)]
