@@ -89,9 +89,8 @@ class Policy:
         else:
             revoked = any(consents.get(c, _NONE)[0] == "revoked" for c in self.channels)
             return Decision(None, products, "consent_revoked" if revoked else "no_consent")
-        fires = entry(doc, FIRES, "")
         since = ts_ms - self.customer_window_ms
-        recent = [t for t in fires[0] if since < t <= ts_ms] if fires is not None else ()
+        recent = [t for t in self._fires(doc) if since < t <= ts_ms]
         if len(recent) >= self.max_per_customer:
             return Decision(channel, products, "customer_cap")
         allowed = [p for p in products if not self._product_capped(doc, rule, p, ts_ms)]
@@ -119,8 +118,9 @@ class Policy:
     # -- internals --------------------------------------------------------------------
 
     def _fires(self, doc: Document | None) -> list[int]:
+        """The customer's trigger times as kept, not a copy: callers read it or build a new list from it."""
         found = entry(doc, FIRES, "")
-        return list(found[0]) if found is not None else []
+        return found[0] if found is not None else []
 
     def _product_capped(self, doc: Document | None, rule: str, product: Any, ts_ms: int) -> bool:
         found = entry(doc, PRODUCT_CAPS, _product_subject(self.cap_rule(rule), product))

@@ -97,7 +97,7 @@ def test_the_default_bound_decides_the_same(tmp_path: Path, unbounded: list[Any]
     assert emitted == unbounded
 
 
-def _timers_in(store: RocksDBStore, state: ShardState) -> list[str]:
+def _timers_in(state: ShardState) -> list[str]:
     """The owners of the timers the store holds (committed), in key order."""
     return [decode_timer(key).owner for key, _ in state.iter_committed(b"T", b"U")]
 
@@ -113,7 +113,7 @@ def test_a_timer_reaches_the_state_at_a_commit_only_if_it_has_not_fired(tmp_path
     assert [timer.owner for timer in queue.pop_due(T0 + 1_500)] == ["cus_a"]
     assert state.pending_changes() == 1  # cus_b's, held for the commit; cus_a's never written
     state.commit()
-    assert _timers_in(store, state) == ["cus_b"]
+    assert _timers_in(state) == ["cus_b"]
     restarted = TimerQueue(ShardState(store, Rules.name, 0), in_memory=100)
     assert [timer.owner for timer in restarted.pop_due(T0 + 2_500)] == ["cus_b"]
     store.close()
