@@ -45,3 +45,14 @@ def test_a_topic_not_recorded_is_one_line(small: tuple[Path, Path], capsys: pyte
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("bench_stages: --topics: inventory.levels not recorded in ")
     assert "geo.pings" in err  # what the recording has
+
+
+def test_a_recording_without_records_is_one_line(small: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    _, stores = small
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "geo.pings.jsonl").write_bytes(b"")
+    assert bench_stages.main(["--recording", str(empty), "--stores", str(stores)]) == 2
+    err = capsys.readouterr().err
+    assert err == "bench_stages: the recording holds no records\n"
